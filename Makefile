@@ -1,0 +1,41 @@
+# taskchat — the commands the README names.
+#   make test             every test (unit + integration against the local NATS and Postgres)
+#   make bench            every benchmark (prints figures; see docs in README)
+#   make bench-eventlog   the event store benchmark alone
+#   make lint             rustfmt check and clippy with warnings as errors
+#   make schemas          regenerate proto-schemas/schemas/*.json from the Rust types
+#   make services         make sure PostgreSQL and NATS answer (start/install them if not)
+
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: services build test lint fmt schemas bench bench-eventlog
+
+services:
+	@deploy/local/services.sh
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+test: services
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+schemas:
+	UPDATE_SCHEMAS=1 $(CARGO) test -p proto-schemas --lib schema
+	@git --no-pager diff --stat -- proto-schemas/schemas || true
+
+bench: bench-eventlog
+
+bench-eventlog: services
+	$(CARGO) bench -p eventlog --bench eventlog

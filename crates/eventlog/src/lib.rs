@@ -1,0 +1,22 @@
+//! The taskchat event store: an append-only log of events in Postgres.
+//!
+//! # Layout
+//! - [`model`]: what goes in and comes out (new and stored events, metadata,
+//!   expected versions, checkpoints, outcomes and errors).
+//! - [`store`]: [`EventStore`]: appends with optimistic concurrency and idempotent
+//!   event ids, reads of one stream, and gap-free reads of the whole log.
+//! - [`subscription`]: a catch-up-then-follow tail of the whole log that wakes on a
+//!   notice and falls back to polling.
+//!
+//! Migrations are embedded and run by [`EventStore::connect`] / [`EventStore::migrate`].
+
+pub mod model;
+pub mod store;
+pub mod subscription;
+
+pub use model::{
+    AppendError, AppendOutcome, Checkpoint, EventMetadata, ExpectedVersion, NewEvent,
+    StoreError, StoredEvent,
+};
+pub use store::EventStore;
+pub use subscription::SubscribeOptions;

@@ -1,0 +1,23 @@
+//! What every taskchat service needs at start-up and on the bus: settings, logging
+//! and tracing, a shutdown signal, NATS helpers that carry the W3C trace context,
+//! and bearer-token auth.
+//!
+//! # Layout
+//! - [`config`]: clap `Args` structs (NATS, Postgres, telemetry, auth) that each
+//!   service flattens into its own `Config`.
+//! - [`telemetry`]: one tracing subscriber per process (`RUST_LOG`, plain or JSON
+//!   logs, OTLP export of spans when an endpoint is set).
+//! - [`shutdown`]: a `CancellationToken` cancelled on SIGTERM or SIGINT.
+//! - [`bus`]: JSON publish / request / reply over NATS with `traceparent` headers,
+//!   and the `events.appended` wake-ups that tail the event log.
+//! - [`streams`]: the JetStream streams of a chat turn (requests, replies).
+//! - [`auth`]: HS256 JWTs whose `sub` is the user id.
+
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod shutdown;
+pub mod streams;
+pub mod telemetry;
+
+pub use bus::BusError;

@@ -1,0 +1,207 @@
+//! The events stored in the log: task-list events (one stream per user) and
+//! conversation events (one stream per conversation).
+//!
+//! In the log an event is a type name, a schema version and a JSON payload. Old
+//! versions are upcast here, on read; the log itself is never rewritten.
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::chat::ChatErrorCode;
+use crate::ids::{CommandId, ConversationId, RequestId, TaskNumber, UserId};
+
+/// The stream holding one user's task list.
+pub fn task_stream(user: &UserId) -> String {
+    format!("tasks-{user}")
+}
+
+/// The stream holding one conversation.
+pub fn conversation_stream(conversation: ConversationId) -> String {
+    format!("conversation-{conversation}")
+}
+
+/// The wake-up notice published on `events.appended` after a commit to the log. It
+/// only says "look again"; tailers read the log itself, so a lost notice costs latency,
+/// never an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EventsAppended {
+    pub stream: String,
+    /// The global position of the last event appended by the commit.
+    pub last_position: i64,
+}
+
+/// An event as stored: its type name, schema version and payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedEvent {
+    pub event_type: String,
+    pub schema_version: u32,
+    pub payload: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("event type {event_type} has no schema version {version}")]
+    UnknownVersion { event_type: String, version: u32 },
+    #[error("event {event_type} v{version} does not match its schema: {source}")]
+    Payload { event_type: String, version: u32, source: serde_json::Error },
+}
+
+/// A family of events stored with a type name and a schema version.
+pub trait EventFamily: Serialize + DeserializeOwned + Sized {
+    /// The schema version written today for `event_type`.
+    fn current_version(event_type: &str) -> u32;
+
+    /// Rewrites an older payload of `event_type` into the current version's shape.
+    /// The default knows no old versions.
+    fn upcast(event_type: &str, version: u32, payload: Value) -> Result<Value, DecodeError> {
+        if version == Self::current_version(event_type) {
+            Ok(payload)
+        } else {
+            Err(DecodeError::UnknownVersion { event_type: event_type.to_owned(), version })
+        }
+    }
+
+    fn encode(&self) -> EncodedEvent {
+        // Families are adjacently tagged ({"type", "data"}), so the tag is the type name.
+        let mut tagged = serde_json::to_value(self).expect("events serialize to JSON");
+        let event_type = tagged["type"].as_str().expect("events are tagged").to_owned();
+        let payload = tagged.get_mut("data").map(Value::take).unwrap_or(Value::Null);
+        EncodedEvent { schema_version: Self::current_version(&event_type), event_type, payload }
+    }
+
+    fn decode(event_type: &str, version: u32, payload: Value) -> Result<Self, DecodeError> {
+        let payload = Self::upcast(event_type, version, payload)?;
+        serde_json::from_value(serde_json::json!({ "type": event_type, "data": payload })).map_err(
+            |source| DecodeError::Payload { event_type: event_type.to_owned(), version, source },
+        )
+    }
+}
+
+/// What happened to a user's task list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", content = "data")]
+pub enum TaskEvent {
+    /// v2. v1 had no `description`; it is upcast with an empty one.
+    TaskAdded { task_id: TaskNumber, title: String, description: String },
+    TaskCompleted { task_id: TaskNumber },
+    TaskDeleted { task_id: TaskNumber },
+    TaskUpdated {
+        task_id: TaskNumber,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+    },
+}
+
+impl EventFamily for TaskEvent {
+    fn current_version(event_type: &str) -> u32 {
+        match event_type {
+            "TaskAdded" => 2,
+            _ => 1,
+        }
+    }
+
+    fn upcast(event_type: &str, version: u32, mut payload: Value) -> Result<Value, DecodeError> {
+        match (event_type, version) {
+            ("TaskAdded", 1) => {
+                if let Some(fields) = payload.as_object_mut() {
+                    fields.entry("description").or_insert_with(|| Value::String(String::new()));
+                }
+                Ok(payload)
+            }
+            (_, v) if v == Self::current_version(event_type) => Ok(payload),
+            _ => Err(DecodeError::UnknownVersion { event_type: event_type.to_owned(), version }),
+        }
+    }
+}
+
+/// What happened in a conversation. A turn is: a user message, zero or more model steps
+/// each requesting tool calls and recording their completion, then a reply or a failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", content = "data")]
+pub enum ConversationEvent {
+    /// First event of every conversation: whose it is.
+    ConversationStarted { user_id: UserId },
+    UserMessageReceived { request_id: RequestId, text: String },
+    ToolCallRequested {
+        request_id: RequestId,
+        /// The model step (0, 1, …) of the turn that asked for this call.
+        step: u32,
+        /// The model's id for the call (`call_…`), echoed back in the tool result.
+        call_id: String,
+        name: String,
+        arguments: Value,
+        /// Derived from the request, step and index, so a resumed turn re-sends the
+        /// same command and task-service applies it once.
+        command_id: CommandId,
+    },
+    ToolCallCompleted { request_id: RequestId, call_id: String, name: String, result: Value },
+    AssistantReplied { request_id: RequestId, text: String },
+    TurnFailed { request_id: RequestId, code: ChatErrorCode, message: String },
+}
+
+impl ConversationEvent {
+    /// The chat turn the event belongs to (none for `ConversationStarted`).
+    pub fn request_id(&self) -> Option<RequestId> {
+        match self {
+            Self::ConversationStarted { .. } => None,
+            Self::UserMessageReceived { request_id, .. }
+            | Self::ToolCallRequested { request_id, .. }
+            | Self::ToolCallCompleted { request_id, .. }
+            | Self::AssistantReplied { request_id, .. }
+            | Self::TurnFailed { request_id, .. } => Some(*request_id),
+        }
+    }
+}
+
+impl EventFamily for ConversationEvent {
+    fn current_version(_event_type: &str) -> u32 {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn encode_splits_type_version_and_payload() {
+        let event = TaskEvent::TaskCompleted { task_id: TaskNumber(3) };
+        let encoded = event.encode();
+        assert_eq!(encoded.event_type, "TaskCompleted");
+        assert_eq!(encoded.schema_version, 1);
+        assert_eq!(encoded.payload, json!({"task_id": 3}));
+        assert_eq!(TaskEvent::decode("TaskCompleted", 1, encoded.payload).unwrap(), event);
+    }
+
+    #[test]
+    fn a_v1_task_added_is_read_as_the_current_type() {
+        let v1 = json!({"task_id": 1, "title": "Buy milk"});
+        let event = TaskEvent::decode("TaskAdded", 1, v1).unwrap();
+        assert_eq!(
+            event,
+            TaskEvent::TaskAdded {
+                task_id: TaskNumber(1),
+                title: "Buy milk".into(),
+                description: String::new()
+            }
+        );
+        assert_eq!(event.encode().schema_version, 2);
+    }
+
+    #[test]
+    fn unknown_versions_and_bad_payloads_are_errors() {
+        assert!(matches!(
+            TaskEvent::decode("TaskDeleted", 7, json!({"task_id": 1})),
+            Err(DecodeError::UnknownVersion { .. })
+        ));
+        assert!(matches!(
+            TaskEvent::decode("TaskDeleted", 1, json!({"id": 1})),
+            Err(DecodeError::Payload { .. })
+        ));
+    }
+}

@@ -1,0 +1,130 @@
+//! Every NATS subject, JetStream stream, consumer and KV bucket name, derived from one
+//! prefix so that tests (and several deployments on one NATS) never share a subject.
+
+use crate::ids::RequestId;
+
+/// The default prefix of every subject.
+pub const DEFAULT_PREFIX: &str = "taskchat";
+
+/// Names on the bus for one deployment prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+    stream_prefix: String,
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Self::new(DEFAULT_PREFIX)
+    }
+}
+
+impl Subjects {
+    /// `prefix` is a dot-free token such as `taskchat` or `test_3f2a`.
+    pub fn new(prefix: &str) -> Self {
+        let stream_prefix = prefix
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .collect();
+        Self { prefix: prefix.to_owned(), stream_prefix }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Chat requests (JetStream, work-queue retention): gateway -> agent-worker.
+    pub fn chat_requests(&self) -> String {
+        format!("{}.chat.requests", self.prefix)
+    }
+
+    /// The work-queue stream that holds chat requests until a worker acks them.
+    pub fn chat_requests_stream(&self) -> String {
+        format!("{}_CHAT_REQUESTS", self.stream_prefix)
+    }
+
+    /// The one durable consumer every agent-worker replica pulls from.
+    pub fn chat_workers_consumer(&self) -> String {
+        "agent-workers".to_owned()
+    }
+
+    /// The final reply of one chat turn (captured by the replies stream, so a retried
+    /// HTTP request or a gateway that subscribed late still finds it).
+    pub fn chat_reply(&self, request: RequestId) -> String {
+        format!("{}.chat.replies.{request}", self.prefix)
+    }
+
+    pub fn chat_replies_wildcard(&self) -> String {
+        format!("{}.chat.replies.*", self.prefix)
+    }
+
+    /// The stream that keeps final replies for a while (limits retention, max age).
+    pub fn chat_replies_stream(&self) -> String {
+        format!("{}_CHAT_REPLIES", self.stream_prefix)
+    }
+
+    /// Live progress of one chat turn (core NATS): text deltas and tool call notices.
+    pub fn chat_stream(&self, request: RequestId) -> String {
+        format!("{}.chat.stream.{request}", self.prefix)
+    }
+
+    /// Task commands (request-reply, queue group [`Self::task_service_queue_group`]).
+    pub fn task_commands(&self) -> String {
+        format!("{}.tasks.commands", self.prefix)
+    }
+
+    pub fn task_service_queue_group(&self) -> String {
+        "task-service".to_owned()
+    }
+
+    /// Published after every commit to the event log, so tailers wake up at once.
+    pub fn events_appended(&self) -> String {
+        format!("{}.events.appended", self.prefix)
+    }
+
+    /// Read-model queries (request-reply, queue group [`Self::projection_queue_group`]).
+    pub fn query_tasks(&self) -> String {
+        format!("{}.queries.tasks", self.prefix)
+    }
+
+    pub fn query_conversations(&self) -> String {
+        format!("{}.queries.conversations", self.prefix)
+    }
+
+    pub fn query_messages(&self) -> String {
+        format!("{}.queries.messages", self.prefix)
+    }
+
+    /// Answers whether the projection is up (used by the gateway's `/readyz`).
+    pub fn query_health(&self) -> String {
+        format!("{}.queries.health", self.prefix)
+    }
+
+    pub fn queries_wildcard(&self) -> String {
+        format!("{}.queries.>", self.prefix)
+    }
+
+    pub fn projection_queue_group(&self) -> String {
+        "projection".to_owned()
+    }
+
+    /// KV bucket mapping `(user, Idempotency-Key)` to the request id of the first POST.
+    pub fn idempotency_bucket(&self) -> String {
+        format!("{}_IDEMPOTENCY", self.stream_prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_prefix() {
+        let subjects = Subjects::new("test-1a");
+        assert_eq!(subjects.chat_requests(), "test-1a.chat.requests");
+        assert_eq!(subjects.chat_requests_stream(), "TEST_1A_CHAT_REQUESTS");
+        assert_eq!(subjects.idempotency_bucket(), "TEST_1A_IDEMPOTENCY");
+        let request = RequestId::new();
+        assert!(subjects.chat_reply(request).ends_with(&request.to_string()));
+    }
+}

@@ -1,0 +1,1 @@
+//! The agent-worker service (landing in a following commit).

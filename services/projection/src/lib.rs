@@ -1,0 +1,1 @@
+//! The projection service (landing in a following commit).

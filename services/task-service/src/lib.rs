@@ -1,0 +1,1 @@
+//! The task-service service (landing in a following commit).
