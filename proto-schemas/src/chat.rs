@@ -57,8 +57,13 @@ pub struct ChatError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum ChatOutcome {
-    Answered { response: String, tool_calls: Vec<ToolCallRecord> },
-    Failed { error: ChatError },
+    Answered {
+        response: String,
+        tool_calls: Vec<ToolCallRecord>,
+    },
+    Failed {
+        error: ChatError,
+    },
 }
 
 /// The final reply of a turn (JetStream `chat.replies.<request_id>`).
@@ -75,7 +80,11 @@ pub struct ChatReply {
 pub enum ChatStreamChunk {
     /// A piece of the assistant's text as the model writes it.
     TextDelta { text: String },
-    ToolCallStarted { call_id: String, name: String, arguments: serde_json::Value },
+    ToolCallStarted {
+        call_id: String,
+        name: String,
+        arguments: serde_json::Value,
+    },
     ToolCallFinished {
         call_id: String,
         name: String,

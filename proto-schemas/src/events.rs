@@ -45,7 +45,11 @@ pub enum DecodeError {
     #[error("event type {event_type} has no schema version {version}")]
     UnknownVersion { event_type: String, version: u32 },
     #[error("event {event_type} v{version} does not match its schema: {source}")]
-    Payload { event_type: String, version: u32, source: serde_json::Error },
+    Payload {
+        event_type: String,
+        version: u32,
+        source: serde_json::Error,
+    },
 }
 
 /// A family of events stored with a type name and a schema version.
@@ -59,22 +63,39 @@ pub trait EventFamily: Serialize + DeserializeOwned + Sized {
         if version == Self::current_version(event_type) {
             Ok(payload)
         } else {
-            Err(DecodeError::UnknownVersion { event_type: event_type.to_owned(), version })
+            Err(DecodeError::UnknownVersion {
+                event_type: event_type.to_owned(),
+                version,
+            })
         }
     }
 
     fn encode(&self) -> EncodedEvent {
         // Families are adjacently tagged ({"type", "data"}), so the tag is the type name.
         let mut tagged = serde_json::to_value(self).expect("events serialize to JSON");
-        let event_type = tagged["type"].as_str().expect("events are tagged").to_owned();
-        let payload = tagged.get_mut("data").map(Value::take).unwrap_or(Value::Null);
-        EncodedEvent { schema_version: Self::current_version(&event_type), event_type, payload }
+        let event_type = tagged["type"]
+            .as_str()
+            .expect("events are tagged")
+            .to_owned();
+        let payload = tagged
+            .get_mut("data")
+            .map(Value::take)
+            .unwrap_or(Value::Null);
+        EncodedEvent {
+            schema_version: Self::current_version(&event_type),
+            event_type,
+            payload,
+        }
     }
 
     fn decode(event_type: &str, version: u32, payload: Value) -> Result<Self, DecodeError> {
         let payload = Self::upcast(event_type, version, payload)?;
         serde_json::from_value(serde_json::json!({ "type": event_type, "data": payload })).map_err(
-            |source| DecodeError::Payload { event_type: event_type.to_owned(), version, source },
+            |source| DecodeError::Payload {
+                event_type: event_type.to_owned(),
+                version,
+                source,
+            },
         )
     }
 }
@@ -84,9 +105,17 @@ pub trait EventFamily: Serialize + DeserializeOwned + Sized {
 #[serde(tag = "type", content = "data")]
 pub enum TaskEvent {
     /// v2. v1 had no `description`; it is upcast with an empty one.
-    TaskAdded { task_id: TaskNumber, title: String, description: String },
-    TaskCompleted { task_id: TaskNumber },
-    TaskDeleted { task_id: TaskNumber },
+    TaskAdded {
+        task_id: TaskNumber,
+        title: String,
+        description: String,
+    },
+    TaskCompleted {
+        task_id: TaskNumber,
+    },
+    TaskDeleted {
+        task_id: TaskNumber,
+    },
     TaskUpdated {
         task_id: TaskNumber,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,12 +137,17 @@ impl EventFamily for TaskEvent {
         match (event_type, version) {
             ("TaskAdded", 1) => {
                 if let Some(fields) = payload.as_object_mut() {
-                    fields.entry("description").or_insert_with(|| Value::String(String::new()));
+                    fields
+                        .entry("description")
+                        .or_insert_with(|| Value::String(String::new()));
                 }
                 Ok(payload)
             }
             (_, v) if v == Self::current_version(event_type) => Ok(payload),
-            _ => Err(DecodeError::UnknownVersion { event_type: event_type.to_owned(), version }),
+            _ => Err(DecodeError::UnknownVersion {
+                event_type: event_type.to_owned(),
+                version,
+            }),
         }
     }
 }
@@ -124,8 +158,13 @@ impl EventFamily for TaskEvent {
 #[serde(tag = "type", content = "data")]
 pub enum ConversationEvent {
     /// First event of every conversation: whose it is.
-    ConversationStarted { user_id: UserId },
-    UserMessageReceived { request_id: RequestId, text: String },
+    ConversationStarted {
+        user_id: UserId,
+    },
+    UserMessageReceived {
+        request_id: RequestId,
+        text: String,
+    },
     ToolCallRequested {
         request_id: RequestId,
         /// The model step (0, 1, …) of the turn that asked for this call.
@@ -138,9 +177,21 @@ pub enum ConversationEvent {
         /// same command and task-service applies it once.
         command_id: CommandId,
     },
-    ToolCallCompleted { request_id: RequestId, call_id: String, name: String, result: Value },
-    AssistantReplied { request_id: RequestId, text: String },
-    TurnFailed { request_id: RequestId, code: ChatErrorCode, message: String },
+    ToolCallCompleted {
+        request_id: RequestId,
+        call_id: String,
+        name: String,
+        result: Value,
+    },
+    AssistantReplied {
+        request_id: RequestId,
+        text: String,
+    },
+    TurnFailed {
+        request_id: RequestId,
+        code: ChatErrorCode,
+        message: String,
+    },
 }
 
 impl ConversationEvent {
@@ -170,12 +221,17 @@ mod tests {
 
     #[test]
     fn encode_splits_type_version_and_payload() {
-        let event = TaskEvent::TaskCompleted { task_id: TaskNumber(3) };
+        let event = TaskEvent::TaskCompleted {
+            task_id: TaskNumber(3),
+        };
         let encoded = event.encode();
         assert_eq!(encoded.event_type, "TaskCompleted");
         assert_eq!(encoded.schema_version, 1);
         assert_eq!(encoded.payload, json!({"task_id": 3}));
-        assert_eq!(TaskEvent::decode("TaskCompleted", 1, encoded.payload).unwrap(), event);
+        assert_eq!(
+            TaskEvent::decode("TaskCompleted", 1, encoded.payload).unwrap(),
+            event
+        );
     }
 
     #[test]

@@ -243,8 +243,14 @@ mod tests {
 
     #[test]
     fn task_numbers_accept_numbers_and_digit_strings() {
-        assert_eq!(serde_json::from_str::<TaskNumber>("3").unwrap(), TaskNumber(3));
-        assert_eq!(serde_json::from_str::<TaskNumber>("\"#4\"").unwrap(), TaskNumber(4));
+        assert_eq!(
+            serde_json::from_str::<TaskNumber>("3").unwrap(),
+            TaskNumber(3)
+        );
+        assert_eq!(
+            serde_json::from_str::<TaskNumber>("\"#4\"").unwrap(),
+            TaskNumber(4)
+        );
         assert!(serde_json::from_str::<TaskNumber>("\"four\"").is_err());
         assert!(serde_json::from_str::<TaskNumber>("-1").is_err());
     }

@@ -27,7 +27,10 @@ fn default_limit() -> u32 {
 
 impl Default for PageRequest {
     fn default() -> Self {
-        Self { limit: DEFAULT_PAGE_LIMIT, cursor: None }
+        Self {
+            limit: DEFAULT_PAGE_LIMIT,
+            cursor: None,
+        }
     }
 }
 
@@ -97,12 +100,18 @@ pub struct MessageView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum QueryReply<T> {
-    Found { page: Page<T> },
+    Found {
+        page: Page<T>,
+    },
     /// The conversation does not exist or belongs to another user.
     NotFound,
     /// The query itself was malformed (e.g. a bad cursor).
-    Invalid { reason: String },
-    Unavailable { reason: String },
+    Invalid {
+        reason: String,
+    },
+    Unavailable {
+        reason: String,
+    },
 }
 
 /// The projection's answer to a health query.

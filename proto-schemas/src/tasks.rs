@@ -76,8 +76,13 @@ pub enum ToolCall {
 }
 
 /// The tool names, in the order they are offered.
-pub const TOOL_NAMES: [&str; 5] =
-    ["add_task", "list_tasks", "complete_task", "delete_task", "update_task"];
+pub const TOOL_NAMES: [&str; 5] = [
+    "add_task",
+    "list_tasks",
+    "complete_task",
+    "delete_task",
+    "update_task",
+];
 
 impl ToolCall {
     /// Builds a call from a tool name and the JSON arguments a model produced.
@@ -184,9 +189,13 @@ impl ToolOutput {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum TaskCommandReply {
-    Applied { output: ToolOutput },
+    Applied {
+        output: ToolOutput,
+    },
     /// The store or the service failed; the same command id may be retried.
-    Unavailable { reason: String },
+    Unavailable {
+        reason: String,
+    },
 }
 
 #[cfg(test)]
@@ -203,10 +212,19 @@ mod tests {
         .unwrap();
         assert_eq!(
             call,
-            ToolCall::AddTask(AddTaskArgs { title: "Buy milk".into(), description: String::new() })
+            ToolCall::AddTask(AddTaskArgs {
+                title: "Buy milk".into(),
+                description: String::new()
+            })
         );
-        let call = ToolCall::from_name_and_arguments("list_tasks", serde_json::Value::Null).unwrap();
-        assert_eq!(call, ToolCall::ListTasks(ListTasksArgs { status: StatusFilter::All }));
+        let call =
+            ToolCall::from_name_and_arguments("list_tasks", serde_json::Value::Null).unwrap();
+        assert_eq!(
+            call,
+            ToolCall::ListTasks(ListTasksArgs {
+                status: StatusFilter::All
+            })
+        );
         assert!(ToolCall::from_name_and_arguments("drop_tables", json!({})).is_err());
         assert!(ToolCall::from_name_and_arguments("complete_task", json!({})).is_err());
     }
@@ -222,8 +240,10 @@ mod tests {
             serde_json::to_value(&added).unwrap(),
             json!({"task_id": 4, "status": "created", "title": "Buy milk"})
         );
-        let missing =
-            ToolOutput::Refused(ToolError { error: "Task not found".into(), task_id: Some(TaskNumber(9)) });
+        let missing = ToolOutput::Refused(ToolError {
+            error: "Task not found".into(),
+            task_id: Some(TaskNumber(9)),
+        });
         assert_eq!(
             serde_json::to_value(&missing).unwrap(),
             json!({"error": "Task not found", "task_id": 9})

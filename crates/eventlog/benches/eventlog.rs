@@ -39,7 +39,10 @@ const FLOOR_INSERT_ONE: &str = "INSERT INTO floor_events (event_id, stream_id, s
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn sample_event(n: u32) -> NewEvent {
@@ -76,11 +79,19 @@ async fn floor_insert(pool: &PgPool, stream: &str, events: &[NewEvent]) {
         return;
     }
     let ids: Vec<Uuid> = events.iter().map(|e| e.event_id.as_uuid()).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.encoded.event_type.as_str()).collect();
-    let versions: Vec<i32> = events.iter().map(|e| e.encoded.schema_version as i32).collect();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e.encoded.event_type.as_str())
+        .collect();
+    let versions: Vec<i32> = events
+        .iter()
+        .map(|e| e.encoded.schema_version as i32)
+        .collect();
     let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.encoded.payload).collect();
-    let metadata: Vec<serde_json::Value> =
-        events.iter().map(|e| serde_json::to_value(&e.metadata).unwrap()).collect();
+    let metadata: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| serde_json::to_value(&e.metadata).unwrap())
+        .collect();
     let causations: Vec<Option<Uuid>> = events.iter().map(|e| e.metadata.causation_id).collect();
     let correlations: Vec<Option<Uuid>> =
         events.iter().map(|e| e.metadata.correlation_id).collect();
@@ -189,7 +200,10 @@ async fn seed(pool: &PgPool, count: usize) {
         .unwrap();
         done += n;
     }
-    sqlx::query("VACUUM ANALYZE events").execute(pool).await.unwrap();
+    sqlx::query("VACUUM ANALYZE events")
+        .execute(pool)
+        .await
+        .unwrap();
 }
 
 async fn replay(store: &EventStore, batch: u32) -> (usize, f64) {
@@ -241,13 +255,19 @@ async fn replay_floor(pool: &PgPool, batch: i64) -> (usize, f64) {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let appends = env_number("BENCH_APPENDS", 4_000);
         let replay_events = env_number("BENCH_REPLAY_EVENTS", 1_000_000);
         let db = TestDatabase::create().await.unwrap();
         let store = EventStore::connect(&db.url, 20).await.unwrap();
-        sqlx::query(FLOOR_TABLE).execute(store.pool()).await.unwrap();
+        sqlx::query(FLOOR_TABLE)
+            .execute(store.pool())
+            .await
+            .unwrap();
         let settings: Vec<(String, String)> = sqlx::query_as(
             "SELECT name, setting FROM pg_settings WHERE name IN ('synchronous_commit', 'fsync')",
         )
@@ -266,20 +286,40 @@ fn main() {
             run_writes(&store, true, writers, 2, batch_size).await;
             let floor = run_writes(&store, true, writers, batches, batch_size).await;
             let ours = run_writes(&store, false, writers, batches, batch_size).await;
-            let kind = if batch_size == 1 { "single-event".to_owned() } else { format!("{batch_size}-event batches") };
-            rows.push(Row { name: format!("append {kind}, {writers} writer(s)"), events, ours, floor });
+            let kind = if batch_size == 1 {
+                "single-event".to_owned()
+            } else {
+                format!("{batch_size}-event batches")
+            };
+            rows.push(Row {
+                name: format!("append {kind}, {writers} writer(s)"),
+                events,
+                ours,
+                floor,
+            });
         }
         print_rows(&rows);
 
-        sqlx::query("TRUNCATE events").execute(store.pool()).await.unwrap();
+        sqlx::query("TRUNCATE events")
+            .execute(store.pool())
+            .await
+            .unwrap();
         let seeding = Instant::now();
         seed(store.pool(), replay_events).await;
-        println!("\nseeded {replay_events} events in {:.1}s", seeding.elapsed().as_secs_f64());
+        println!(
+            "\nseeded {replay_events} events in {:.1}s",
+            seeding.elapsed().as_secs_f64()
+        );
         let (floor_count, floor) = replay_floor(store.pool(), 5_000).await;
         let (count, ours) = replay(&store, 5_000).await;
         assert_eq!(count, replay_events, "replay saw every event");
         assert_eq!(floor_count, replay_events);
-        print_rows(&[Row { name: "replay: read_all + decode".into(), events: count, ours, floor }]);
+        print_rows(&[Row {
+            name: "replay: read_all + decode".into(),
+            events: count,
+            ours,
+            floor,
+        }]);
         let rate = count as f64 / ours;
         println!("\nreplay rate {rate:.0} events/s (target >= 200000)");
     });

@@ -15,8 +15,8 @@ pub mod store;
 pub mod subscription;
 
 pub use model::{
-    AppendError, AppendOutcome, Checkpoint, EventMetadata, ExpectedVersion, NewEvent,
-    StoreError, StoredEvent,
+    AppendError, AppendOutcome, Checkpoint, EventMetadata, ExpectedVersion, NewEvent, StoreError,
+    StoredEvent,
 };
 pub use store::EventStore;
 pub use subscription::SubscribeOptions;

@@ -37,7 +37,11 @@ pub struct NewEvent {
 
 impl NewEvent {
     pub fn new<E: EventFamily>(event_id: EventId, event: &E, metadata: EventMetadata) -> Self {
-        Self { event_id, encoded: event.encode(), metadata }
+        Self {
+            event_id,
+            encoded: event.encode(),
+            metadata,
+        }
     }
 }
 
@@ -66,7 +70,10 @@ impl StoredEvent {
 
     /// The checkpoint just after this event.
     pub fn checkpoint(&self) -> Checkpoint {
-        Checkpoint { transaction_id: self.transaction_id, position: self.position }
+        Checkpoint {
+            transaction_id: self.transaction_id,
+            position: self.position,
+        }
     }
 }
 
@@ -80,7 +87,10 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// Before the first event.
-    pub const START: Checkpoint = Checkpoint { transaction_id: 0, position: 0 };
+    pub const START: Checkpoint = Checkpoint {
+        transaction_id: 0,
+        position: 0,
+    };
 }
 
 /// What the appender believes about the stream.
@@ -132,7 +142,11 @@ pub enum StoreError {
 pub enum AppendError {
     /// Another writer moved the stream: re-read it, decide again, retry.
     #[error("stream {stream} is at version {actual}, expected {expected:?}")]
-    Conflict { stream: String, expected: ExpectedVersion, actual: u64 },
+    Conflict {
+        stream: String,
+        expected: ExpectedVersion,
+        actual: u64,
+    },
     /// Some but not all of the batch's event ids are stored: a caller bug, since a
     /// retried batch must carry the same ids as the first attempt.
     #[error("some events of the batch for stream {stream} are stored already, others are not")]

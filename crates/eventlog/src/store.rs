@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
+use sqlx::postgres::{PgPoolOptions, PgRow};
 use uuid::Uuid;
 
 use crate::model::{
@@ -123,9 +123,15 @@ impl EventStore {
     }
 
     /// The events caused by one command or request, in log order.
-    pub async fn find_by_causation(&self, causation_id: Uuid) -> Result<Vec<StoredEvent>, StoreError> {
+    pub async fn find_by_causation(
+        &self,
+        causation_id: Uuid,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let sql = select_events!("WHERE causation_id = $1 ORDER BY position");
-        let rows = sqlx::query(sql).bind(causation_id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(sql)
+            .bind(causation_id)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(decode_row).collect()
     }
 
@@ -134,7 +140,11 @@ impl EventStore {
     /// Gap-free: only events of transactions older than every transaction still in
     /// flight are returned, so an event that commits later can never land behind a
     /// checkpoint a reader has already passed.
-    pub async fn read_all(&self, after: Checkpoint, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+    pub async fn read_all(
+        &self,
+        after: Checkpoint,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let sql = select_events!(
             // `events.` matters: the bare name would mean the int8 output column and
             // turn an index scan into a sort of the whole table.
@@ -174,7 +184,10 @@ async fn append_on(
         return Err(AppendError::Empty);
     }
     let ids: Vec<Uuid> = events.iter().map(|e| e.event_id.as_uuid()).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.encoded.event_type.as_str()).collect();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e.encoded.event_type.as_str())
+        .collect();
     let versions: Vec<i32> = events
         .iter()
         .map(|e| i32::try_from(e.encoded.schema_version).unwrap_or(i32::MAX))
@@ -187,7 +200,9 @@ async fn append_on(
     let causations: Vec<Option<Uuid>> = events.iter().map(|e| e.metadata.causation_id).collect();
     let correlations: Vec<Option<Uuid>> =
         events.iter().map(|e| e.metadata.correlation_id).collect();
-    let expected_version = expected.as_version().map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+    let expected_version = expected
+        .as_version()
+        .map(|v| i64::try_from(v).unwrap_or(i64::MAX));
 
     loop {
         let result = sqlx::query(APPEND_SQL)
@@ -215,7 +230,9 @@ async fn append_on(
             // or a real conflict.
             Ok(_) => return stored_or_conflict(conn, stream, expected, &ids).await,
             Err(error) => match violated_constraint(&error) {
-                Some(EVENT_ID_KEY) => return stored_or_conflict(conn, stream, expected, &ids).await,
+                Some(EVENT_ID_KEY) => {
+                    return stored_or_conflict(conn, stream, expected, &ids).await;
+                }
                 // Lost a race for the same version. With `Any` that is not a conflict:
                 // go again on top of the winner.
                 Some(STREAM_VERSION_KEY) if expected == ExpectedVersion::Any => continue,
@@ -249,7 +266,9 @@ async fn stored_or_conflict(
         });
     }
     if !stored.is_empty() {
-        return Err(AppendError::PartiallyStored { stream: stream.to_owned() });
+        return Err(AppendError::PartiallyStored {
+            stream: stream.to_owned(),
+        });
     }
     let actual: i64 = sqlx::query_scalar(
         "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1",
@@ -257,7 +276,11 @@ async fn stored_or_conflict(
     .bind(stream)
     .fetch_one(&mut *conn)
     .await?;
-    Err(AppendError::Conflict { stream: stream.to_owned(), expected, actual: to_version(actual) })
+    Err(AppendError::Conflict {
+        stream: stream.to_owned(),
+        expected,
+        actual: to_version(actual),
+    })
 }
 
 fn violated_constraint(error: &sqlx::Error) -> Option<&str> {

@@ -3,8 +3,8 @@
 use eventlog::{AppendError, Checkpoint, EventMetadata, EventStore, ExpectedVersion, NewEvent};
 use proto_schemas::events::TaskEvent;
 use proto_schemas::{EventId, TaskNumber};
-use testkit::TestDatabase;
 use std::time::Duration;
+use testkit::TestDatabase;
 
 use uuid::Uuid;
 
@@ -46,20 +46,31 @@ async fn appends_and_reads_a_stream_in_order_with_metadata() {
         tracestate: None,
     };
     let outcome = store
-        .append("tasks-alice", ExpectedVersion::NoStream, &[first.clone(), added(2)])
+        .append(
+            "tasks-alice",
+            ExpectedVersion::NoStream,
+            &[first.clone(), added(2)],
+        )
         .await
         .unwrap();
     assert_eq!(outcome.stream_version, 2);
     assert!(!outcome.already_stored);
 
     let events = store.read_stream("tasks-alice").await.unwrap();
-    assert_eq!(events.iter().map(|e| e.stream_version).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        events.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+        [1, 2]
+    );
     assert_eq!(events[0].event_id, first.event_id);
     assert_eq!(events[0].metadata, first.metadata);
     assert_eq!(events[0].schema_version, 2);
     assert_eq!(
         events[1].decode::<TaskEvent>().unwrap(),
-        TaskEvent::TaskAdded { task_id: TaskNumber(2), title: "task 2".into(), description: String::new() }
+        TaskEvent::TaskAdded {
+            task_id: TaskNumber(2),
+            title: "task 2".into(),
+            description: String::new()
+        }
     );
     assert_eq!(store.stream_version("tasks-alice").await.unwrap(), 2);
     assert_eq!(store.stream_version("tasks-nobody").await.unwrap(), 0);
@@ -71,15 +82,31 @@ async fn appends_and_reads_a_stream_in_order_with_metadata() {
 #[tokio::test]
 async fn a_stale_expected_version_is_a_conflict_and_writes_nothing() {
     let (_db, store) = store().await;
-    store.append("s", ExpectedVersion::NoStream, &[added(1)]).await.unwrap();
+    store
+        .append("s", ExpectedVersion::NoStream, &[added(1)])
+        .await
+        .unwrap();
 
-    let stale = store.append("s", ExpectedVersion::NoStream, &[added(2)]).await;
-    assert!(matches!(stale, Err(AppendError::Conflict { actual: 1, .. })), "{stale:?}");
-    let ahead = store.append("s", ExpectedVersion::Exact(5), &[added(2)]).await;
-    assert!(matches!(ahead, Err(AppendError::Conflict { actual: 1, .. })), "{ahead:?}");
+    let stale = store
+        .append("s", ExpectedVersion::NoStream, &[added(2)])
+        .await;
+    assert!(
+        matches!(stale, Err(AppendError::Conflict { actual: 1, .. })),
+        "{stale:?}"
+    );
+    let ahead = store
+        .append("s", ExpectedVersion::Exact(5), &[added(2)])
+        .await;
+    assert!(
+        matches!(ahead, Err(AppendError::Conflict { actual: 1, .. })),
+        "{ahead:?}"
+    );
     assert_eq!(store.read_stream("s").await.unwrap().len(), 1);
 
-    let next = store.append("s", ExpectedVersion::Exact(1), &[added(2)]).await.unwrap();
+    let next = store
+        .append("s", ExpectedVersion::Exact(1), &[added(2)])
+        .await
+        .unwrap();
     assert_eq!(next.stream_version, 2);
 }
 
@@ -87,22 +114,42 @@ async fn a_stale_expected_version_is_a_conflict_and_writes_nothing() {
 async fn re_appending_stored_event_ids_returns_the_first_outcome_and_writes_nothing() {
     let (_db, store) = store().await;
     let batch = [added(1), added(2)];
-    let first = store.append("s", ExpectedVersion::NoStream, &batch).await.unwrap();
-    store.append("s", ExpectedVersion::Exact(2), &[added(3)]).await.unwrap();
+    let first = store
+        .append("s", ExpectedVersion::NoStream, &batch)
+        .await
+        .unwrap();
+    store
+        .append("s", ExpectedVersion::Exact(2), &[added(3)])
+        .await
+        .unwrap();
 
     // The retry carries the same ids and the same (now stale) expectation.
-    let retry = store.append("s", ExpectedVersion::NoStream, &batch).await.unwrap();
+    let retry = store
+        .append("s", ExpectedVersion::NoStream, &batch)
+        .await
+        .unwrap();
     assert!(retry.already_stored);
     assert_eq!(retry.stream_version, first.stream_version);
     assert_eq!(retry.last_position, first.last_position);
-    let retry_any = store.append("s", ExpectedVersion::Any, &batch).await.unwrap();
+    let retry_any = store
+        .append("s", ExpectedVersion::Any, &batch)
+        .await
+        .unwrap();
     assert!(retry_any.already_stored);
     assert_eq!(store.read_stream("s").await.unwrap().len(), 3);
 
-    let mixed = store.append("s", ExpectedVersion::Any, &[batch[0].clone(), added(9)]).await;
-    assert!(matches!(mixed, Err(AppendError::PartiallyStored { .. })), "{mixed:?}");
+    let mixed = store
+        .append("s", ExpectedVersion::Any, &[batch[0].clone(), added(9)])
+        .await;
+    assert!(
+        matches!(mixed, Err(AppendError::PartiallyStored { .. })),
+        "{mixed:?}"
+    );
     assert_eq!(store.read_stream("s").await.unwrap().len(), 3);
-    assert!(matches!(store.append("s", ExpectedVersion::Any, &[]).await, Err(AppendError::Empty)));
+    assert!(matches!(
+        store.append("s", ExpectedVersion::Any, &[]).await,
+        Err(AppendError::Empty)
+    ));
 }
 
 #[tokio::test]
@@ -110,10 +157,17 @@ async fn racing_appends_with_one_expected_version_let_exactly_one_win() {
     let (_db, store) = store().await;
     let attempts = (0..16).map(|i| {
         let store = store.clone();
-        tokio::spawn(async move { store.append("race", ExpectedVersion::NoStream, &[added(i)]).await })
+        tokio::spawn(async move {
+            store
+                .append("race", ExpectedVersion::NoStream, &[added(i)])
+                .await
+        })
     });
     let results = futures::future::join_all(attempts).await;
-    let wins = results.iter().filter(|r| r.as_ref().unwrap().is_ok()).count();
+    let wins = results
+        .iter()
+        .filter(|r| r.as_ref().unwrap().is_ok())
+        .count();
     let conflicts = results
         .iter()
         .filter(|r| matches!(r.as_ref().unwrap(), Err(AppendError::Conflict { .. })))
@@ -132,8 +186,13 @@ async fn racing_appends_with_any_version_all_land_on_consecutive_versions() {
     for result in futures::future::join_all(appends).await {
         result.unwrap().unwrap();
     }
-    let versions: Vec<u64> =
-        store.read_stream("any").await.unwrap().iter().map(|e| e.stream_version).collect();
+    let versions: Vec<u64> = store
+        .read_stream("any")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
     assert_eq!(versions, (1..=32).collect::<Vec<_>>());
 }
 
@@ -152,7 +211,11 @@ async fn old_schema_versions_are_upcast_on_read() {
     let events = all_events_readable(&store, 1).await;
     assert_eq!(
         events[0].decode::<TaskEvent>().unwrap(),
-        TaskEvent::TaskAdded { task_id: TaskNumber(1), title: "Buy milk".into(), description: String::new() }
+        TaskEvent::TaskAdded {
+            task_id: TaskNumber(1),
+            title: "Buy milk".into(),
+            description: String::new()
+        }
     );
 }
 
@@ -161,7 +224,10 @@ async fn read_all_pages_through_the_log_in_order() {
     let (_db, store) = store().await;
     for stream in ["a", "b", "c"] {
         let batch: Vec<_> = (1..=5).map(added).collect();
-        store.append(stream, ExpectedVersion::NoStream, &batch).await.unwrap();
+        store
+            .append(stream, ExpectedVersion::NoStream, &batch)
+            .await
+            .unwrap();
     }
     all_events_readable(&store, 15).await;
     let mut checkpoint = Checkpoint::START;

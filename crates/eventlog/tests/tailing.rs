@@ -46,7 +46,11 @@ async fn an_event_committed_late_is_read_after_the_older_transaction_ends() {
     fast.commit().await.unwrap();
 
     assert!(
-        store.read_all(Checkpoint::START, 100).await.unwrap().is_empty(),
+        store
+            .read_all(Checkpoint::START, 100)
+            .await
+            .unwrap()
+            .is_empty(),
         "nothing may be read past a transaction that is still open"
     );
     slow.commit().await.unwrap();
@@ -70,8 +74,15 @@ async fn a_tail_sees_every_event_of_concurrent_writers_exactly_once() {
     let db = TestDatabase::create().await.unwrap();
     let store = EventStore::connect(&db.url, 40).await.unwrap();
     let (wake, wakeups) = mpsc::unbounded_channel();
-    let options = SubscribeOptions { batch_size: 50, ..SubscribeOptions::default() };
-    let mut tail = store.subscribe(Checkpoint::START, UnboundedReceiverStream::new(wakeups), options);
+    let options = SubscribeOptions {
+        batch_size: 50,
+        ..SubscribeOptions::default()
+    };
+    let mut tail = store.subscribe(
+        Checkpoint::START,
+        UnboundedReceiverStream::new(wakeups),
+        options,
+    );
 
     let writers = (0..WRITERS).map(|writer| {
         let store = store.clone();
@@ -85,11 +96,16 @@ async fn a_tail_sees_every_event_of_concurrent_writers_exactly_once() {
                     // Through the store's own append.
                     let events: Vec<NewEvent> = (0..2)
                         .map(|i| {
-                            let event = TaskEvent::TaskCompleted { task_id: TaskNumber(i) };
+                            let event = TaskEvent::TaskCompleted {
+                                task_id: TaskNumber(i),
+                            };
                             NewEvent::new(EventId::new(), &event, Default::default())
                         })
                         .collect();
-                    store.append(&stream, ExpectedVersion::Exact(version), &events).await.unwrap();
+                    store
+                        .append(&stream, ExpectedVersion::Exact(version), &events)
+                        .await
+                        .unwrap();
                     written.extend(events.iter().map(|e| e.event_id.as_uuid()));
                     version += 2;
                 } else {

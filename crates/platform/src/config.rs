@@ -27,7 +27,11 @@ pub struct NatsConfig {
     )]
     pub subject_prefix: String,
     /// Replicas of each JetStream stream this deployment creates (3 on a NATS cluster).
-    #[arg(long = "stream-replicas", env = "NATS_STREAM_REPLICAS", default_value_t = 1)]
+    #[arg(
+        long = "stream-replicas",
+        env = "NATS_STREAM_REPLICAS",
+        default_value_t = 1
+    )]
     pub stream_replicas: usize,
 }
 

@@ -67,8 +67,11 @@ async fn ensure(
     jetstream: &jetstream::Context,
     config: stream::Config,
 ) -> Result<stream::Stream, BusError> {
-    jetstream.get_or_create_stream(config).await.map_err(|error| BusError::JetStream {
-        operation: "create stream",
-        source: Box::new(error),
-    })
+    jetstream
+        .get_or_create_stream(config)
+        .await
+        .map_err(|error| BusError::JetStream {
+            operation: "create stream",
+            source: Box::new(error),
+        })
 }
