@@ -1,1 +1,276 @@
-//! system-tests
+//! The harness of the system tests: starts every taskchat service as a real process
+//! (the binaries `cargo build --workspace --bins` produced) against the machine's NATS
+//! and Postgres, isolated by a fresh database and a unique subject prefix, and talks
+//! to them only through their public interfaces.
+//!
+//! Processes are killed when the [`Stack`] is dropped. Each service's output goes to
+//! `target/system-tests/<prefix>/<service>.log`, named in every failure message.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use platform::auth::JwtKeys;
+use proto_schemas::UserId;
+use testkit::{TestBus, TestDatabase, free_port};
+use tokio::process::{Child, Command};
+
+/// The secret the stack's services sign and verify tokens with.
+pub const JWT_SECRET: &str = "system-tests-secret";
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub workers: usize,
+    /// Added latency of every offline-llm completion.
+    pub llm_latency_ms: u64,
+    pub dev_login: bool,
+    /// The gateway's wait for a reply before it answers 504.
+    pub reply_timeout_secs: u64,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self { workers: 1, llm_latency_ms: 0, dev_login: true, reply_timeout_secs: 30 }
+    }
+}
+
+/// One running service process.
+#[derive(Debug)]
+struct Service {
+    child: Child,
+    log: PathBuf,
+}
+
+/// Every service of taskchat, running.
+#[derive(Debug)]
+pub struct Stack {
+    /// Base URL of the gateway, e.g. `http://127.0.0.1:40123`.
+    pub gateway: String,
+    /// task-service's MCP endpoint.
+    pub mcp: String,
+    /// offline-llm's OpenAI-compatible base URL (`…/v1`).
+    pub llm: String,
+    pub db: TestDatabase,
+    pub bus: TestBus,
+    pub keys: JwtKeys,
+    pub options: StackOptions,
+    http: reqwest::Client,
+    logs: PathBuf,
+    env: BTreeMap<String, String>,
+    services: BTreeMap<String, Service>,
+}
+
+/// Where cargo put the workspace's binaries: next to the directory of this test binary.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the services first (`cargo build --workspace --bins`, which \
+         `make test` does)",
+        path.display()
+    );
+    path
+}
+
+impl Stack {
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(StackOptions::default()).await
+    }
+
+    pub async fn start_with(options: StackOptions) -> anyhow::Result<Self> {
+        let db = TestDatabase::create().await?;
+        let bus = TestBus::new().await?;
+        let logs = binary("gateway")
+            .parent()
+            .expect("target dir")
+            .join("../system-tests")
+            .join(&bus.prefix);
+        std::fs::create_dir_all(&logs)?;
+
+        let llm_port = free_port();
+        let task_port = free_port();
+        let gateway_port = free_port();
+        let llm = format!("http://127.0.0.1:{llm_port}/v1");
+        let mcp = format!("http://127.0.0.1:{task_port}/mcp");
+        let gateway = format!("http://127.0.0.1:{gateway_port}");
+
+        let env: BTreeMap<String, String> = [
+            ("NATS_URL", bus.nats_url.clone()),
+            ("TASKCHAT_SUBJECT_PREFIX", bus.prefix.clone()),
+            ("DATABASE_URL", db.url.clone()),
+            ("DATABASE_MAX_CONNECTIONS", "5".into()),
+            ("AUTH_JWT_SECRET", JWT_SECRET.into()),
+            ("RUST_LOG", "info,sqlx=warn".into()),
+            ("OFFLINE_LLM_LISTEN", format!("127.0.0.1:{llm_port}")),
+            ("OFFLINE_LLM_LATENCY_MS", options.llm_latency_ms.to_string()),
+            ("TASK_SERVICE_LISTEN", format!("127.0.0.1:{task_port}")),
+            ("TASK_SERVICE_MCP_URL", mcp.clone()),
+            ("LLM_BASE_URL", llm.clone()),
+            ("LLM_MODEL", "offline-llm".into()),
+            ("GATEWAY_LISTEN", format!("127.0.0.1:{gateway_port}")),
+            ("AUTH_DEV_LOGIN", options.dev_login.to_string()),
+            ("GATEWAY_REPLY_TIMEOUT_SECS", options.reply_timeout_secs.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+
+        let mut stack = Self {
+            gateway,
+            mcp,
+            llm,
+            db,
+            bus,
+            keys: JwtKeys::new(JWT_SECRET.as_bytes()),
+            options: options.clone(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+            logs,
+            env,
+            services: BTreeMap::new(),
+        };
+        stack.spawn("offline-llm", "offline-llm", &[])?;
+        stack.wait_http("offline-llm", &format!("http://127.0.0.1:{llm_port}/healthz")).await?;
+        stack.spawn("task-service", "task-service", &[])?;
+        stack.wait_http("task-service", &format!("http://127.0.0.1:{task_port}/healthz")).await?;
+        stack.spawn("projection", "projection", &[])?;
+        for worker in 0..options.workers {
+            stack.spawn(&format!("agent-worker-{worker}"), "agent-worker", &[])?;
+        }
+        stack.spawn("gateway", "gateway", &[])?;
+        let ready = format!("{}/readyz", stack.gateway);
+        stack.wait_http("gateway", &ready).await?;
+        Ok(stack)
+    }
+
+    /// Starts `binary` as the service called `name` with the stack's environment.
+    pub fn spawn(&mut self, name: &str, binary_name: &str, args: &[&str]) -> anyhow::Result<()> {
+        let log = self.logs.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let mut command = Command::new(binary(binary_name));
+        command
+            .args(args)
+            .envs(&self.env)
+            // The system tests never reach a real provider.
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("GEMINI_API_KEY")
+            .env_remove("LLM_API_KEY")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true);
+        let child = command.spawn().with_context(|| format!("failed to start {name}"))?;
+        self.services.insert(name.to_owned(), Service { child, log });
+        Ok(())
+    }
+
+    /// Kills a service with SIGKILL and waits for it to be gone.
+    pub async fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        let mut service =
+            self.services.remove(name).with_context(|| format!("no service {name}"))?;
+        service.child.kill().await?;
+        Ok(())
+    }
+
+    /// Runs a one-off command of a service binary (e.g. `projection verify`) to the end.
+    pub async fn run_to_end(
+        &self,
+        binary_name: &str,
+        args: &[&str],
+    ) -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(binary(binary_name))
+            .args(args)
+            .envs(&self.env)
+            .stdin(Stdio::null())
+            .output()
+            .await?)
+    }
+
+    /// The environment the stack's services run with.
+    pub fn env(&self) -> &BTreeMap<String, String> {
+        &self.env
+    }
+
+    async fn wait_http(&mut self, name: &str, url: &str) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(response) = self.http.get(url).send().await {
+                if response.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if let Some(service) = self.services.get_mut(name) {
+                if let Some(status) = service.child.try_wait()? {
+                    bail!("{name} exited with {status}; see {}", service.log.display());
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{name} did not answer {url} within 60 s; see {}", self.logs.display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A bearer token for `user`, valid for an hour.
+    pub fn token(&self, user: &str) -> String {
+        let user = UserId::parse(user).expect("a valid user id");
+        self.keys.mint(&user, Duration::from_secs(3600))
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Where this stack's service logs are.
+    pub fn logs(&self) -> &Path {
+        &self.logs
+    }
+
+    /// `POST /api/{user}/chat` as `user`; returns the status and the JSON body.
+    pub async fn chat(
+        &self,
+        user: &str,
+        message: &str,
+        conversation_id: Option<&str>,
+    ) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
+        let mut body = serde_json::json!({ "message": message });
+        if let Some(id) = conversation_id {
+            body["conversation_id"] = id.into();
+        }
+        let response = self
+            .http
+            .post(format!("{}/api/{user}/chat", self.gateway))
+            .bearer_auth(self.token(user))
+            .json(&body)
+            .send()
+            .await?;
+        let status = response.status();
+        let text = response.text().await?;
+        let json = serde_json::from_str(&text)
+            .with_context(|| format!("non-JSON body ({status}): {text}"))?;
+        Ok((status, json))
+    }
+
+    /// `GET {path}` on the gateway as `user`; returns the status and the JSON body.
+    pub async fn get(
+        &self,
+        user: &str,
+        path: &str,
+    ) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.gateway))
+            .bearer_auth(self.token(user))
+            .send()
+            .await?;
+        let status = response.status();
+        let text = response.text().await?;
+        let json = serde_json::from_str(&text)
+            .with_context(|| format!("non-JSON body ({status}): {text}"))?;
+        Ok((status, json))
+    }
+}
