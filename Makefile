@@ -5,11 +5,12 @@
 #   make lint             rustfmt check and clippy with warnings as errors
 #   make schemas          regenerate proto-schemas/schemas/*.json from the Rust types
 #   make services         make sure PostgreSQL and NATS answer (start/install them if not)
+#   make k8s-check        render every Kubernetes overlay (kubectl kustomize)
 
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: services build test lint fmt schemas bench bench-eventlog
+.PHONY: services build test lint fmt schemas bench bench-eventlog k8s-check
 
 services:
 	@deploy/local/services.sh
@@ -39,3 +40,8 @@ bench: bench-eventlog
 
 bench-eventlog: services
 	$(CARGO) bench -p eventlog --bench eventlog
+
+k8s-check:
+	@for overlay in k8s/overlays/*/; do \
+		kubectl kustomize "$$overlay" >/dev/null && echo "rendered $$overlay"; \
+	done

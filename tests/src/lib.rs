@@ -33,7 +33,12 @@ pub struct StackOptions {
 
 impl Default for StackOptions {
     fn default() -> Self {
-        Self { workers: 1, llm_latency_ms: 0, dev_login: true, reply_timeout_secs: 30 }
+        Self {
+            workers: 1,
+            llm_latency_ms: 0,
+            dev_login: true,
+            reply_timeout_secs: 30,
+        }
     }
 }
 
@@ -66,7 +71,10 @@ pub struct Stack {
 /// Where cargo put the workspace's binaries: next to the directory of this test binary.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary has a path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -114,7 +122,10 @@ impl Stack {
             ("LLM_MODEL", "offline-llm".into()),
             ("GATEWAY_LISTEN", format!("127.0.0.1:{gateway_port}")),
             ("AUTH_DEV_LOGIN", options.dev_login.to_string()),
-            ("GATEWAY_REPLY_TIMEOUT_SECS", options.reply_timeout_secs.to_string()),
+            (
+                "GATEWAY_REPLY_TIMEOUT_SECS",
+                options.reply_timeout_secs.to_string(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -128,15 +139,27 @@ impl Stack {
             bus,
             keys: JwtKeys::new(JWT_SECRET.as_bytes()),
             options: options.clone(),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
             logs,
             env,
             services: BTreeMap::new(),
         };
         stack.spawn("offline-llm", "offline-llm", &[])?;
-        stack.wait_http("offline-llm", &format!("http://127.0.0.1:{llm_port}/healthz")).await?;
+        stack
+            .wait_http(
+                "offline-llm",
+                &format!("http://127.0.0.1:{llm_port}/healthz"),
+            )
+            .await?;
         stack.spawn("task-service", "task-service", &[])?;
-        stack.wait_http("task-service", &format!("http://127.0.0.1:{task_port}/healthz")).await?;
+        stack
+            .wait_http(
+                "task-service",
+                &format!("http://127.0.0.1:{task_port}/healthz"),
+            )
+            .await?;
         stack.spawn("projection", "projection", &[])?;
         for worker in 0..options.workers {
             stack.spawn(&format!("agent-worker-{worker}"), "agent-worker", &[])?;
@@ -150,7 +173,10 @@ impl Stack {
     /// Starts `binary` as the service called `name` with the stack's environment.
     pub fn spawn(&mut self, name: &str, binary_name: &str, args: &[&str]) -> anyhow::Result<()> {
         let log = self.logs.join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let mut command = Command::new(binary(binary_name));
         command
             .args(args)
@@ -163,15 +189,20 @@ impl Stack {
             .stdout(file.try_clone()?)
             .stderr(file)
             .kill_on_drop(true);
-        let child = command.spawn().with_context(|| format!("failed to start {name}"))?;
-        self.services.insert(name.to_owned(), Service { child, log });
+        let child = command
+            .spawn()
+            .with_context(|| format!("failed to start {name}"))?;
+        self.services
+            .insert(name.to_owned(), Service { child, log });
         Ok(())
     }
 
     /// Kills a service with SIGKILL and waits for it to be gone.
     pub async fn kill(&mut self, name: &str) -> anyhow::Result<()> {
-        let mut service =
-            self.services.remove(name).with_context(|| format!("no service {name}"))?;
+        let mut service = self
+            .services
+            .remove(name)
+            .with_context(|| format!("no service {name}"))?;
         service.child.kill().await?;
         Ok(())
     }
@@ -198,18 +229,21 @@ impl Stack {
     async fn wait_http(&mut self, name: &str, url: &str) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(response) = self.http.get(url).send().await {
-                if response.status().is_success() {
-                    return Ok(());
-                }
+            if let Ok(response) = self.http.get(url).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
             }
-            if let Some(service) = self.services.get_mut(name) {
-                if let Some(status) = service.child.try_wait()? {
-                    bail!("{name} exited with {status}; see {}", service.log.display());
-                }
+            if let Some(service) = self.services.get_mut(name)
+                && let Some(status) = service.child.try_wait()?
+            {
+                bail!("{name} exited with {status}; see {}", service.log.display());
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("{name} did not answer {url} within 60 s; see {}", self.logs.display());
+                bail!(
+                    "{name} did not answer {url} within 60 s; see {}",
+                    self.logs.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
