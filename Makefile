@@ -2,6 +2,7 @@
 #   make test             every test (unit + integration against the local NATS and Postgres)
 #   make bench            every benchmark (prints figures; see docs in README)
 #   make bench-eventlog   the event store benchmark alone
+#   make bench-task-service  add_task over NATS and MCP at 1 and 32 clients
 #   make lint             rustfmt check and clippy with warnings as errors
 #   make schemas          regenerate proto-schemas/schemas/*.json from the Rust types
 #   make services         make sure PostgreSQL and NATS answer (start/install them if not)
@@ -10,10 +11,19 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: services build test lint fmt schemas bench bench-eventlog k8s-check
+.PHONY: services build test lint fmt schemas bench bench-eventlog bench-task-service k8s-check
 
 services:
 	@deploy/local/services.sh
+
+# make up: build and start the whole stack as local processes (logs in .run/logs);
+# make down: stop what make up started.
+.PHONY: up down
+up:
+	@deploy/local/up.sh
+
+down:
+	@deploy/local/down.sh
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -36,10 +46,13 @@ schemas:
 	UPDATE_SCHEMAS=1 $(CARGO) test -p proto-schemas --lib schema
 	@git --no-pager diff --stat -- proto-schemas/schemas || true
 
-bench: bench-eventlog
+bench: bench-eventlog bench-task-service
 
 bench-eventlog: services
 	$(CARGO) bench -p eventlog --bench eventlog
+
+bench-task-service: services
+	$(CARGO) bench -p task-service --bench commands
 
 k8s-check:
 	@for overlay in k8s/overlays/*/; do \

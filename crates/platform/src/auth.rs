@@ -73,9 +73,15 @@ impl JwtKeys {
             exp: now.saturating_add(ttl),
             iat: now,
         };
+        self.sign(&claims)
+    }
+
+    /// Signs the given claims as they are (e.g. a token that expired long ago, for tests
+    /// of expiry handling).
+    pub fn sign(&self, claims: &Claims) -> String {
         // Encoding HMAC claims made of plain strings and integers cannot fail: the key
         // family always matches the header and serialization has no fallible field.
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
             .expect("HS256 encoding of plain claims is infallible")
     }
 

@@ -1,1 +1,284 @@
-//! The task-service service (landing in a following commit).
+//! task-service: each user's task list as an event-sourced aggregate. It answers task
+//! commands on NATS (for the agent workers) and the same tools over MCP (for MCP
+//! clients), and appends what they do to the Postgres event log.
+//!
+//! # Layout
+//! - [`domain`]: the pure task-list aggregate (fold, decide, report).
+//! - [`handler`]: the one command handler both transports use: idempotent by
+//!   command id, optimistic appends retried from fresh state.
+//! - [`nats`]: the queue-group request-reply subscription on `tasks.commands`.
+//! - [`mcp`]: the five tools over MCP (rmcp, streamable HTTP, stateless).
+//! - [`http`]: the axum router (`/mcp` behind bearer auth, `/healthz`).
+//!
+//! [`App::build`] connects and binds; [`App::run`] serves until a shutdown token is
+//! cancelled. `main` and the tests drive it the same way.
+
+pub mod domain;
+pub mod handler;
+pub mod http;
+pub mod mcp;
+pub mod nats;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use eventlog::EventStore;
+use platform::config::{AuthConfig, DatabaseConfig, NatsConfig, TelemetryConfig};
+use tokio_util::sync::CancellationToken;
+
+pub use handler::CommandHandler;
+
+/// The name the service reports in logs, traces and its NATS connection.
+pub const SERVICE_NAME: &str = "task-service";
+
+/// How long start-up (and shutdown) wait for NATS to confirm what was sent. NATS
+/// being down is not fatal (the client keeps reconnecting), only logged.
+const NATS_READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Every setting of task-service.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "task-service",
+    version,
+    about = "Per-user task lists as events: task commands over NATS and the task tools over MCP"
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub nats: NatsConfig,
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+    #[command(flatten)]
+    pub auth: AuthConfig,
+    /// Address of the HTTP server (MCP at /mcp, health at /healthz); port 0 picks a free port.
+    #[arg(
+        long = "listen",
+        env = "TASK_SERVICE_LISTEN",
+        default_value = "127.0.0.1:8001"
+    )]
+    pub listen: SocketAddr,
+    /// Host names (or host:port) accepted in the Host header of /mcp requests, comma
+    /// separated; guards against DNS rebinding. Add the names an ingress forwards, or
+    /// "*" to accept any host.
+    #[arg(
+        long = "mcp-allowed-hosts",
+        env = "MCP_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1,::1"
+    )]
+    pub mcp_allowed_hosts: Vec<String>,
+    /// Most NATS task commands this replica handles at once.
+    #[arg(
+        long = "command-concurrency",
+        env = "TASK_SERVICE_COMMAND_CONCURRENCY",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub command_concurrency: u16,
+}
+
+/// Returns once the NATS server has processed everything this client sent before,
+/// so that the command subscription is registered and a command sent from any
+/// connection after [`App::build`] returns reaches this replica.
+///
+/// A flush only writes to the socket; the server handles one connection's messages
+/// in order, so seeing a message to ourselves come back is the round trip that proves it.
+async fn round_trip(bus: &async_nats::Client) -> Result<(), async_nats::Error> {
+    use futures::StreamExt as _;
+
+    let inbox = bus.new_inbox();
+    let mut echo = bus.subscribe(inbox.clone()).await?;
+    bus.publish(inbox, "".into()).await?;
+    echo.next().await.ok_or("the nats connection closed")?;
+    Ok(())
+}
+
+/// A built, not yet serving, task-service.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    handler: CommandHandler,
+    bus: async_nats::Client,
+    subscriber: async_nats::Subscriber,
+    listener: tokio::net::TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl App {
+    /// Connects to Postgres (running the event log's migrations) and NATS, subscribes
+    /// to the task commands and binds the HTTP listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = EventStore::connect(
+            &config.database.database_url,
+            config.database.database_max_connections,
+        )
+        .await
+        .context("failed to open the event store")?;
+        let bus = config
+            .nats
+            .connect(SERVICE_NAME)
+            .await
+            .context("failed to connect to nats")?;
+        let subjects = config.nats.subjects();
+        let subscriber = bus
+            .queue_subscribe(
+                subjects.task_commands(),
+                subjects.task_service_queue_group(),
+            )
+            .await
+            .context("failed to subscribe to task commands")?;
+        match tokio::time::timeout(NATS_READY_TIMEOUT, round_trip(&bus)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "nats round trip failed, commands wait for the connection")
+            }
+            Err(_) => {
+                let url = &config.nats.nats_url;
+                tracing::warn!(%url, "nats not reachable yet, commands wait for the connection")
+            }
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("failed to listen on {}", config.listen))?;
+        let local_addr = listener
+            .local_addr()
+            .context("failed to read the bound address")?;
+        let handler = CommandHandler::new(store, bus.clone(), subjects);
+        Ok(Self {
+            config,
+            handler,
+            bus,
+            subscriber,
+            listener,
+            local_addr,
+        })
+    }
+
+    /// The address the HTTP server is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The handler behind both transports.
+    pub fn handler(&self) -> &CommandHandler {
+        &self.handler
+    }
+
+    /// Serves NATS commands and HTTP until `shutdown` is cancelled, then finishes the
+    /// work in flight and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            config,
+            handler,
+            bus,
+            subscriber,
+            listener,
+            local_addr,
+        } = self;
+        // Stops the NATS loop when either the caller or a failing HTTP server says so.
+        let stop = shutdown.child_token();
+        let commands = tokio::spawn(nats::serve(
+            handler.clone(),
+            bus.clone(),
+            subscriber,
+            usize::from(config.command_concurrency),
+            stop.clone(),
+        ));
+
+        let mcp_shutdown = CancellationToken::new();
+        let router = http::router(
+            handler,
+            config.auth.keys(),
+            &config.mcp_allowed_hosts,
+            mcp_shutdown.clone(),
+        );
+        tracing::info!(
+            addr = %local_addr,
+            subject = %config.nats.subjects().task_commands(),
+            "task-service serving"
+        );
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .await
+            .context("http server failed");
+        stop.cancel();
+        // Only now: cancelling earlier would cut off tool calls still being answered.
+        mcp_shutdown.cancel();
+        commands.await.context("task command loop panicked")?;
+        // Sends the last replies and notices; bounded, as NATS may be what is down.
+        match tokio::time::timeout(NATS_READY_TIMEOUT, bus.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "failed to flush nats on shutdown"),
+            Err(_) => tracing::warn!("timed out flushing nats on shutdown"),
+        }
+        tracing::info!("task-service stopped");
+        served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    const OWN_ENV: [&str; 3] = [
+        "TASK_SERVICE_LISTEN",
+        "MCP_ALLOWED_HOSTS",
+        "TASK_SERVICE_COMMAND_CONCURRENCY",
+    ];
+
+    #[test]
+    fn help_documents_every_setting() {
+        let help = Config::command().render_long_help().to_string();
+        for setting in [
+            "--listen",
+            "TASK_SERVICE_LISTEN",
+            "--mcp-allowed-hosts",
+            "MCP_ALLOWED_HOSTS",
+            "--command-concurrency",
+            "TASK_SERVICE_COMMAND_CONCURRENCY",
+            "--nats-url",
+            "--subject-prefix",
+            "--database-url",
+            "--database-max-connections",
+            "--log-format",
+            "--otlp-endpoint",
+            "--auth-jwt-secret",
+        ] {
+            assert!(help.contains(setting), "--help does not mention {setting}");
+        }
+    }
+
+    #[test]
+    fn defaults_serve_mcp_on_localhost_8001() {
+        if OWN_ENV.iter().any(|var| std::env::var_os(var).is_some()) {
+            eprintln!("skipping: a task-service env var is set");
+            return;
+        }
+        let config = Config::try_parse_from(["task-service"]).unwrap();
+        assert_eq!(
+            config.listen,
+            "127.0.0.1:8001".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(config.mcp_allowed_hosts, ["localhost", "127.0.0.1", "::1"]);
+        assert_eq!(config.command_concurrency, 64);
+    }
+
+    #[test]
+    fn allowed_hosts_are_a_comma_separated_list_and_concurrency_is_positive() {
+        let config = Config::try_parse_from([
+            "task-service",
+            "--mcp-allowed-hosts",
+            "tasks.example.com,tasks.example.com:443",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.mcp_allowed_hosts,
+            ["tasks.example.com", "tasks.example.com:443"]
+        );
+        assert!(Config::try_parse_from(["task-service", "--command-concurrency", "0"]).is_err());
+    }
+}

@@ -1,1 +1,14 @@
-fn main() {}
+//! The task-service binary: settings from flags and the environment, telemetry, and
+//! the app until SIGTERM or SIGINT.
+
+use clap::Parser as _;
+use task_service::{App, Config, SERVICE_NAME};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let _telemetry = platform::telemetry::init(SERVICE_NAME, &config.telemetry)?;
+    let shutdown = platform::shutdown::signal_token();
+    let app = App::build(config).await?;
+    app.run(shutdown).await
+}

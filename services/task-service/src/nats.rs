@@ -1,0 +1,106 @@
+//! Task commands over NATS: request-reply on `tasks.commands` in a queue group, so N
+//! replicas share the load, with the caller's trace context followed from the
+//! message headers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use proto_schemas::tasks::{TaskCommand, TaskCommandReply, ToolError, ToolOutput};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::handler::CommandHandler;
+
+/// How long a shutting-down replica keeps answering the commands NATS had already
+/// sent it before it stops anyway.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Answers commands from `subscriber` until `shutdown`, at most `concurrency` at once.
+///
+/// On shutdown the subscription is drained: NATS stops routing new commands here
+/// (the other replicas of the queue group get them), the commands already delivered
+/// are answered, then this returns.
+pub async fn serve(
+    handler: CommandHandler,
+    client: async_nats::Client,
+    mut subscriber: async_nats::Subscriber,
+    concurrency: usize,
+    shutdown: CancellationToken,
+) {
+    let limit = Arc::new(Semaphore::new(concurrency.max(1)));
+    let tasks = TaskTracker::new();
+    let drain_deadline = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(drain_deadline);
+    let mut draining = false;
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled(), if !draining => {
+                draining = true;
+                drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
+                if let Err(error) = subscriber.drain().await {
+                    tracing::warn!(%error, "failed to drain the task command subscription");
+                    break;
+                }
+                continue;
+            }
+            () = &mut drain_deadline, if draining => {
+                tracing::warn!("gave up draining task commands");
+                break;
+            }
+            message = subscriber.next() => message,
+        };
+        let Some(message) = message else { break };
+        // Waiting for a permit before taking the next message leaves the backlog in
+        // the subscription, bounded, instead of in a pile of spawned tasks.
+        let permit = Arc::clone(&limit)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let handler = handler.clone();
+        let client = client.clone();
+        tasks.spawn(async move {
+            answer(&handler, &client, &message).await;
+            drop(permit);
+        });
+    }
+    tasks.close();
+    tasks.wait().await;
+    tracing::info!("task command subscription stopped");
+}
+
+async fn answer(
+    handler: &CommandHandler,
+    client: &async_nats::Client,
+    message: &async_nats::Message,
+) {
+    let span = tracing::info_span!("task_command", subject = %message.subject);
+    platform::bus::follow_trace(&span, message.headers.as_ref());
+    async {
+        let reply = match serde_json::from_slice::<TaskCommand>(&message.payload) {
+            Ok(command) => handler.handle(command).await,
+            Err(error) => {
+                tracing::warn!(%error, "malformed task command");
+                malformed(&error)
+            }
+        };
+        if let Err(error) = platform::bus::reply_json(client, message, &reply).await {
+            tracing::warn!(error = %crate::handler::error_chain(&error), "failed to reply to a task command");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// A request that will never be understood is refused (retrying cannot help, so it
+/// is not `Unavailable`), saying what was wrong.
+fn malformed(error: &serde_json::Error) -> TaskCommandReply {
+    TaskCommandReply::Applied {
+        output: ToolOutput::Refused(ToolError {
+            error: format!("Malformed task command: {error}"),
+            task_id: None,
+        }),
+    }
+}
