@@ -11,10 +11,14 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: services build test lint fmt schemas bench bench-eventlog bench-task-service k8s-check
+.PHONY: services browser-deps build test lint fmt schemas bench bench-eventlog bench-task-service k8s-check
 
 services:
 	@deploy/local/services.sh
+
+# Debian's chromium + chromium-driver for the web page's end-to-end test.
+browser-deps:
+	@deploy/local/browser-deps.sh
 
 # make up: build and start the whole stack as local processes (logs in .run/logs);
 # make down: stop what make up started.
@@ -28,7 +32,9 @@ down:
 build:
 	$(CARGO) build --workspace --all-targets
 
-test: services
+# The system tests start the service binaries, so build them first.
+test: services browser-deps
+	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \

@@ -1,1 +1,22 @@
-fn main() {}
+//! The gateway binary: `gateway [serve]` runs the HTTP API until SIGTERM or SIGINT;
+//! `gateway token --user <id>` prints a bearer token signed with the configured secret.
+
+use clap::Parser as _;
+use gateway::{App, Cli, Command, SERVICE_NAME};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().into_command() {
+        Command::Token(args) => {
+            // Only the token on stdout, so `TOKEN=$(gateway token --user demo)` works.
+            println!("{}", args.mint());
+            Ok(())
+        }
+        Command::Serve(config) => {
+            let _telemetry = platform::telemetry::init(SERVICE_NAME, &config.telemetry)?;
+            let shutdown = platform::shutdown::signal_token();
+            let app = App::build(config).await?;
+            app.run(shutdown).await
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The JSON shapes of the public HTTP API. They are separate from the bus contract in
+//! proto-schemas on purpose: the HTTP surface follows the reference app and is what
+//! `/openapi.json` documents, while the bus types may grow fields without changing it.
+
+use chrono::{DateTime, Utc};
+use proto_schemas::chat::{ChatStreamChunk, ToolCallRecord};
+use proto_schemas::queries::{ConversationSummary, MessageRole, MessageView, Page};
+use proto_schemas::tasks::TaskView;
+use proto_schemas::{ConversationId, RequestId};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// A chat message from the user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"message": "Add a task to buy groceries"}))]
+pub struct ChatBody {
+    /// What the user writes, 1 to 4,000 characters.
+    pub message: String,
+    /// The conversation to continue; omit it to start a new one.
+    #[serde(default)]
+    #[schema(format = Uuid)]
+    pub conversation_id: Option<String>,
+}
+
+/// One tool call the assistant made during the turn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ToolCallOut {
+    /// The tool, e.g. `add_task`.
+    pub name: String,
+    /// The arguments the model chose (the user id is never among them).
+    pub arguments: serde_json::Value,
+    /// What the tool returned, e.g. `{"task_id": 1, "status": "created", "title": "Buy groceries"}`.
+    pub result: serde_json::Value,
+}
+
+impl From<ToolCallRecord> for ToolCallOut {
+    fn from(record: ToolCallRecord) -> Self {
+        Self {
+            name: record.name,
+            arguments: record.arguments,
+            result: record.result,
+        }
+    }
+}
+
+/// The assistant's answer to one chat message (the reference app's shape, plus the
+/// request id of the turn).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChatAnswer {
+    #[schema(value_type = String, format = Uuid)]
+    pub conversation_id: ConversationId,
+    /// The assistant's reply text.
+    pub response: String,
+    pub tool_calls: Vec<ToolCallOut>,
+    /// The id of this turn; a retry with the same `Idempotency-Key` returns the same one.
+    #[schema(value_type = String, format = Uuid)]
+    pub request_id: RequestId,
+}
+
+/// SSE event `delta`: a piece of the assistant's text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeltaEvent {
+    pub text: String,
+}
+
+/// SSE event `tool_call_started`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ToolCallStartedEvent {
+    pub call_id: String,
+    pub name: String,
+    pub arguments: serde_json::Value,
+}
+
+/// SSE event `tool_call_finished`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ToolCallFinishedEvent {
+    pub call_id: String,
+    pub name: String,
+    pub arguments: serde_json::Value,
+    pub result: serde_json::Value,
+}
+
+/// The SSE event name and JSON data of a progress chunk.
+pub fn chunk_event(chunk: ChatStreamChunk) -> (&'static str, serde_json::Value) {
+    let (name, data) = match chunk {
+        ChatStreamChunk::TextDelta { text } => ("delta", serde_json::to_value(DeltaEvent { text })),
+        ChatStreamChunk::ToolCallStarted {
+            call_id,
+            name,
+            arguments,
+        } => (
+            "tool_call_started",
+            serde_json::to_value(ToolCallStartedEvent {
+                call_id,
+                name,
+                arguments,
+            }),
+        ),
+        ChatStreamChunk::ToolCallFinished {
+            call_id,
+            name,
+            arguments,
+            result,
+        } => (
+            "tool_call_finished",
+            serde_json::to_value(ToolCallFinishedEvent {
+                call_id,
+                name,
+                arguments,
+                result,
+            }),
+        ),
+    };
+    // Structs of strings and JSON values always serialize.
+    (name, data.unwrap_or_default())
+}
+
+/// Which page of a list to return.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Items per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Which tasks to list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatusParam {
+    #[default]
+    All,
+    Pending,
+    Completed,
+}
+
+/// The query of `GET /api/{user_id}/tasks`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TaskListParams {
+    /// `all` (default), `pending` or `completed`.
+    pub status: Option<TaskStatusParam>,
+    /// Items per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TaskItem {
+    /// The task's number in the user's list (what to say in chat: "complete 3").
+    pub id: u32,
+    pub title: String,
+    pub description: String,
+    pub completed: bool,
+}
+
+impl From<TaskView> for TaskItem {
+    fn from(task: TaskView) -> Self {
+        Self {
+            id: task.id.0,
+            title: task.title,
+            description: task.description,
+            completed: task.completed,
+        }
+    }
+}
+
+/// One conversation of the user, newest activity first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ConversationItem {
+    #[schema(value_type = String, format = Uuid)]
+    pub conversation_id: ConversationId,
+    /// The start of the first message.
+    pub title: String,
+    pub message_count: u32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<ConversationSummary> for ConversationItem {
+    fn from(summary: ConversationSummary) -> Self {
+        Self {
+            conversation_id: summary.conversation_id,
+            title: summary.title,
+            message_count: summary.message_count,
+            created_at: summary.created_at,
+            updated_at: summary.updated_at,
+        }
+    }
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    User,
+    Assistant,
+    /// A turn that failed; the content says why.
+    Error,
+}
+
+impl From<MessageRole> for Role {
+    fn from(role: MessageRole) -> Self {
+        match role {
+            MessageRole::User => Self::User,
+            MessageRole::Assistant => Self::Assistant,
+            MessageRole::Error => Self::Error,
+        }
+    }
+}
+
+/// One message of a conversation, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MessageItem {
+    pub role: Role,
+    pub content: String,
+    /// The tool calls of the turn (assistant messages only).
+    pub tool_calls: Vec<ToolCallOut>,
+    /// The turn the message belongs to.
+    #[schema(value_type = String, format = Uuid)]
+    pub request_id: RequestId,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<MessageView> for MessageItem {
+    fn from(message: MessageView) -> Self {
+        Self {
+            role: message.role.into(),
+            content: message.content,
+            tool_calls: message.tool_calls.into_iter().map(Into::into).collect(),
+            request_id: message.request_id,
+            created_at: message.created_at,
+        }
+    }
+}
+
+macro_rules! page_type {
+    ($(#[$doc:meta])* $name:ident, $item:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+        pub struct $name {
+            pub items: Vec<$item>,
+            /// Pass as `cursor` to get the next page; absent on the last page.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub next_cursor: Option<String>,
+        }
+
+        impl<T: Into<$item>> From<Page<T>> for $name {
+            fn from(page: Page<T>) -> Self {
+                Self { items: page.items.into_iter().map(Into::into).collect(), next_cursor: page.next_cursor }
+            }
+        }
+    };
+}
+
+page_type!(
+    /// A page of the user's tasks.
+    TaskPage,
+    TaskItem
+);
+page_type!(
+    /// A page of the user's conversations.
+    ConversationPage,
+    ConversationItem
+);
+page_type!(
+    /// A page of a conversation's messages.
+    MessagePage,
+    MessageItem
+);
+
+/// `POST /api/dev/token` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DevTokenRequest {
+    pub user_id: String,
+}
+
+/// A bearer token for local use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DevToken {
+    /// Send as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    pub user_id: String,
+    /// Seconds until the token expires.
+    pub expires_in: u64,
+}
+
+/// `/healthz`: the process is alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+/// `/readyz`: NATS is connected and the projection answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Readiness {
+    pub status: String,
+    /// Events the projection has applied to its read models.
+    pub projection_events_applied: u64,
+}

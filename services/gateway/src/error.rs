@@ -1,0 +1,300 @@
+//! The one error type of the HTTP edge: every failure a handler can return, mapped
+//! to a status and the JSON body `{"error": {"code", "message", …}}`. 5xx causes are
+//! logged here and never sent to the client.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use platform::auth::AuthError;
+use proto_schemas::chat::{ChatError, ChatErrorCode};
+use proto_schemas::{ConversationId, RequestId};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, in words fit for the user.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable, machine-readable code such as `message_too_long` or `reply_timeout`.
+    pub code: String,
+    /// A sentence saying what was wrong and, where it helps, what to do.
+    pub message: String,
+    /// The chat turn concerned, when there is one (quote it when reporting a problem).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub request_id: Option<RequestId>,
+    /// The conversation of that turn, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub conversation_id: Option<ConversationId>,
+}
+
+/// A failed HTTP request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(AuthError),
+    #[error("the token does not allow acting for this user")]
+    Forbidden,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("this method is not allowed on this path")]
+    MethodNotAllowed,
+    /// The body is not JSON at all.
+    #[error("{0}")]
+    MalformedJson(String),
+    #[error("send the body as JSON with the header Content-Type: application/json")]
+    UnsupportedMediaType,
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// Well-formed input that breaks a rule (422).
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    /// The turn ran but the named conversation is not the user's or does not exist.
+    #[error("conversation {conversation_id} was not found")]
+    ConversationNotFound {
+        request_id: RequestId,
+        conversation_id: ConversationId,
+    },
+    /// The model, its provider or the worker failed the turn.
+    #[error(
+        "the assistant could not answer this message right now; please try again (request {request_id})"
+    )]
+    TurnFailed {
+        code: ChatErrorCode,
+        request_id: RequestId,
+        conversation_id: ConversationId,
+    },
+    #[error(
+        "the assistant is still working on this message (request {request_id}); its answer will appear in the conversation history"
+    )]
+    ReplyTimeout {
+        request_id: RequestId,
+        conversation_id: ConversationId,
+    },
+    #[error(
+        "the server is restarting; your message is still being answered (request {request_id}) and will appear in the conversation history"
+    )]
+    ShuttingDown {
+        request_id: RequestId,
+        conversation_id: ConversationId,
+    },
+    /// A backend (NATS, the projection) could not be reached; `cause` goes to the log.
+    #[error("{what} is unavailable right now; please try again shortly")]
+    Unavailable { what: &'static str, cause: String },
+    /// A bug or a broken contract; `cause` goes to the log.
+    #[error("something went wrong on our side; please try again")]
+    Internal { cause: String },
+}
+
+impl ApiError {
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn unavailable(what: &'static str, cause: impl std::fmt::Display) -> Self {
+        Self::Unavailable {
+            what,
+            cause: cause.to_string(),
+        }
+    }
+
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        Self::Internal {
+            cause: cause.to_string(),
+        }
+    }
+
+    /// The error a failed turn becomes.
+    pub fn from_turn(
+        error: &ChatError,
+        request_id: RequestId,
+        conversation_id: ConversationId,
+    ) -> Self {
+        match error.code {
+            ChatErrorCode::ConversationNotFound => Self::ConversationNotFound {
+                request_id,
+                conversation_id,
+            },
+            code => Self::TurnFailed {
+                code,
+                request_id,
+                conversation_id,
+            },
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound(_) | Self::ConversationNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TurnFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::ReplyTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::ShuttingDown { .. } | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthorized(AuthError::Missing) => "missing_token",
+            Self::Unauthorized(AuthError::Invalid) => "invalid_token",
+            Self::Unauthorized(AuthError::Expired) => "expired_token",
+            Self::Forbidden => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::MalformedJson(_) => "malformed_json",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::Invalid { code, .. } => code,
+            Self::ConversationNotFound { .. } => "conversation_not_found",
+            Self::TurnFailed { code, .. } => match code {
+                ChatErrorCode::ModelUnavailable => "model_unavailable",
+                ChatErrorCode::DeliveryExhausted => "delivery_exhausted",
+                ChatErrorCode::ConversationNotFound => "conversation_not_found",
+                ChatErrorCode::Internal => "turn_failed",
+            },
+            Self::ReplyTimeout { .. } => "reply_timeout",
+            Self::ShuttingDown { .. } => "shutting_down",
+            Self::Unavailable { .. } => "service_unavailable",
+            Self::Internal { .. } => "internal",
+        }
+    }
+
+    /// The JSON body sent to the client (no internal causes).
+    pub fn body(&self) -> ErrorBody {
+        let (request_id, conversation_id) = match self {
+            Self::ConversationNotFound {
+                request_id,
+                conversation_id,
+            }
+            | Self::TurnFailed {
+                request_id,
+                conversation_id,
+                ..
+            }
+            | Self::ReplyTimeout {
+                request_id,
+                conversation_id,
+            }
+            | Self::ShuttingDown {
+                request_id,
+                conversation_id,
+            } => (Some(*request_id), Some(*conversation_id)),
+            _ => (None, None),
+        };
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.to_string(),
+                request_id,
+                conversation_id,
+            },
+        }
+    }
+
+    fn log(&self) {
+        match self {
+            Self::Unavailable { what, cause } => {
+                tracing::warn!(what, cause = %cause, "backend unavailable")
+            }
+            Self::Internal { cause } => tracing::error!(cause = %cause, "request failed"),
+            Self::TurnFailed {
+                code, request_id, ..
+            } => {
+                // The worker logged the cause; this line ties the HTTP answer to it.
+                tracing::warn!(?code, %request_id, "chat turn failed")
+            }
+            Self::ReplyTimeout { request_id, .. } => {
+                tracing::warn!(%request_id, "no reply within the timeout")
+            }
+            other => tracing::debug!(code = other.code(), error = %other, "request refused"),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        Self::Unauthorized(error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if let Self::Unauthorized(error) = &self {
+            // RFC 6750: say which scheme is expected, and whether the token was bad.
+            let challenge = match error {
+                AuthError::Missing => r#"Bearer realm="taskchat""#,
+                AuthError::Invalid | AuthError::Expired => {
+                    r#"Bearer realm="taskchat", error="invalid_token""#
+                }
+            };
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_causes_stay_out_of_the_body() {
+        let error = ApiError::internal("connection refused by 10.0.0.7");
+        let body = serde_json::to_string(&error.body()).unwrap();
+        assert!(!body.contains("10.0.0.7"), "{body}");
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let error = ApiError::unavailable("the projection", "no responders on queries.tasks");
+        let body = serde_json::to_string(&error.body()).unwrap();
+        assert!(!body.contains("responders"), "{body}");
+    }
+
+    #[test]
+    fn failed_turns_map_to_their_statuses() {
+        let request = RequestId::new();
+        let conversation = ConversationId::new();
+        let not_found = ChatError {
+            code: ChatErrorCode::ConversationNotFound,
+            message: "no such conversation".into(),
+        };
+        let error = ApiError::from_turn(&not_found, request, conversation);
+        assert_eq!(error.status(), StatusCode::NOT_FOUND);
+        assert_eq!(error.code(), "conversation_not_found");
+        for code in [
+            ChatErrorCode::ModelUnavailable,
+            ChatErrorCode::DeliveryExhausted,
+            ChatErrorCode::Internal,
+        ] {
+            let failure = ChatError {
+                code,
+                message: "provider said 500: stack trace".into(),
+            };
+            let error = ApiError::from_turn(&failure, request, conversation);
+            assert_eq!(error.status(), StatusCode::BAD_GATEWAY);
+            let body = error.body();
+            assert_eq!(body.error.request_id, Some(request));
+            assert!(body.error.message.contains(&request.to_string()));
+            assert!(!body.error.message.contains("stack trace"));
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Extractors that turn a request into checked inputs or an [`ApiError`]: the verified
+//! user of `/api/{user_id}/…` routes, JSON bodies and query strings with the error
+//! statuses the API promises (400 / 413 / 415 / 422).
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Query, RawPathParams, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use platform::auth::bearer_token;
+use proto_schemas::UserId;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The user a request acts for: the token's `sub`, which must equal the path's
+/// `{user_id}`. Missing, invalid or expired token → 401; another user's path → 403.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthUser(pub UserId);
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(parts.headers.get(header::AUTHORIZATION))?;
+        let user = state.keys().verify(token)?;
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| {
+                ApiError::internal(format!("path parameters unavailable: {rejection}"))
+            })?;
+        let path_user = params
+            .iter()
+            .find_map(|(name, value)| (name == "user_id").then_some(value))
+            .ok_or_else(|| {
+                ApiError::internal("route without a {user_id} parameter uses AuthUser")
+            })?;
+        if path_user != user.as_str() {
+            return Err(ApiError::Forbidden);
+        }
+        Ok(Self(user))
+    }
+}
+
+/// A JSON body, with axum's rejections mapped to the API's error shape: not JSON →
+/// 400, JSON of the wrong shape → 422, no JSON content type → 415, too large → 413.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection, state.settings().max_body_bytes)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection, limit: usize) -> ApiError {
+    match rejection {
+        JsonRejection::JsonSyntaxError(error) => ApiError::MalformedJson(format!(
+            "the request body is not valid JSON: {}",
+            error
+                .body_text()
+                .trim_start_matches("Failed to parse the request body as JSON: ")
+        )),
+        JsonRejection::JsonDataError(error) => ApiError::invalid(
+            "invalid_body",
+            error
+                .body_text()
+                .trim_start_matches("Failed to deserialize the JSON body into the target type: ")
+                .to_owned(),
+        ),
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+        JsonRejection::BytesRejection(error)
+            if error.status() == http::StatusCode::PAYLOAD_TOO_LARGE =>
+        {
+            ApiError::PayloadTooLarge { limit }
+        }
+        other => ApiError::MalformedJson(other.body_text()),
+    }
+}
+
+/// A query string; parameters of the wrong shape → 422.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(Self(value)),
+            Err(rejection) => Err(query_rejection(rejection)),
+        }
+    }
+}
+
+fn query_rejection(rejection: QueryRejection) -> ApiError {
+    let text = rejection.body_text();
+    ApiError::invalid(
+        "invalid_query",
+        text.trim_start_matches("Failed to deserialize query string: ")
+            .to_owned(),
+    )
+}

@@ -1,0 +1,213 @@
+//! `Idempotency-Key`: a client's retried POST maps to the request id of its first
+//! attempt, so the turn runs once (invariant 2) and the retry gets the first answer.
+//!
+//! The mapping lives in a JetStream KV bucket keyed by a hash of (user, key); the
+//! first POST wins with an only-if-absent `create`. The request id it stores is also
+//! the JetStream message id, so a re-published request is dropped by the stream's
+//! duplicate window as well.
+
+use async_nats::jetstream::kv;
+use axum::http::HeaderMap;
+use proto_schemas::{ConversationId, RequestId, UserId};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::state::error_chain;
+
+pub const HEADER: &str = "idempotency-key";
+
+/// The longest key accepted, in characters.
+pub const MAX_KEY_CHARS: usize = 200;
+
+/// How often a claim is retried when the key vanishes between a failed create and
+/// the read (it expired at that very moment).
+const CLAIM_ATTEMPTS: usize = 3;
+
+/// A validated `Idempotency-Key` header value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// The key of a request, if it has one. Empty, over-long or non-ASCII keys → 422.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Option<Self>, ApiError> {
+        let Some(value) = headers.get(HEADER) else {
+            return Ok(None);
+        };
+        let invalid = |why: &str| {
+            ApiError::invalid("invalid_idempotency_key", format!("Idempotency-Key {why}"))
+        };
+        let text = value
+            .to_str()
+            .map_err(|_| invalid("must be printable ASCII"))?
+            .trim();
+        if text.is_empty() {
+            return Err(invalid("must not be empty"));
+        }
+        if text.chars().count() > MAX_KEY_CHARS {
+            return Err(invalid(&format!(
+                "must be at most {MAX_KEY_CHARS} characters"
+            )));
+        }
+        Ok(Some(Self(text.to_owned())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The bucket key of (user, key): hex SHA-256, so any header text makes a valid KV
+/// key and the user's key space is private to them.
+pub fn bucket_key(user: &UserId, key: &IdempotencyKey) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(user.as_str().as_bytes());
+    hasher.update([0]);
+    hasher.update(key.as_str().as_bytes());
+    hex(&hasher.finalize())
+}
+
+/// What a request asked for, so that a key reused for a different request is caught.
+pub fn fingerprint(message: &str, conversation: Option<ConversationId>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(message.as_bytes());
+    hasher.update([0]);
+    if let Some(conversation) = conversation {
+        hasher.update(conversation.to_string().as_bytes());
+    }
+    hex(&hasher.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The turn a key stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub request_id: RequestId,
+    pub conversation_id: ConversationId,
+    pub new_conversation: bool,
+    pub fingerprint: String,
+}
+
+/// Whether this request made the claim or found an earlier one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// First use of the key: run the turn.
+    New(Claim),
+    /// A retry: answer with the turn the key already stands for.
+    Existing(Claim),
+}
+
+impl Claimed {
+    pub fn claim(&self) -> &Claim {
+        match self {
+            Self::New(claim) | Self::Existing(claim) => claim,
+        }
+    }
+}
+
+/// Claims `key` for `proposed`, or returns the earlier claim of the same request.
+/// The same key with a different message or conversation → 422.
+pub async fn claim(store: &kv::Store, key: &str, proposed: Claim) -> Result<Claimed, ApiError> {
+    let value = serde_json::to_vec(&proposed).map_err(ApiError::internal)?;
+    for _ in 0..CLAIM_ATTEMPTS {
+        match store.create(key, value.clone().into()).await {
+            Ok(_) => return Ok(Claimed::New(proposed)),
+            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(error) => {
+                return Err(ApiError::unavailable(
+                    "the message bus",
+                    error_chain(&error),
+                ));
+            }
+        }
+        let entry = store
+            .get(key)
+            .await
+            .map_err(|error| ApiError::unavailable("the message bus", error_chain(&error)))?;
+        let Some(stored) = entry else {
+            continue;
+        };
+        let existing: Claim = serde_json::from_slice(&stored).map_err(|error| {
+            ApiError::internal(format!("unreadable idempotency entry: {error}"))
+        })?;
+        if existing.fingerprint != proposed.fingerprint {
+            return Err(ApiError::invalid(
+                "idempotency_key_reused",
+                "this Idempotency-Key was already used for a different request; use a new key for a new message",
+            ));
+        }
+        return Ok(Claimed::Existing(existing));
+    }
+    Err(ApiError::internal(
+        "idempotency key kept vanishing while being claimed",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn headers(value: &[u8]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER, HeaderValue::from_bytes(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn keys_are_validated() {
+        assert_eq!(
+            IdempotencyKey::from_headers(&HeaderMap::new()).unwrap(),
+            None
+        );
+        let key = IdempotencyKey::from_headers(&headers(b" abc-123 "))
+            .unwrap()
+            .unwrap();
+        assert_eq!(key.as_str(), "abc-123");
+        assert!(
+            IdempotencyKey::from_headers(&headers(&[b'k'; 200]))
+                .unwrap()
+                .is_some()
+        );
+        for bad in [&b"   "[..], &[b'k'; 201][..], b"caf\xc3\xa9"] {
+            let error = IdempotencyKey::from_headers(&headers(bad)).unwrap_err();
+            assert_eq!(error.code(), "invalid_idempotency_key");
+        }
+    }
+
+    #[test]
+    fn bucket_keys_separate_users_and_are_kv_safe() {
+        let key = IdempotencyKey("retry.me/*>".into());
+        let ada = bucket_key(&UserId::parse("ada").unwrap(), &key);
+        let bob = bucket_key(&UserId::parse("bob").unwrap(), &key);
+        assert_ne!(ada, bob);
+        assert_eq!(ada, bucket_key(&UserId::parse("ada").unwrap(), &key));
+        assert_eq!(ada.len(), 64);
+        assert!(ada.chars().all(|c| c.is_ascii_hexdigit()));
+        // "ad" + "a\0…" must not collide with "ada" + "\0…".
+        let shifted = bucket_key(
+            &UserId::parse("ad").unwrap(),
+            &IdempotencyKey("aretry.me/*>".into()),
+        );
+        assert_ne!(ada, shifted);
+    }
+
+    #[test]
+    fn fingerprints_tell_requests_apart() {
+        let conversation = ConversationId::new();
+        assert_eq!(fingerprint("hi", None), fingerprint("hi", None));
+        assert_ne!(fingerprint("hi", None), fingerprint("hi!", None));
+        assert_ne!(
+            fingerprint("hi", None),
+            fingerprint("hi", Some(conversation))
+        );
+        assert_eq!(
+            fingerprint("hi", Some(conversation)),
+            fingerprint("hi", Some(conversation))
+        );
+    }
+}

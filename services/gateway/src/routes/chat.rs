@@ -1,0 +1,84 @@
+//! `POST /api/{user_id}/chat`: one chat turn, answered when the worker replies.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use proto_schemas::chat::{ChatOutcome, ChatReply};
+
+use crate::api::{ChatAnswer, ChatBody};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, AuthUser};
+use crate::idempotency::IdempotencyKey;
+use crate::state::AppState;
+use crate::turn::{self, ChatInput};
+
+/// Send a chat message and get the assistant's answer.
+///
+/// The turn runs on an agent-worker through JetStream. If no reply comes within the
+/// gateway's reply timeout the answer is 504 with the request id; the turn still
+/// completes and shows in the conversation's history. A retry with the same
+/// `Idempotency-Key` returns the first turn's answer and runs nothing twice.
+#[utoipa::path(
+    post,
+    path = "/api/{user_id}/chat",
+    tag = "chat",
+    params(
+        ("user_id" = String, Path, description = "The user; must be the token's subject"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retry key, up to 200 characters; a retry returns the first answer"),
+    ),
+    request_body = ChatBody,
+    responses(
+        (status = 200, description = "The assistant's answer", body = ChatAnswer),
+        (status = 400, description = "The body is not JSON", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 403, description = "The token is for another user", body = ErrorBody),
+        (status = 404, description = "The conversation does not exist or is not the user's", body = ErrorBody),
+        (status = 413, description = "The body is over the size limit", body = ErrorBody),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorBody),
+        (status = 422, description = "Empty or over-long message, bad conversation id or Idempotency-Key", body = ErrorBody),
+        (status = 502, description = "The model or its provider failed; the body carries the request id", body = ErrorBody),
+        (status = 503, description = "The message bus is unavailable", body = ErrorBody),
+        (status = 504, description = "No reply in time; the turn goes on (the body carries the request id)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn post_chat(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ChatBody>,
+) -> Result<Json<ChatAnswer>, ApiError> {
+    let key = IdempotencyKey::from_headers(&headers)?;
+    let input = ChatInput::parse(body)?;
+    let mut started = turn::start(&state, user, input, key, false).await?;
+    let reply = match started.stored.take() {
+        Some(reply) => reply,
+        None => {
+            let deadline = turn::deadline(state.settings().reply_timeout);
+            turn::next_reply(&state, &mut started.replies, started.request_id, deadline)
+                .await
+                .map_err(|end| turn::wait_error(end, started.request_id, started.conversation_id))?
+        }
+    };
+    answer(reply).map(Json)
+}
+
+/// The HTTP answer a reply becomes: the answer, or the error the failed turn means.
+pub fn answer(reply: ChatReply) -> Result<ChatAnswer, ApiError> {
+    match reply.outcome {
+        ChatOutcome::Answered {
+            response,
+            tool_calls,
+        } => Ok(ChatAnswer {
+            conversation_id: reply.conversation_id,
+            response,
+            tool_calls: tool_calls.into_iter().map(Into::into).collect(),
+            request_id: reply.request_id,
+        }),
+        ChatOutcome::Failed { error } => Err(ApiError::from_turn(
+            &error,
+            reply.request_id,
+            reply.conversation_id,
+        )),
+    }
+}

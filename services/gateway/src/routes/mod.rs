@@ -1,0 +1,198 @@
+//! The HTTP routes, the API description generated from them, and the per-request
+//! span that ties each request to the trace of everything it causes on the bus.
+
+pub mod chat;
+pub mod dev;
+pub mod health;
+pub mod reads;
+pub mod stream;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderMap, Method, Uri, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::api;
+use crate::error::{ApiError, ErrorBody, ErrorDetail};
+use crate::state::AppState;
+
+/// The path of the development login route, present only with `AUTH_DEV_LOGIN=true`.
+pub const DEV_TOKEN_PATH: &str = "/api/dev/token";
+
+/// The API description: every route with its request and response types.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "taskchat",
+        description = "An AI assistant that manages your todo list through chat. Send `Authorization: Bearer <JWT>` (HS256, `sub` = user id) on every `/api/{user_id}/…` route."
+    ),
+    paths(
+        chat::post_chat,
+        stream::post_chat_stream,
+        reads::get_tasks,
+        reads::get_conversations,
+        reads::get_messages,
+        dev::post_dev_token,
+        health::healthz,
+        health::readyz,
+    ),
+    components(schemas(
+        api::ChatBody,
+        api::ChatAnswer,
+        api::ToolCallOut,
+        api::DeltaEvent,
+        api::ToolCallStartedEvent,
+        api::ToolCallFinishedEvent,
+        api::TaskStatusParam,
+        api::TaskItem,
+        api::TaskPage,
+        api::ConversationItem,
+        api::ConversationPage,
+        api::Role,
+        api::MessageItem,
+        api::MessagePage,
+        api::DevTokenRequest,
+        api::DevToken,
+        api::Health,
+        api::Readiness,
+        ErrorBody,
+        ErrorDetail,
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "chat", description = "Chat turns with the assistant"),
+        (name = "reads", description = "Tasks and conversation history"),
+        (name = "dev", description = "Local development helpers"),
+        (name = "health", description = "Liveness and readiness"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The API description as served: without the dev login route when it is off.
+pub fn openapi(dev_login: bool) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    if !dev_login {
+        doc.paths.paths.remove(DEV_TOKEN_PATH);
+    }
+    doc
+}
+
+/// Every route of the gateway over `state`.
+pub fn router(state: AppState) -> Router {
+    let settings = state.settings().clone();
+    let doc = Arc::new(
+        openapi(settings.dev_login)
+            .to_json()
+            .unwrap_or_else(|error| {
+                // The document is built from static types; failing here is a bug worth seeing.
+                tracing::error!(%error, "failed to serialize the api description");
+                "{}".to_owned()
+            }),
+    );
+
+    let mut routes = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = Arc::clone(&doc);
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        doc.as_str().to_owned(),
+                    )
+                }
+            }),
+        )
+        .route("/api/{user_id}/chat", post(chat::post_chat))
+        .route("/api/{user_id}/chat/stream", post(stream::post_chat_stream))
+        .route(
+            "/api/{user_id}/conversations",
+            get(reads::get_conversations),
+        )
+        .route(
+            "/api/{user_id}/conversations/{conversation_id}/messages",
+            get(reads::get_messages),
+        )
+        .route("/api/{user_id}/tasks", get(reads::get_tasks));
+    if settings.dev_login {
+        routes = routes.route(DEV_TOKEN_PATH, post(dev::post_dev_token));
+    }
+    routes
+        .merge(crate::web::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(DefaultOnResponse::new().level(Level::INFO))
+                // 5xx causes are logged by ApiError, with more to say.
+                .on_failure(()),
+        )
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("there is no {method} {}", uri.path()))
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    ApiError::MethodNotAllowed
+}
+
+/// The span of one HTTP request, a child of the caller's trace when the request
+/// carries a W3C `traceparent`.
+fn request_span(request: &Request<Body>) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    let span = tracing::info_span!(
+        "http request",
+        otel.name = %format!("{} {route}", request.method()),
+        method = %request.method(),
+        route,
+        path = %request.uri().path(),
+        request_id = tracing::field::Empty,
+    );
+    platform::bus::follow_trace(&span, incoming_trace(request.headers()).as_ref());
+    span
+}
+
+/// The trace context headers of an HTTP request in the shape the bus helpers read.
+fn incoming_trace(headers: &HeaderMap) -> Option<async_nats::HeaderMap> {
+    let mut trace = async_nats::HeaderMap::new();
+    for name in ["traceparent", "tracestate"] {
+        if let Some(value) = headers.get(name).and_then(|value| value.to_str().ok()) {
+            trace.insert(name, value);
+        }
+    }
+    trace.get("traceparent").is_some().then_some(trace)
+}

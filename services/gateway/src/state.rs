@@ -1,0 +1,168 @@
+//! What every handler shares: the NATS client and JetStream context, the subject
+//! names, the token keys, the settings and the shutdown token.
+//!
+//! Building the state touches no network, so routers can be tested without NATS;
+//! [`AppState::prepare`] creates the streams and the idempotency bucket at start-up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use platform::BusError;
+use platform::auth::JwtKeys;
+use platform::streams::{REPLY_RETENTION, ensure_chat_streams};
+use proto_schemas::Subjects;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::error::ApiError;
+
+/// The settings handlers read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub reply_timeout: Duration,
+    pub query_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub dev_login: bool,
+    pub dev_token_ttl: Duration,
+    pub stream_replicas: usize,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            reply_timeout: config.reply_timeout(),
+            query_timeout: config.query_timeout(),
+            max_body_bytes: config.max_body_bytes,
+            dev_login: config.auth_dev_login,
+            dev_token_ttl: config.dev_token_ttl,
+            stream_replicas: config.nats.stream_replicas,
+        }
+    }
+}
+
+/// Cheap to clone: one `Arc`.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    subjects: Subjects,
+    keys: JwtKeys,
+    settings: Settings,
+    idempotency: OnceCell<kv::Store>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("prefix", &self.inner.subjects.prefix())
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// `shutdown` ends long waits (chat replies, SSE streams) early when the server stops.
+    pub fn new(
+        client: async_nats::Client,
+        subjects: Subjects,
+        keys: JwtKeys,
+        settings: Settings,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let jetstream = jetstream::new(client.clone());
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                jetstream,
+                subjects,
+                keys,
+                settings,
+                idempotency: OnceCell::new(),
+                shutdown,
+            }),
+        }
+    }
+
+    /// Creates the chat streams and the idempotency bucket when they are missing.
+    pub async fn prepare(&self) -> Result<(), BusError> {
+        ensure_chat_streams(
+            &self.inner.jetstream,
+            &self.inner.subjects,
+            self.inner.settings.stream_replicas,
+        )
+        .await?;
+        self.idempotency_store().await?;
+        Ok(())
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.inner.jetstream
+    }
+
+    pub fn subjects(&self) -> &Subjects {
+        &self.inner.subjects
+    }
+
+    pub fn keys(&self) -> &JwtKeys {
+        &self.inner.keys
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// The idempotency bucket, created on first use if `prepare` could not.
+    pub async fn idempotency(&self) -> Result<&kv::Store, ApiError> {
+        self.idempotency_store()
+            .await
+            .map_err(|error| ApiError::unavailable("the message bus", error_chain(&error)))
+    }
+
+    async fn idempotency_store(&self) -> Result<&kv::Store, BusError> {
+        self.inner
+            .idempotency
+            .get_or_try_init(|| {
+                platform::bus::kv_bucket(
+                    &self.inner.jetstream,
+                    kv::Config {
+                        bucket: self.inner.subjects.idempotency_bucket(),
+                        description: "taskchat Idempotency-Key -> chat request id".to_owned(),
+                        history: 1,
+                        // A key is honoured as long as the reply it leads to is kept.
+                        max_age: REPLY_RETENTION,
+                        storage: jetstream::stream::StorageType::File,
+                        num_replicas: self.inner.settings.stream_replicas.max(1),
+                        ..Default::default()
+                    },
+                )
+            })
+            .await
+    }
+}
+
+/// An error and its sources on one line, for logs.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,313 @@
+//! One chat turn as the gateway sees it: check the message, settle the request id
+//! (fresh, or the one an `Idempotency-Key` already stands for), subscribe to the
+//! turn's reply (and progress) subjects, then publish the request to JetStream with
+//! the request id as message id, and wait for the reply.
+//!
+//! Subscribing before publishing means a fast worker's reply cannot be missed; a
+//! reused request id additionally looks for a reply already stored in the replies
+//! stream, which covers retries that arrive after the turn finished.
+
+use std::time::Duration;
+
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use futures::StreamExt as _;
+use proto_schemas::chat::{ChatReply, ChatRequest, MESSAGE_MAX_CHARS};
+use proto_schemas::{ConversationId, RequestId, UserId};
+
+use crate::api::ChatBody;
+use crate::error::ApiError;
+use crate::idempotency::{self, Claim, Claimed, IdempotencyKey};
+use crate::state::{AppState, error_chain};
+
+/// A chat message that passed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatInput {
+    pub message: String,
+    /// `None` starts a new conversation.
+    pub conversation: Option<ConversationId>,
+}
+
+impl ChatInput {
+    /// Empty or whitespace-only messages, messages over [`MESSAGE_MAX_CHARS`]
+    /// characters and conversation ids that are not UUIDs → 422.
+    pub fn parse(body: ChatBody) -> Result<Self, ApiError> {
+        if body.message.trim().is_empty() {
+            return Err(ApiError::invalid(
+                "empty_message",
+                "message must not be empty",
+            ));
+        }
+        let chars = body.message.chars().count();
+        if chars > MESSAGE_MAX_CHARS {
+            return Err(ApiError::invalid(
+                "message_too_long",
+                format!("message must be at most {MESSAGE_MAX_CHARS} characters (it has {chars})"),
+            ));
+        }
+        let conversation = match body.conversation_id.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(raw) => Some(raw.parse::<ConversationId>().map_err(|_| {
+                ApiError::invalid(
+                    "invalid_conversation_id",
+                    format!("conversation_id {raw:?} is not a valid id"),
+                )
+            })?),
+        };
+        Ok(Self {
+            message: body.message,
+            conversation,
+        })
+    }
+}
+
+/// A published (or already answered) turn, with its subscriptions open.
+#[derive(Debug)]
+pub struct StartedTurn {
+    pub request_id: RequestId,
+    pub conversation_id: ConversationId,
+    /// The reply, when a retried request finds it already stored.
+    pub stored: Option<ChatReply>,
+    pub replies: async_nats::Subscriber,
+    /// Progress chunks, when asked for.
+    pub chunks: Option<async_nats::Subscriber>,
+}
+
+/// Settles the request id, subscribes and publishes the request.
+pub async fn start(
+    state: &AppState,
+    user: UserId,
+    input: ChatInput,
+    key: Option<IdempotencyKey>,
+    with_chunks: bool,
+) -> Result<StartedTurn, ApiError> {
+    let proposed = Claim {
+        request_id: RequestId::new(),
+        conversation_id: input.conversation.unwrap_or_default(),
+        new_conversation: input.conversation.is_none(),
+        fingerprint: idempotency::fingerprint(&input.message, input.conversation),
+    };
+    let claimed = match &key {
+        None => Claimed::New(proposed),
+        Some(key) => {
+            let store = state.idempotency().await?;
+            idempotency::claim(store, &idempotency::bucket_key(&user, key), proposed).await?
+        }
+    };
+    let reused = matches!(claimed, Claimed::Existing(_));
+    let Claim {
+        request_id,
+        conversation_id,
+        new_conversation,
+        ..
+    } = claimed.claim().clone();
+    tracing::Span::current().record("request_id", tracing::field::display(request_id));
+
+    let subjects = state.subjects();
+    let bus_down = |error: &dyn std::error::Error| {
+        ApiError::unavailable("the message bus", error_chain(error))
+    };
+    let replies = state
+        .client()
+        .subscribe(subjects.chat_reply(request_id))
+        .await
+        .map_err(|error| bus_down(&error))?;
+    let chunks = if with_chunks {
+        Some(
+            state
+                .client()
+                .subscribe(subjects.chat_stream(request_id))
+                .await
+                .map_err(|error| bus_down(&error))?,
+        )
+    } else {
+        None
+    };
+    let mut turn = StartedTurn {
+        request_id,
+        conversation_id,
+        stored: None,
+        replies,
+        chunks,
+    };
+
+    if reused {
+        turn.stored = stored_reply(state, request_id).await;
+        if turn.stored.is_some() {
+            tracing::info!(%request_id, "answering a retried request from the stored reply");
+            return Ok(turn);
+        }
+    }
+
+    let request = ChatRequest {
+        request_id,
+        user_id: user,
+        conversation_id,
+        new_conversation,
+        message: input.message,
+        received_at: chrono::Utc::now(),
+    };
+    publish(state, &request).await?;
+    Ok(turn)
+}
+
+/// Publishes the request with `Nats-Msg-Id` = request id and waits for the stream's ack.
+async fn publish(state: &AppState, request: &ChatRequest) -> Result<(), ApiError> {
+    let payload = platform::bus::encode_json(request).map_err(ApiError::internal)?;
+    // Headers first: `headers` replaces the map that `message_id` writes into.
+    let message = PublishMessage::build()
+        .payload(payload)
+        .headers(platform::bus::traced_headers())
+        .message_id(request.request_id.to_string());
+    let ack = state
+        .jetstream()
+        .send_publish(state.subjects().chat_requests(), message)
+        .await
+        .map_err(|error| ApiError::unavailable("the message bus", error_chain(&error)))?
+        .await
+        .map_err(|error| ApiError::unavailable("the message bus", error_chain(&error)))?;
+    tracing::info!(
+        request_id = %request.request_id,
+        conversation_id = %request.conversation_id,
+        new_conversation = request.new_conversation,
+        duplicate = ack.duplicate,
+        sequence = ack.sequence,
+        "chat request published"
+    );
+    Ok(())
+}
+
+/// The reply the replies stream keeps for `request_id`, if any. Failures to look are
+/// logged and treated as "none yet": the subscription still catches a live reply.
+async fn stored_reply(state: &AppState, request_id: RequestId) -> Option<ChatReply> {
+    let subject = state.subjects().chat_reply(request_id);
+    let stream = match state
+        .jetstream()
+        .get_stream_no_info(state.subjects().chat_replies_stream())
+        .await
+    {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::warn!(error = %error_chain(&error), "cannot open the replies stream");
+            return None;
+        }
+    };
+    match stream.direct_get_last_for_subject(subject).await {
+        Ok(message) => match platform::bus::decode_json::<ChatReply>(&message.payload) {
+            Ok(reply) if reply.request_id == request_id => Some(reply),
+            Ok(reply) => {
+                tracing::warn!(%request_id, other = %reply.request_id, "stored reply names another request");
+                None
+            }
+            Err(error) => {
+                tracing::error!(%request_id, error = %error_chain(&error), "stored reply is unreadable");
+                None
+            }
+        },
+        Err(error) if error.kind() == DirectGetErrorKind::NotFound => None,
+        Err(error) => {
+            tracing::warn!(%request_id, error = %error_chain(&error), "failed to look up a stored reply");
+            None
+        }
+    }
+}
+
+/// Why waiting for a reply ended without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitEnd {
+    TimedOut,
+    ShuttingDown,
+    /// The subscription ended (the NATS client was closed).
+    Closed,
+}
+
+/// Waits up to `timeout` for the turn's reply on `replies`. Replies that cannot be
+/// read or name another request are logged and skipped.
+pub async fn next_reply(
+    state: &AppState,
+    replies: &mut async_nats::Subscriber,
+    request_id: RequestId,
+    deadline: tokio::time::Instant,
+) -> Result<ChatReply, WaitEnd> {
+    loop {
+        let message = tokio::select! {
+            message = replies.next() => message.ok_or(WaitEnd::Closed)?,
+            () = tokio::time::sleep_until(deadline) => return Err(WaitEnd::TimedOut),
+            () = state.shutdown().cancelled() => return Err(WaitEnd::ShuttingDown),
+        };
+        match platform::bus::decode_json::<ChatReply>(&message.payload) {
+            Ok(reply) if reply.request_id == request_id => return Ok(reply),
+            Ok(reply) => {
+                tracing::warn!(%request_id, other = %reply.request_id, "ignoring a reply for another request")
+            }
+            Err(error) => {
+                tracing::error!(%request_id, error = %error_chain(&error), "ignoring an unreadable reply")
+            }
+        }
+    }
+}
+
+/// The deadline of a turn that starts waiting now.
+pub fn deadline(timeout: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + timeout
+}
+
+/// The error a wait that ended without a reply becomes.
+pub fn wait_error(
+    end: WaitEnd,
+    request_id: RequestId,
+    conversation_id: ConversationId,
+) -> ApiError {
+    match end {
+        WaitEnd::TimedOut => ApiError::ReplyTimeout {
+            request_id,
+            conversation_id,
+        },
+        WaitEnd::ShuttingDown => ApiError::ShuttingDown {
+            request_id,
+            conversation_id,
+        },
+        WaitEnd::Closed => ApiError::unavailable("the message bus", "reply subscription closed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(message: &str, conversation_id: Option<&str>) -> ChatBody {
+        ChatBody {
+            message: message.to_owned(),
+            conversation_id: conversation_id.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn messages_are_checked() {
+        assert_eq!(ChatInput::parse(body("hi", None)).unwrap().message, "hi");
+        for empty in ["", "   ", "\n\t"] {
+            assert_eq!(
+                ChatInput::parse(body(empty, None)).unwrap_err().code(),
+                "empty_message"
+            );
+        }
+        let longest = "é".repeat(MESSAGE_MAX_CHARS);
+        assert!(ChatInput::parse(body(&longest, None)).is_ok());
+        let error = ChatInput::parse(body(&format!("{longest}x"), None)).unwrap_err();
+        assert_eq!(error.code(), "message_too_long");
+        assert!(error.to_string().contains("4000"), "{error}");
+    }
+
+    #[test]
+    fn conversation_ids_are_checked() {
+        let id = ConversationId::new();
+        let input = ChatInput::parse(body("hi", Some(&id.to_string()))).unwrap();
+        assert_eq!(input.conversation, Some(id));
+        assert_eq!(
+            ChatInput::parse(body("hi", Some(""))).unwrap().conversation,
+            None
+        );
+        let error = ChatInput::parse(body("hi", Some("42"))).unwrap_err();
+        assert_eq!(error.code(), "invalid_conversation_id");
+    }
+}

@@ -1,0 +1,367 @@
+//! Shared set-up of the gateway's integration tests: a gateway in-process on a free
+//! port under a unique NATS prefix, a fake agent-worker that consumes the real
+//! requests stream and answers as a test scripts it, a fake projection answering
+//! queries, and a small SSE reader.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{AckPolicy, pull};
+use futures::StreamExt as _;
+use gateway::{App, Cli, Command, Config};
+use platform::auth::JwtKeys;
+use proto_schemas::chat::{ChatOutcome, ChatReply, ChatRequest, ChatStreamChunk};
+use proto_schemas::{Subjects, UserId};
+use testkit::TestBus;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "gateway-test-secret";
+
+/// A running gateway and the bus it is on.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub keys: JwtKeys,
+    pub bus: TestBus,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Test settings of a gateway.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub reply_timeout_secs: u64,
+    pub dev_login: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            reply_timeout_secs: 10,
+            dev_login: false,
+        }
+    }
+}
+
+pub fn config(bus: &TestBus, options: &Options) -> Config {
+    let mut args = vec![
+        "gateway".to_owned(),
+        "--auth-jwt-secret".to_owned(),
+        SECRET.to_owned(),
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--reply-timeout-secs".to_owned(),
+        options.reply_timeout_secs.to_string(),
+        "--query-timeout-secs".to_owned(),
+        "2".to_owned(),
+        format!("--auth-dev-login={}", options.dev_login),
+    ];
+    args.push("--max-body-bytes".to_owned());
+    args.push("65536".to_owned());
+    let cli = <Cli as clap::Parser>::try_parse_from(args).expect("test flags parse");
+    let Command::Serve(mut config) = cli.into_command() else {
+        unreachable!("no subcommand given");
+    };
+    config.nats = bus.nats_config();
+    config
+}
+
+impl Gateway {
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Self {
+        platform::telemetry::init_for_tests();
+        let bus = TestBus::new().await.expect("nats is reachable");
+        let app = App::build(config(&bus, &options))
+            .await
+            .expect("gateway builds");
+        let addr = app.local_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app.run(shutdown.clone()));
+        Self {
+            addr,
+            keys: JwtKeys::new(SECRET.as_bytes()),
+            bus,
+            http: reqwest::Client::new(),
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        self.keys
+            .mint(&UserId::parse(user).unwrap(), Duration::from_secs(600))
+    }
+
+    pub fn subjects(&self) -> &Subjects {
+        &self.bus.subjects
+    }
+
+    /// `POST /api/{user}/chat` with `body` as the user's own token.
+    pub fn chat(&self, user: &str, body: serde_json::Value) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url(&format!("/api/{user}/chat")))
+            .bearer_auth(self.token(user))
+            .json(&body)
+    }
+
+    pub fn get(&self, user: &str, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(self.url(path)).bearer_auth(self.token(user))
+    }
+
+    /// Cancels the gateway and waits until it has stopped.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let task = self.task.take().expect("stopped once");
+        tokio::time::timeout(Duration::from_secs(15), task)
+            .await
+            .expect("gateway did not stop in time")
+            .expect("gateway panicked")
+            .expect("gateway failed");
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// What the fake worker does with one request.
+#[derive(Debug, Clone, Default)]
+pub struct Script {
+    /// Waited before anything is sent.
+    pub delay: Duration,
+    /// Sent on the request's stream subject, in order, before the reply.
+    pub chunks: Vec<ChatStreamChunk>,
+    /// The reply's outcome; `None` sends no reply at all.
+    pub outcome: Option<ChatOutcome>,
+}
+
+/// One request as the fake worker received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub request: ChatRequest,
+    pub headers: HeaderMap,
+}
+
+/// A stand-in agent-worker: a pull consumer on the real requests stream that answers
+/// each request as its script says and records what it received.
+pub struct FakeWorker {
+    pub received: Arc<Mutex<Vec<Received>>>,
+    task: JoinHandle<()>,
+}
+
+impl FakeWorker {
+    pub async fn start<F>(gateway: &Gateway, script: F) -> Self
+    where
+        F: Fn(&ChatRequest) -> Script + Send + Sync + 'static,
+    {
+        let client = gateway.bus.client.clone();
+        let jetstream = async_nats::jetstream::new(client.clone());
+        let subjects = gateway.subjects().clone();
+        let stream = jetstream
+            .get_stream(subjects.chat_requests_stream())
+            .await
+            .expect("the gateway created the requests stream");
+        let consumer = stream
+            .get_or_create_consumer(
+                &subjects.chat_workers_consumer(),
+                pull::Config {
+                    durable_name: Some(subjects.chat_workers_consumer()),
+                    ack_policy: AckPolicy::Explicit,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("consumer");
+        let mut messages = consumer.messages().await.expect("consume");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&received);
+        let script = Arc::new(script);
+        let task = tokio::spawn(async move {
+            while let Some(Ok(message)) = messages.next().await {
+                let request: ChatRequest =
+                    serde_json::from_slice(&message.payload).expect("a chat request");
+                record.lock().unwrap().push(Received {
+                    request: request.clone(),
+                    headers: message.headers.clone().unwrap_or_default(),
+                });
+                let plan = script(&request);
+                let client = client.clone();
+                let jetstream = jetstream.clone();
+                let subjects = subjects.clone();
+                // Each turn on its own task, like several worker slots.
+                tokio::spawn(async move {
+                    tokio::time::sleep(plan.delay).await;
+                    for chunk in &plan.chunks {
+                        let payload = serde_json::to_vec(chunk).unwrap();
+                        client
+                            .publish(subjects.chat_stream(request.request_id), payload.into())
+                            .await
+                            .unwrap();
+                    }
+                    if let Some(outcome) = plan.outcome {
+                        let reply = ChatReply {
+                            request_id: request.request_id,
+                            conversation_id: request.conversation_id,
+                            outcome,
+                        };
+                        let payload = serde_json::to_vec(&reply).unwrap();
+                        jetstream
+                            .publish(subjects.chat_reply(request.request_id), payload.into())
+                            .await
+                            .unwrap()
+                            .await
+                            .unwrap();
+                    }
+                    message.ack().await.unwrap();
+                });
+            }
+        });
+        Self { received, task }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeWorker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An answered outcome with one add_task call.
+pub fn added(title: &str) -> ChatOutcome {
+    ChatOutcome::Answered {
+        response: format!("I've added \"{title}\" to your list."),
+        tool_calls: vec![proto_schemas::chat::ToolCallRecord {
+            name: "add_task".into(),
+            arguments: serde_json::json!({ "title": title }),
+            result: serde_json::json!({ "task_id": 1, "status": "created", "title": title }),
+        }],
+    }
+}
+
+/// A stand-in projection: answers one query subject with what `answer` returns for
+/// each query, and records the queries.
+pub struct FakeProjection {
+    pub queries: Arc<Mutex<Vec<serde_json::Value>>>,
+    task: JoinHandle<()>,
+}
+
+impl FakeProjection {
+    pub async fn start<F>(gateway: &Gateway, subject: String, answer: F) -> Self
+    where
+        F: Fn(&serde_json::Value) -> serde_json::Value + Send + Sync + 'static,
+    {
+        let client = gateway.bus.client.clone();
+        let mut requests = client
+            .queue_subscribe(subject, "projection".to_owned())
+            .await
+            .unwrap();
+        registered(&client).await;
+        let queries = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&queries);
+        let task = tokio::spawn(async move {
+            while let Some(message) = requests.next().await {
+                let query: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+                record.lock().unwrap().push(query.clone());
+                let reply = answer(&query);
+                if let Some(inbox) = message.reply {
+                    client
+                        .publish(inbox, serde_json::to_vec(&reply).unwrap().into())
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+        Self { queries, task }
+    }
+
+    pub fn queries(&self) -> Vec<serde_json::Value> {
+        self.queries.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeProjection {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Returns once the server has processed everything `client` sent before.
+///
+/// `Client::flush` only empties the socket buffer; a message the server echoes back
+/// proves that it has read (and so registered) the subscriptions sent before it.
+pub async fn registered(client: &async_nats::Client) {
+    let inbox = client.new_inbox();
+    let mut echo = client.subscribe(inbox.clone()).await.unwrap();
+    client.publish(inbox, "ping".into()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), echo.next())
+        .await
+        .expect("nats echoed in time")
+        .expect("echo subscription open");
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub event: String,
+    pub data: serde_json::Value,
+}
+
+/// Reads events from an SSE response until a `final` or `error` event (inclusive).
+pub async fn read_events(response: reqwest::Response) -> Vec<SseEvent> {
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let reading = async {
+        while let Some(chunk) = body.next().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk.expect("stream chunk")));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let mut event = None;
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(name) = line.strip_prefix("event:") {
+                        event = Some(name.trim().to_owned());
+                    } else if let Some(chunk) = line.strip_prefix("data:") {
+                        data.push_str(chunk.strip_prefix(' ').unwrap_or(chunk));
+                    }
+                }
+                // Keep-alive comments have neither.
+                let Some(event) = event else { continue };
+                let done = event == "final" || event == "error";
+                events.push(SseEvent {
+                    event,
+                    data: serde_json::from_str(&data).expect("json event data"),
+                });
+                if done {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), reading)
+        .await
+        .expect("the stream ended in time");
+    events
+}

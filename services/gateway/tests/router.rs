@@ -1,0 +1,404 @@
+//! The router alone (`oneshot`, no server, no NATS): auth, input checks and the
+//! shape of every error, all of which are decided before the bus is touched.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use gateway::{AppState, Settings, router};
+use platform::auth::{Claims, JwtKeys};
+use proto_schemas::{Subjects, UserId};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+const SECRET: &[u8] = b"router-test-secret";
+const MAX_BODY: usize = 16 * 1024;
+
+/// A state whose NATS client never connects (nothing listens on port 1).
+async fn state(dev_login: bool) -> AppState {
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect("nats://127.0.0.1:1")
+        .await
+        .expect("connect returns at once with retry_on_initial_connect");
+    let settings = Settings {
+        reply_timeout: Duration::from_secs(1),
+        query_timeout: Duration::from_secs(1),
+        max_body_bytes: MAX_BODY,
+        dev_login,
+        dev_token_ttl: Duration::from_secs(3600),
+        stream_replicas: 1,
+    };
+    AppState::new(
+        client,
+        Subjects::new("router"),
+        JwtKeys::new(SECRET),
+        settings,
+        CancellationToken::new(),
+    )
+}
+
+fn token(user: &str) -> String {
+    JwtKeys::new(SECRET).mint(&UserId::parse(user).unwrap(), Duration::from_secs(600))
+}
+
+async fn send(
+    state: AppState,
+    request: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let response = router(state).oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, headers, body)
+}
+
+fn chat(user: &str, token: Option<&str>, body: impl Into<Body>) -> Request<Body> {
+    let mut request =
+        Request::post(format!("/api/{user}/chat")).header(header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    request.body(body.into()).unwrap()
+}
+
+fn assert_error(body: &Value, code: &str) {
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn tokens_are_required_and_checked() {
+    let body = json!({"message": "hi"}).to_string();
+    let (status, headers, error) = send(state(false).await, chat("ada", None, body.clone())).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_error(&error, "missing_token");
+    assert!(
+        headers[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+
+    let (status, _, error) = send(
+        state(false).await,
+        chat("ada", Some("not.a.jwt"), body.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_error(&error, "invalid_token");
+
+    let forged = JwtKeys::new(b"another-secret")
+        .mint(&UserId::parse("ada").unwrap(), Duration::from_secs(600));
+    let (status, _, error) =
+        send(state(false).await, chat("ada", Some(&forged), body.clone())).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_error(&error, "invalid_token");
+
+    let now = chrono::Utc::now().timestamp();
+    let expired = jsonwebtoken_encode(&Claims {
+        sub: "ada".into(),
+        exp: now - 3600,
+        iat: now - 7200,
+    });
+    let (status, _, error) = send(
+        state(false).await,
+        chat("ada", Some(&expired), body.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_error(&error, "expired_token");
+
+    // A valid token for someone else: 403, even with a bad body.
+    let (status, _, error) = send(state(false).await, chat("bob", Some(&token("ada")), "{")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_error(&error, "forbidden");
+
+    // Reads are guarded the same way.
+    let request = Request::get("/api/bob/tasks")
+        .header(header::AUTHORIZATION, format!("Bearer {}", token("ada")))
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, _) = send(state(false).await, request).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let request = Request::get("/api/ada/conversations")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, _) = send(state(false).await, request).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// An HS256 token with arbitrary claims, signed with the test secret.
+fn jsonwebtoken_encode(claims: &Claims) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn bad_bodies_get_400_413_415_and_422() {
+    let ada = token("ada");
+    let (status, _, error) = send(
+        state(false).await,
+        chat("ada", Some(&ada), "{\"message\": "),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&error, "malformed_json");
+
+    let (status, _, error) = send(
+        state(false).await,
+        chat("ada", Some(&ada), "{\"text\": \"hi\"}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_error(&error, "invalid_body");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("message"),
+        "{error}"
+    );
+
+    for empty in ["", "   \n"] {
+        let body = json!({"message": empty}).to_string();
+        let (status, _, error) = send(state(false).await, chat("ada", Some(&ada), body)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_error(&error, "empty_message");
+    }
+
+    let body = json!({"message": "x".repeat(4001)}).to_string();
+    let (status, _, error) = send(state(false).await, chat("ada", Some(&ada), body)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_error(&error, "message_too_long");
+    assert!(
+        error["error"]["message"].as_str().unwrap().contains("4000"),
+        "{error}"
+    );
+
+    let body = json!({"message": "hi", "conversation_id": "not-a-uuid"}).to_string();
+    let (status, _, error) = send(state(false).await, chat("ada", Some(&ada), body)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_error(&error, "invalid_conversation_id");
+
+    let body = json!({"message": "x".repeat(MAX_BODY)}).to_string();
+    let (status, _, error) = send(state(false).await, chat("ada", Some(&ada), body)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_error(&error, "payload_too_large");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&MAX_BODY.to_string())
+    );
+
+    let request = Request::post("/api/ada/chat")
+        .header(header::AUTHORIZATION, format!("Bearer {ada}"))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from("message=hi"))
+        .unwrap();
+    let (status, _, error) = send(state(false).await, request).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_error(&error, "unsupported_media_type");
+
+    for key in [String::new(), "k".repeat(201)] {
+        let request = Request::post("/api/ada/chat/stream")
+            .header(header::AUTHORIZATION, format!("Bearer {ada}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", key)
+            .body(Body::from(json!({"message": "hi"}).to_string()))
+            .unwrap();
+        let (status, _, error) = send(state(false).await, request).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_error(&error, "invalid_idempotency_key");
+    }
+}
+
+#[tokio::test]
+async fn bad_read_parameters_are_422() {
+    let ada = token("ada");
+    for (path, code) in [
+        ("/api/ada/tasks?status=done", "invalid_query"),
+        ("/api/ada/tasks?limit=0", "invalid_limit"),
+        ("/api/ada/tasks?limit=many", "invalid_query"),
+        ("/api/ada/conversations?limit=201", "invalid_limit"),
+        (
+            "/api/ada/conversations/42/messages",
+            "invalid_conversation_id",
+        ),
+    ] {
+        let request = Request::get(path)
+            .header(header::AUTHORIZATION, format!("Bearer {ada}"))
+            .body(Body::empty())
+            .unwrap();
+        let (status, _, error) = send(state(false).await, request).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}");
+        assert_error(&error, code);
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_json_errors() {
+    let (status, _, error) = send(
+        state(false).await,
+        Request::get("/nope").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&error, "not_found");
+    let (status, _, error) = send(
+        state(false).await,
+        Request::get("/api/ada/chat").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_error(&error, "method_not_allowed");
+}
+
+#[tokio::test]
+async fn readyz_is_503_without_nats_and_healthz_is_200() {
+    let (status, _, error) = send(
+        state(false).await,
+        Request::get("/readyz").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_error(&error, "service_unavailable");
+    let (status, _, body) = send(
+        state(false).await,
+        Request::get("/healthz").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"status": "ok"}));
+}
+
+fn dev_token_request(body: Value) -> Request<Body> {
+    Request::post("/api/dev/token")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn dev_token_route_exists_only_when_enabled() {
+    let (status, _, error) = send(
+        state(false).await,
+        dev_token_request(json!({"user_id": "alice"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&error, "not_found");
+
+    let (status, _, body) = send(
+        state(true).await,
+        dev_token_request(json!({"user_id": "alice"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 3600);
+    let user = JwtKeys::new(SECRET)
+        .verify(body["token"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(user.as_str(), "alice");
+
+    let (status, _, error) = send(
+        state(true).await,
+        dev_token_request(json!({"user_id": "a/b"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_error(&error, "invalid_user_id");
+
+    // A user named "dev" still reaches the chat route next to /api/dev/token.
+    let (status, _, error) = send(
+        state(true).await,
+        chat(
+            "dev",
+            Some(&token("dev")),
+            json!({"message": ""}).to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_error(&error, "empty_message");
+}
+
+#[tokio::test]
+async fn openapi_lists_every_route() {
+    let (status, headers, doc) = send(
+        state(false).await,
+        Request::get("/openapi.json").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/api/{user_id}/chat", "post"),
+        ("/api/{user_id}/chat/stream", "post"),
+        ("/api/{user_id}/conversations", "get"),
+        (
+            "/api/{user_id}/conversations/{conversation_id}/messages",
+            "get",
+        ),
+        ("/api/{user_id}/tasks", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|item| item.get(method)).is_some(),
+            "{method} {path} missing"
+        );
+    }
+    assert!(paths.get("/api/dev/token").is_none(), "dev login is off");
+    let answer = &doc["components"]["schemas"]["ChatAnswer"]["properties"];
+    for field in ["conversation_id", "response", "tool_calls"] {
+        assert!(answer.get(field).is_some(), "ChatAnswer.{field}");
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+
+    let (_, _, doc) = send(
+        state(true).await,
+        Request::get("/openapi.json").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert!(doc["paths"]["/api/dev/token"]["post"].is_object());
+}
+
+#[tokio::test]
+async fn the_root_serves_the_chat_page() {
+    let response = router(state(false).await)
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bytes).contains("/assets/app.js"));
+}
