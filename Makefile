@@ -3,6 +3,7 @@
 #   make bench            every benchmark (prints figures; see docs in README)
 #   make bench-eventlog   the event store benchmark alone
 #   make bench-task-service  add_task over NATS and MCP at 1 and 32 clients
+#   make bench-agent-worker  worker turns/s, overhead per turn, scaling over replicas
 #   make lint             rustfmt check and clippy with warnings as errors
 #   make schemas          regenerate proto-schemas/schemas/*.json from the Rust types
 #   make services         make sure PostgreSQL and NATS answer (start/install them if not)
@@ -11,7 +12,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: services browser-deps build test lint fmt schemas bench bench-eventlog bench-task-service k8s-check
+.PHONY: services browser-deps build test lint fmt schemas bench bench-eventlog bench-task-service bench-agent-worker k8s-check
 
 services:
 	@deploy/local/services.sh
@@ -52,13 +53,16 @@ schemas:
 	UPDATE_SCHEMAS=1 $(CARGO) test -p proto-schemas --lib schema
 	@git --no-pager diff --stat -- proto-schemas/schemas || true
 
-bench: bench-eventlog bench-task-service
+bench: bench-eventlog bench-task-service bench-agent-worker
 
 bench-eventlog: services
 	$(CARGO) bench -p eventlog --bench eventlog
 
 bench-task-service: services
 	$(CARGO) bench -p task-service --bench commands
+
+bench-agent-worker: services
+	$(CARGO) bench -p agent-worker --bench turns
 
 k8s-check:
 	@for overlay in k8s/overlays/*/; do \

@@ -1,1 +1,241 @@
-//! The agent-worker service (landing in a following commit).
+//! agent-worker: the model loop. It takes chat turns off the JetStream work queue,
+//! lets a language model decide which task tools to run, runs them as task commands,
+//! records the conversation as events and publishes the reply. Any number of replicas
+//! share one durable consumer; a turn interrupted at any point (even by SIGKILL) is
+//! resumed by another replica from the events it recorded.
+//!
+//! # Layout
+//! - [`config`]: every setting (flags with environment variables and defaults).
+//! - [`provider`]: which OpenAI-compatible server and model (OpenAI, Gemini, a custom
+//!   base URL, or the offline-llm stand-in).
+//! - [`transport`] and [`model`]: one streamed model step through async-openai, with
+//!   retries, `Retry-After` and a timeout.
+//! - [`tools`]: the task tools from task-service's MCP `tools/list`, without `user_id`.
+//! - [`history`]: the pure turn state machine over a conversation's events.
+//! - [`turn`]: running a turn: model calls, task commands, appends, the reply.
+//! - [`consumer`]: the pull consumer, in-progress acks, redelivery and exhausted
+//!   requests.
+//! - [`prompt`]: the default instructions and the worker's own messages.
+//!
+//! [`App::build`] connects and prepares; [`App::run`] works until a shutdown token
+//! is cancelled. `main` and the tests drive it the same way.
+
+pub mod config;
+pub mod consumer;
+pub mod history;
+pub mod model;
+pub mod prompt;
+pub mod provider;
+pub mod tools;
+pub mod transport;
+pub mod turn;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use eventlog::EventStore;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use provider::{Provider, ProviderKind};
+
+use crate::consumer::ConsumerSettings;
+use crate::model::{ModelClient, ModelSettings};
+use crate::transport::RetryPolicy;
+use crate::turn::{TurnSettings, Worker};
+
+/// The name the service reports in logs, traces and its NATS connection.
+pub const SERVICE_NAME: &str = "agent-worker";
+
+/// A built, not yet working, agent-worker.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    provider: Provider,
+    store: EventStore,
+    bus: async_nats::Client,
+    jetstream: jetstream::Context,
+    consumer: jetstream::consumer::PullConsumer,
+    requests: jetstream::stream::Stream,
+    advisories: async_nats::Subscriber,
+    model: ModelClient,
+}
+
+impl App {
+    /// Picks the model provider, connects to Postgres (running the event log's
+    /// migrations) and NATS, and makes sure the chat streams, the shared consumer and
+    /// the max-deliveries advisory subscription exist.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let provider = config
+            .provider
+            .select()
+            .context("invalid model provider settings")?;
+        let model = ModelClient::new(&provider, model_settings(&config))
+            .context("failed to build the http client")?;
+        tracing::info!(provider = %provider.kind, model = %provider.model, base_url = %provider.base_url, "model provider selected");
+        if provider.kind == ProviderKind::Offline {
+            tracing::warn!(
+                "no model provider configured: using offline-llm, a rule-based stand-in, not a language model"
+            );
+        }
+
+        let store = EventStore::connect(
+            &config.database.database_url,
+            config.database.database_max_connections,
+        )
+        .await
+        .context("failed to open the event store")?;
+        let bus = config
+            .nats
+            .connect(SERVICE_NAME)
+            .await
+            .context("failed to connect to nats")?;
+        let jetstream = jetstream::new(bus.clone());
+        let subjects = config.nats.subjects();
+        let (requests, _replies) = platform::streams::ensure_chat_streams(
+            &jetstream,
+            &subjects,
+            config.nats.stream_replicas,
+        )
+        .await
+        .context("failed to create the chat streams")?;
+        let consumer_name = subjects.chat_workers_consumer();
+        let consumer = requests
+            .get_or_create_consumer(
+                &consumer_name,
+                consumer::consumer_config(
+                    &subjects,
+                    Duration::from_secs(config.ack_wait_secs),
+                    i64::from(config.max_deliver),
+                ),
+            )
+            .await
+            .context("failed to create the chat workers consumer")?;
+        let advisories = bus
+            .queue_subscribe(
+                consumer::max_deliveries_subject(&subjects.chat_requests_stream(), &consumer_name),
+                consumer::ADVISORY_QUEUE_GROUP.to_owned(),
+            )
+            .await
+            .context("failed to subscribe to max-deliveries advisories")?;
+        Ok(Self {
+            config,
+            provider,
+            store,
+            bus,
+            jetstream,
+            consumer,
+            requests,
+            advisories,
+            model,
+        })
+    }
+
+    /// The selected model provider.
+    pub fn provider(&self) -> &Provider {
+        &self.provider
+    }
+
+    /// Discovers the task tools (waiting for task-service if need be), then takes chat
+    /// turns until `shutdown` is cancelled; then stops pulling, finishes the turns in
+    /// flight and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            config,
+            provider: _,
+            store,
+            bus,
+            jetstream,
+            consumer,
+            requests,
+            advisories,
+            model,
+        } = self;
+        let keys = config.auth.keys();
+        let Some(tools) = tools::discover(&config.task_service_mcp_url, &keys, &shutdown).await
+        else {
+            tracing::info!("shut down before task-service answered");
+            return Ok(());
+        };
+        tracing::info!(tools = ?tools.names().collect::<Vec<_>>(), "task tools discovered");
+
+        let worker = Arc::new(Worker {
+            replica: replica_name(),
+            store,
+            bus: bus.clone(),
+            jetstream,
+            subjects: config.nats.subjects(),
+            model,
+            tools,
+            settings: TurnSettings {
+                max_turns: config.max_turns,
+                history_messages: config.history_messages,
+                system_prompt: config
+                    .system_prompt
+                    .clone()
+                    .unwrap_or_else(|| prompt::DEFAULT_SYSTEM_PROMPT.to_owned()),
+                tool_timeout: Duration::from_secs(config.tool_timeout_secs),
+                tool_attempts: config.tool_attempts,
+            },
+        });
+        let exhausted = tokio::spawn(consumer::answer_exhausted(
+            Arc::clone(&worker),
+            requests,
+            advisories,
+            shutdown.clone(),
+        ));
+        let info = &consumer.cached_info().config;
+        tracing::info!(
+            replica = %worker.replica,
+            consumer = %info.durable_name.clone().unwrap_or_default(),
+            concurrency = config.concurrency,
+            max_deliver = info.max_deliver,
+            ack_wait_ms = info.ack_wait.as_millis() as u64,
+            "agent-worker taking chat turns"
+        );
+        consumer::run(
+            worker,
+            consumer,
+            ConsumerSettings {
+                concurrency: usize::from(config.concurrency),
+                redelivery_backoff: config
+                    .redelivery_backoff_ms
+                    .iter()
+                    .map(|ms| Duration::from_millis(*ms))
+                    .collect(),
+            },
+            shutdown,
+        )
+        .await;
+        exhausted
+            .await
+            .context("the exhausted-requests loop panicked")?;
+        if let Err(error) = bus.flush().await {
+            tracing::warn!(%error, "failed to flush nats on shutdown");
+        }
+        tracing::info!("agent-worker stopped");
+        Ok(())
+    }
+}
+
+/// The host name (a pod's name on Kubernetes) and a random suffix, so that several
+/// replicas in one process or on one host are told apart too.
+fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_owned());
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    format!("{host}-{}", &suffix[suffix.len() - 6..])
+}
+
+fn model_settings(config: &Config) -> ModelSettings {
+    ModelSettings {
+        timeout: Duration::from_secs(config.model_timeout_secs),
+        retry: RetryPolicy {
+            max_retries: config.model_retries,
+            base_delay: Duration::from_millis(config.model_retry_base_ms),
+            max_delay: Duration::from_secs(8),
+            max_retry_after: Duration::from_secs(config.model_timeout_secs / 2),
+        },
+    }
+}

@@ -1,1 +1,14 @@
-fn main() {}
+//! The agent-worker binary: settings from flags and the environment, telemetry, and
+//! the app until SIGTERM or SIGINT.
+
+use agent_worker::{App, Config, SERVICE_NAME};
+use clap::Parser as _;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let _telemetry = platform::telemetry::init(SERVICE_NAME, &config.telemetry)?;
+    let shutdown = platform::shutdown::signal_token();
+    let app = App::build(config).await?;
+    app.run(shutdown).await
+}

@@ -1,0 +1,186 @@
+//! Every setting of agent-worker: a flag, an environment variable and a default that
+//! works on a developer machine (`agent-worker --help` lists them).
+
+use platform::config::{AuthConfig, DatabaseConfig, NatsConfig, TelemetryConfig};
+
+use crate::provider::ProviderArgs;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "agent-worker",
+    version,
+    about = "The model loop: takes chat turns from JetStream, lets a language model run the task tools, records the conversation as events"
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub nats: NatsConfig,
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+    /// The secret task-service verifies the worker's MCP token with.
+    #[command(flatten)]
+    pub auth: AuthConfig,
+    #[command(flatten)]
+    pub provider: ProviderArgs,
+
+    /// task-service's MCP endpoint, asked for the tool list at start-up.
+    #[arg(
+        long = "task-service-mcp-url",
+        env = "TASK_SERVICE_MCP_URL",
+        default_value = "http://127.0.0.1:8001/mcp"
+    )]
+    pub task_service_mcp_url: String,
+
+    /// Chat turns this replica runs at once.
+    #[arg(
+        long = "concurrency",
+        env = "AGENT_CONCURRENCY",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub concurrency: u16,
+    /// Deliveries of one chat request before the user gets an error instead (used when
+    /// this replica creates the shared consumer).
+    #[arg(
+        long = "max-deliver",
+        env = "AGENT_MAX_DELIVER",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_deliver: u32,
+    /// Seconds without an ack (or in-progress ack) before a request goes to another
+    /// replica: how long a crashed worker's turn waits (used when this replica creates
+    /// the shared consumer).
+    #[arg(
+        long = "ack-wait-secs",
+        env = "AGENT_ACK_WAIT_SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub ack_wait_secs: u64,
+    /// Milliseconds before a failed attempt is tried again, by attempt (the last
+    /// repeats), comma separated.
+    #[arg(
+        long = "redelivery-backoff-ms",
+        env = "AGENT_REDELIVERY_BACKOFF_MS",
+        value_delimiter = ',',
+        default_value = "2000,10000,30000"
+    )]
+    pub redelivery_backoff_ms: Vec<u64>,
+
+    /// Model calls one turn may make before it ends with a friendly message.
+    #[arg(
+        long = "max-turns",
+        env = "AGENT_MAX_TURNS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_turns: u32,
+    /// Earlier user and assistant messages of the conversation shown to the model.
+    #[arg(
+        long = "history-messages",
+        env = "AGENT_HISTORY_MESSAGES",
+        default_value_t = 20
+    )]
+    pub history_messages: usize,
+    /// Instructions for the model, replacing the built-in task-assistant prompt.
+    #[arg(long = "system-prompt", env = "AGENT_SYSTEM_PROMPT")]
+    pub system_prompt: Option<String>,
+
+    /// Seconds one model step may take, retries included.
+    #[arg(
+        long = "model-timeout-secs",
+        env = "MODEL_TIMEOUT_SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub model_timeout_secs: u64,
+    /// Retries of a model call on 429, 5xx and connection errors.
+    #[arg(long = "model-retries", env = "MODEL_RETRIES", default_value_t = 3)]
+    pub model_retries: u32,
+    /// Milliseconds before the first model retry (doubling, up to 8 s), unless the
+    /// server's Retry-After says otherwise.
+    #[arg(
+        long = "model-retry-base-ms",
+        env = "MODEL_RETRY_BASE_MS",
+        default_value_t = 500
+    )]
+    pub model_retry_base_ms: u64,
+
+    /// Seconds one task command may take before it is sent again (same command id).
+    #[arg(
+        long = "tool-timeout-secs",
+        env = "AGENT_TOOL_TIMEOUT_SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub tool_timeout_secs: u64,
+    /// Tries of one task command before the turn is left for a later delivery.
+    #[arg(
+        long = "tool-attempts",
+        env = "AGENT_TOOL_ATTEMPTS",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub tool_attempts: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn flags_parse_and_validate() {
+        let config = Config::try_parse_from([
+            "agent-worker",
+            "--concurrency",
+            "3",
+            "--max-deliver",
+            "2",
+            "--redelivery-backoff-ms",
+            "100,200",
+            "--llm-base-url",
+            "http://127.0.0.1:1/v1",
+            "--llm-model",
+            "m",
+            "--system-prompt",
+            "be brief",
+        ])
+        .unwrap();
+        assert_eq!(config.concurrency, 3);
+        assert_eq!(config.max_deliver, 2);
+        assert_eq!(config.redelivery_backoff_ms, vec![100, 200]);
+        assert_eq!(config.system_prompt.as_deref(), Some("be brief"));
+        assert_eq!(config.provider.select().unwrap().model, "m");
+
+        for bad in [
+            ["--concurrency", "0"],
+            ["--max-deliver", "0"],
+            ["--max-turns", "0"],
+        ] {
+            let mut args = vec!["agent-worker"];
+            args.extend(bad);
+            assert!(Config::try_parse_from(args).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn help_lists_settings_without_secrets() {
+        let help = <Config as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        for flag in [
+            "--openai-api-key",
+            "--gemini-api-key",
+            "--llm-base-url",
+            "--max-turns",
+            "--task-service-mcp-url",
+        ] {
+            assert!(help.contains(flag), "{flag} missing from --help");
+        }
+        assert!(!help.contains("taskchat-dev-secret-change-me"));
+    }
+}

@@ -1,0 +1,818 @@
+//! The pure core of a chat turn: what the conversation's events say about one
+//! request, what to do next, and what the model is shown.
+//!
+//! A turn is a fold of its events. The worker reads the conversation, folds it into a
+//! [`TurnState`], asks [`next_action`] what to do, does it (one append, possibly after
+//! a model call or a tool command), and folds again. Because the state comes only from
+//! the log, a redelivered request resumes exactly where the last worker stopped:
+//! recorded tool calls are reused, completed ones are not run again (invariant 3).
+
+use std::collections::BTreeMap;
+
+use async_openai::types::chat::{
+    ChatCompletionMessageToolCall, ChatCompletionMessageToolCalls,
+    ChatCompletionRequestAssistantMessage, ChatCompletionRequestAssistantMessageContent,
+    ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
+    ChatCompletionRequestToolMessage, ChatCompletionRequestToolMessageContent,
+    ChatCompletionRequestUserMessage, FunctionCall,
+};
+use proto_schemas::chat::{ChatErrorCode, ChatRequest, ToolCallRecord};
+use proto_schemas::events::ConversationEvent;
+use proto_schemas::{CommandId, EventId, RequestId, UserId};
+use serde_json::Value;
+
+/// Whether a request may use its conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The conversation does not exist yet and the request starts it.
+    Start,
+    /// The conversation exists and is the requester's.
+    Continue,
+    /// The conversation does not exist, or it is someone else's: the same answer for
+    /// both, so that nobody learns which conversation ids exist.
+    NotFound,
+}
+
+/// Who may use the conversation holding `events`, for `request`.
+pub fn access(events: &[ConversationEvent], request: &ChatRequest) -> Access {
+    match events.first() {
+        None if request.new_conversation => Access::Start,
+        None => Access::NotFound,
+        Some(ConversationEvent::ConversationStarted { user_id }) if *user_id == request.user_id => {
+            Access::Continue
+        }
+        Some(_) => Access::NotFound,
+    }
+}
+
+/// Most tool calls recorded from one model step; more are dropped (and logged), so a
+/// runaway or prompt-injected model cannot fan one message out into hundreds of
+/// commands.
+pub const MAX_CALLS_PER_STEP: usize = 16;
+
+/// Why a request is refused before anything is recorded (the gateway checks the same;
+/// the worker does not trust the queue to hold only what the gateway let through).
+pub fn invalid_message(request: &ChatRequest) -> Option<String> {
+    let chars = request.message.chars().count();
+    if request.message.trim().is_empty() {
+        Some("The message is empty.".to_owned())
+    } else if chars > proto_schemas::chat::MESSAGE_MAX_CHARS {
+        Some(format!(
+            "The message is too long: {chars} characters, at most {} are accepted.",
+            proto_schemas::chat::MESSAGE_MAX_CHARS
+        ))
+    } else {
+        None
+    }
+}
+
+/// One tool call of a turn, as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallState {
+    pub step: u32,
+    /// The call's position within its step (part of its command id and event ids).
+    pub index: u32,
+    pub call_id: String,
+    pub name: String,
+    pub arguments: Value,
+    pub command_id: CommandId,
+    /// Set once `ToolCallCompleted` is recorded.
+    pub result: Option<Value>,
+}
+
+impl CallState {
+    pub fn record(&self) -> Option<ToolCallRecord> {
+        Some(ToolCallRecord {
+            name: self.name.clone(),
+            arguments: self.arguments.clone(),
+            result: self.result.clone()?,
+        })
+    }
+}
+
+/// How a turn ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    Replied(String),
+    Failed {
+        code: ChatErrorCode,
+        message: String,
+    },
+}
+
+/// Everything the log says about one request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TurnState {
+    pub user_message: Option<String>,
+    /// The turn's tool calls by step, each step's calls in index order.
+    pub steps: BTreeMap<u32, Vec<CallState>>,
+    pub ending: Option<Ending>,
+}
+
+impl TurnState {
+    /// Folds the events of `request` out of a conversation's events.
+    pub fn from_events(events: &[ConversationEvent], request: RequestId) -> Self {
+        let mut state = Self::default();
+        for event in events
+            .iter()
+            .filter(|event| event.request_id() == Some(request))
+        {
+            match event {
+                ConversationEvent::UserMessageReceived { text, .. } => {
+                    state.user_message.get_or_insert_with(|| text.clone());
+                }
+                ConversationEvent::ToolCallRequested {
+                    step,
+                    call_id,
+                    name,
+                    arguments,
+                    command_id,
+                    ..
+                } => {
+                    let calls = state.steps.entry(*step).or_default();
+                    let index = u32::try_from(calls.len()).unwrap_or(u32::MAX);
+                    calls.push(CallState {
+                        step: *step,
+                        index,
+                        call_id: call_id.clone(),
+                        name: name.clone(),
+                        arguments: arguments.clone(),
+                        command_id: *command_id,
+                        result: None,
+                    });
+                }
+                ConversationEvent::ToolCallCompleted {
+                    call_id, result, ..
+                } => {
+                    if let Some(call) = state
+                        .steps
+                        .values_mut()
+                        .flatten()
+                        .find(|call| call.call_id == *call_id && call.result.is_none())
+                    {
+                        call.result = Some(result.clone());
+                    }
+                }
+                ConversationEvent::AssistantReplied { text, .. } => {
+                    state
+                        .ending
+                        .get_or_insert_with(|| Ending::Replied(text.clone()));
+                }
+                ConversationEvent::TurnFailed { code, message, .. } => {
+                    state.ending.get_or_insert_with(|| Ending::Failed {
+                        code: *code,
+                        message: message.clone(),
+                    });
+                }
+                ConversationEvent::ConversationStarted { .. } => {}
+            }
+        }
+        state
+    }
+
+    pub fn calls(&self) -> impl Iterator<Item = &CallState> {
+        self.steps.values().flatten()
+    }
+
+    /// The public record of the turn's tool calls (completed ones, in order).
+    pub fn records(&self) -> Vec<ToolCallRecord> {
+        self.calls().filter_map(CallState::record).collect()
+    }
+
+    /// The step the next model call is for.
+    pub fn next_step(&self) -> u32 {
+        self.steps.keys().next_back().map_or(0, |last| last + 1)
+    }
+
+    /// Whether `call_id` is already used by a call of this turn.
+    pub fn has_call_id(&self, call_id: &str) -> bool {
+        self.calls().any(|call| call.call_id == call_id)
+    }
+}
+
+/// What the turn does next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Record `ConversationStarted` (when `start`) and the user's message.
+    RecordUserMessage { start: bool },
+    /// Run a requested tool call that has no result yet (again, after a crash: its
+    /// command id makes that safe).
+    RunTool { step: u32, index: u32 },
+    /// Ask the model for step `step`.
+    CallModel { step: u32 },
+    /// The model used every step it may: end with a friendly message.
+    GiveUp,
+    /// The turn has ended: (re)publish its reply.
+    Finish(Ending),
+}
+
+/// The next thing to do for a turn, given its state. `start` says the conversation
+/// has no events yet.
+pub fn next_action(state: &TurnState, start: bool, max_turns: u32) -> Action {
+    if let Some(ending) = &state.ending {
+        return Action::Finish(ending.clone());
+    }
+    if state.user_message.is_none() {
+        return Action::RecordUserMessage { start };
+    }
+    if let Some(call) = state.calls().find(|call| call.result.is_none()) {
+        return Action::RunTool {
+            step: call.step,
+            index: call.index,
+        };
+    }
+    let step = state.next_step();
+    if step >= max_turns {
+        Action::GiveUp
+    } else {
+        Action::CallModel { step }
+    }
+}
+
+/// Ids of the events a turn records, derived from the request (or the conversation
+/// for its first event) so that a redelivered turn re-derives them and the log
+/// stores each once.
+pub mod event_ids {
+    use super::*;
+
+    pub fn conversation_started(conversation: proto_schemas::ConversationId) -> EventId {
+        EventId::derived(conversation.as_uuid(), "conversation-started", 0)
+    }
+
+    pub fn user_message(request: RequestId) -> EventId {
+        EventId::derived(request.as_uuid(), "user-message", 0)
+    }
+
+    pub fn tool_call_requested(request: RequestId, step: u32, index: u32) -> EventId {
+        EventId::derived(
+            request.as_uuid(),
+            &format!("tool-call-requested/{step}"),
+            index,
+        )
+    }
+
+    pub fn tool_call_completed(request: RequestId, step: u32, index: u32) -> EventId {
+        EventId::derived(
+            request.as_uuid(),
+            &format!("tool-call-completed/{step}"),
+            index,
+        )
+    }
+
+    /// Shared by `AssistantReplied` and `TurnFailed`: a turn ends once, whichever
+    /// worker gets there first.
+    pub fn turn_ended(request: RequestId) -> EventId {
+        EventId::derived(request.as_uuid(), "turn-ended", 0)
+    }
+}
+
+/// The call id recorded for the model's `index`-th call of `step`: the model's own id
+/// when it is usable, else one derived from the position. Results are matched to calls
+/// by this id, so it must be unique within the turn (some servers reuse ids such as
+/// `call_0` in every response).
+pub fn recorded_call_id(
+    state: &TurnState,
+    model_id: &str,
+    step: u32,
+    index: u32,
+    taken: &[String],
+) -> String {
+    let usable = !model_id.trim().is_empty()
+        && model_id.len() <= 128
+        && !state.has_call_id(model_id)
+        && !taken.iter().any(|id| id == model_id);
+    if usable {
+        model_id.to_owned()
+    } else {
+        format!("call_{step}_{index}")
+    }
+}
+
+/// The model's arguments as JSON: the parsed object, or the raw text as a string when
+/// it is not JSON (recorded as given, answered with an error).
+pub fn parse_arguments(raw: &str) -> Value {
+    if raw.trim().is_empty() {
+        return Value::Object(Default::default());
+    }
+    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned()))
+}
+
+/// The arguments as sent back to the model in its own earlier message.
+fn arguments_text(arguments: &Value) -> String {
+    match arguments {
+        Value::String(raw) => raw.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// One earlier exchange shown to the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryMessage {
+    User(String),
+    Assistant(String),
+}
+
+/// The user and assistant messages of the turns before `request`, at most `limit` of
+/// them, newest kept. Earlier turns' tool traffic is left out: their replies already
+/// say what the tools did, and a window cut through a tool exchange would be an
+/// invalid message sequence.
+pub fn history_before(
+    events: &[ConversationEvent],
+    request: RequestId,
+    limit: usize,
+) -> Vec<HistoryMessage> {
+    let mut messages = Vec::new();
+    for event in events {
+        match event {
+            ConversationEvent::UserMessageReceived { request_id, .. } if *request_id == request => {
+                break;
+            }
+            ConversationEvent::UserMessageReceived { text, .. } => {
+                messages.push(HistoryMessage::User(text.clone()));
+            }
+            ConversationEvent::AssistantReplied { request_id, text } if *request_id != request => {
+                messages.push(HistoryMessage::Assistant(text.clone()));
+            }
+            _ => {}
+        }
+    }
+    let skip = messages.len().saturating_sub(limit);
+    let mut window: Vec<HistoryMessage> = messages.into_iter().skip(skip).collect();
+    // Start on something the user said.
+    while matches!(window.first(), Some(HistoryMessage::Assistant(_))) {
+        window.remove(0);
+    }
+    window
+}
+
+/// The messages of the model call for `step`: instructions, earlier turns, this
+/// turn's message and its tool calls and results of the steps before.
+pub fn model_messages(
+    system_prompt: &str,
+    history: &[HistoryMessage],
+    state: &TurnState,
+    step: u32,
+) -> Vec<ChatCompletionRequestMessage> {
+    let mut messages = vec![ChatCompletionRequestMessage::System(
+        ChatCompletionRequestSystemMessage {
+            content: system_prompt.into(),
+            name: None,
+        },
+    )];
+    for message in history {
+        messages.push(match message {
+            HistoryMessage::User(text) => user(text),
+            HistoryMessage::Assistant(text) => assistant_text(text),
+        });
+    }
+    if let Some(text) = &state.user_message {
+        messages.push(user(text));
+    }
+    for (_, calls) in state.steps.range(..step) {
+        let tool_calls = calls
+            .iter()
+            .map(|call| {
+                ChatCompletionMessageToolCalls::Function(ChatCompletionMessageToolCall {
+                    id: call.call_id.clone(),
+                    function: FunctionCall {
+                        name: call.name.clone(),
+                        arguments: arguments_text(&call.arguments),
+                    },
+                })
+            })
+            .collect();
+        messages.push(ChatCompletionRequestMessage::Assistant(
+            ChatCompletionRequestAssistantMessage {
+                tool_calls: Some(tool_calls),
+                ..Default::default()
+            },
+        ));
+        for call in calls {
+            let content = call
+                .result
+                .as_ref()
+                .map_or_else(|| "null".to_owned(), Value::to_string);
+            messages.push(ChatCompletionRequestMessage::Tool(
+                ChatCompletionRequestToolMessage {
+                    content: ChatCompletionRequestToolMessageContent::Text(content),
+                    tool_call_id: call.call_id.clone(),
+                },
+            ));
+        }
+    }
+    messages
+}
+
+fn user(text: &str) -> ChatCompletionRequestMessage {
+    ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage {
+        content: text.into(),
+        name: None,
+    })
+}
+
+fn assistant_text(text: &str) -> ChatCompletionRequestMessage {
+    ChatCompletionRequestMessage::Assistant(ChatCompletionRequestAssistantMessage {
+        content: Some(ChatCompletionRequestAssistantMessageContent::Text(
+            text.to_owned(),
+        )),
+        ..Default::default()
+    })
+}
+
+/// The user a conversation belongs to, if it has started.
+pub fn owner(events: &[ConversationEvent]) -> Option<&UserId> {
+    match events.first() {
+        Some(ConversationEvent::ConversationStarted { user_id }) => Some(user_id),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto_schemas::ConversationId;
+    use serde_json::json;
+
+    use super::*;
+
+    fn alice() -> UserId {
+        UserId::parse("alice").unwrap()
+    }
+
+    fn request(new_conversation: bool) -> ChatRequest {
+        ChatRequest {
+            request_id: RequestId::new(),
+            user_id: alice(),
+            conversation_id: ConversationId::new(),
+            new_conversation,
+            message: "add a task to buy milk".into(),
+            received_at: chrono::Utc::now(),
+        }
+    }
+
+    fn started(user: &str) -> ConversationEvent {
+        ConversationEvent::ConversationStarted {
+            user_id: UserId::parse(user).unwrap(),
+        }
+    }
+
+    fn said(request: RequestId, text: &str) -> ConversationEvent {
+        ConversationEvent::UserMessageReceived {
+            request_id: request,
+            text: text.into(),
+        }
+    }
+
+    fn replied(request: RequestId, text: &str) -> ConversationEvent {
+        ConversationEvent::AssistantReplied {
+            request_id: request,
+            text: text.into(),
+        }
+    }
+
+    fn requested(
+        request: RequestId,
+        step: u32,
+        index: u32,
+        call_id: &str,
+        name: &str,
+        arguments: Value,
+    ) -> ConversationEvent {
+        ConversationEvent::ToolCallRequested {
+            request_id: request,
+            step,
+            call_id: call_id.into(),
+            name: name.into(),
+            arguments,
+            command_id: CommandId::for_tool_call(request, step, index),
+        }
+    }
+
+    fn completed(
+        request: RequestId,
+        call_id: &str,
+        name: &str,
+        result: Value,
+    ) -> ConversationEvent {
+        ConversationEvent::ToolCallCompleted {
+            request_id: request,
+            call_id: call_id.into(),
+            name: name.into(),
+            result,
+        }
+    }
+
+    #[test]
+    fn blank_and_oversized_messages_are_refused() {
+        let mut request = request(true);
+        assert_eq!(invalid_message(&request), None);
+        request.message = " \n ".into();
+        assert_eq!(
+            invalid_message(&request).as_deref(),
+            Some("The message is empty.")
+        );
+        request.message = "é".repeat(proto_schemas::chat::MESSAGE_MAX_CHARS);
+        assert_eq!(invalid_message(&request), None, "characters, not bytes");
+        request.message.push('x');
+        assert!(invalid_message(&request).unwrap().contains("too long"));
+    }
+
+    #[test]
+    fn access_follows_the_conversation_owner() {
+        let new = request(true);
+        assert_eq!(access(&[], &new), Access::Start);
+        assert_eq!(access(&[], &request(false)), Access::NotFound);
+        assert_eq!(
+            access(&[started("alice")], &request(false)),
+            Access::Continue
+        );
+        // A redelivered first turn finds the conversation it started.
+        assert_eq!(
+            access(&[started("alice"), said(new.request_id, "hi")], &new),
+            Access::Continue
+        );
+        assert_eq!(
+            access(&[started("mallory")], &request(false)),
+            Access::NotFound
+        );
+        assert_eq!(
+            access(&[started("mallory")], &request(true)),
+            Access::NotFound
+        );
+        assert_eq!(
+            access(&[said(RequestId::new(), "orphan")], &request(false)),
+            Access::NotFound
+        );
+    }
+
+    #[test]
+    fn a_fresh_turn_records_the_message_then_calls_the_model() {
+        let state = TurnState::default();
+        assert_eq!(
+            next_action(&state, true, 10),
+            Action::RecordUserMessage { start: true }
+        );
+        let r = RequestId::new();
+        let state = TurnState::from_events(&[started("alice"), said(r, "hi")], r);
+        assert_eq!(
+            next_action(&state, false, 10),
+            Action::CallModel { step: 0 }
+        );
+    }
+
+    #[test]
+    fn a_resumed_turn_reuses_recorded_calls_and_runs_only_unfinished_ones() {
+        let r = RequestId::new();
+        let events = vec![
+            started("alice"),
+            said(r, "complete 1 and 2"),
+            requested(r, 0, 0, "call_a", "complete_task", json!({"task_id": 1})),
+            requested(r, 0, 1, "call_b", "complete_task", json!({"task_id": 2})),
+            completed(
+                r,
+                "call_a",
+                "complete_task",
+                json!({"task_id": 1, "status": "completed", "title": "x"}),
+            ),
+        ];
+        let state = TurnState::from_events(&events, r);
+        assert_eq!(
+            next_action(&state, false, 10),
+            Action::RunTool { step: 0, index: 1 }
+        );
+        assert_eq!(
+            state.steps[&0][1].command_id,
+            CommandId::for_tool_call(r, 0, 1)
+        );
+
+        let mut events = events;
+        events.push(completed(
+            r,
+            "call_b",
+            "complete_task",
+            json!({"error": "Task not found", "task_id": 2}),
+        ));
+        let state = TurnState::from_events(&events, r);
+        assert_eq!(
+            next_action(&state, false, 10),
+            Action::CallModel { step: 1 }
+        );
+        assert_eq!(state.records().len(), 2);
+        assert_eq!(state.records()[1].result["error"], "Task not found");
+
+        events.push(replied(r, "Done."));
+        let state = TurnState::from_events(&events, r);
+        assert_eq!(
+            next_action(&state, false, 10),
+            Action::Finish(Ending::Replied("Done.".into()))
+        );
+    }
+
+    #[test]
+    fn the_step_budget_ends_the_turn() {
+        let r = RequestId::new();
+        let events = vec![
+            said(r, "loop"),
+            requested(r, 0, 0, "c0", "list_tasks", json!({})),
+            completed(
+                r,
+                "c0",
+                "list_tasks",
+                json!({"tasks": [], "count": 0, "filter": "all"}),
+            ),
+            requested(r, 1, 0, "c1", "list_tasks", json!({})),
+            completed(
+                r,
+                "c1",
+                "list_tasks",
+                json!({"tasks": [], "count": 0, "filter": "all"}),
+            ),
+        ];
+        let state = TurnState::from_events(&events, r);
+        assert_eq!(next_action(&state, false, 2), Action::GiveUp);
+        assert_eq!(next_action(&state, false, 3), Action::CallModel { step: 2 });
+    }
+
+    #[test]
+    fn a_failure_is_an_ending_and_the_first_ending_wins() {
+        let r = RequestId::new();
+        let events = vec![
+            said(r, "hi"),
+            ConversationEvent::TurnFailed {
+                request_id: r,
+                code: ChatErrorCode::ModelUnavailable,
+                message: "sorry".into(),
+            },
+            replied(r, "late"),
+        ];
+        let state = TurnState::from_events(&events, r);
+        assert_eq!(
+            state.ending,
+            Some(Ending::Failed {
+                code: ChatErrorCode::ModelUnavailable,
+                message: "sorry".into()
+            })
+        );
+    }
+
+    #[test]
+    fn other_requests_do_not_leak_into_the_turn() {
+        let mine = RequestId::new();
+        let other = RequestId::new();
+        let events = vec![
+            said(other, "other"),
+            requested(other, 0, 0, "x", "list_tasks", json!({})),
+            said(mine, "mine"),
+        ];
+        let state = TurnState::from_events(&events, mine);
+        assert_eq!(state.user_message.as_deref(), Some("mine"));
+        assert!(state.steps.is_empty());
+    }
+
+    #[test]
+    fn history_is_a_bounded_window_of_earlier_turns() {
+        let turns: Vec<RequestId> = (0..4).map(|_| RequestId::new()).collect();
+        let current = RequestId::new();
+        let mut events = vec![started("alice")];
+        for (i, r) in turns.iter().enumerate() {
+            events.push(said(*r, &format!("u{i}")));
+            events.push(requested(*r, 0, 0, "c", "list_tasks", json!({})));
+            events.push(completed(*r, "c", "list_tasks", json!({})));
+            events.push(replied(*r, &format!("a{i}")));
+        }
+        events.push(said(current, "now"));
+        // A turn of the same conversation recorded after this one is not history.
+        let later = RequestId::new();
+        events.push(said(later, "later"));
+        events.push(replied(later, "later reply"));
+
+        let all = history_before(&events, current, 100);
+        assert_eq!(all.len(), 8);
+        assert_eq!(all[0], HistoryMessage::User("u0".into()));
+        assert_eq!(all[7], HistoryMessage::Assistant("a3".into()));
+
+        let window = history_before(&events, current, 3);
+        // The last three are a2, u3, a3; the window starts on a user message.
+        assert_eq!(
+            window,
+            vec![
+                HistoryMessage::User("u3".into()),
+                HistoryMessage::Assistant("a3".into())
+            ]
+        );
+        assert!(history_before(&events, current, 0).is_empty());
+    }
+
+    #[test]
+    fn a_turn_without_a_reply_leaves_its_message_in_the_history() {
+        let failed = RequestId::new();
+        let current = RequestId::new();
+        let events = vec![
+            said(failed, "first"),
+            ConversationEvent::TurnFailed {
+                request_id: failed,
+                code: ChatErrorCode::ModelUnavailable,
+                message: "x".into(),
+            },
+            said(current, "second"),
+        ];
+        assert_eq!(
+            history_before(&events, current, 20),
+            vec![HistoryMessage::User("first".into())]
+        );
+    }
+
+    #[test]
+    fn model_messages_replay_the_turn_so_far() {
+        let r = RequestId::new();
+        let events = vec![
+            said(r, "add milk"),
+            requested(r, 0, 0, "call_a", "add_task", json!({"title": "Milk"})),
+            requested(
+                r,
+                0,
+                1,
+                "call_b",
+                "add_task",
+                Value::String("{not json".into()),
+            ),
+            completed(
+                r,
+                "call_a",
+                "add_task",
+                json!({"task_id": 1, "status": "created", "title": "Milk"}),
+            ),
+            completed(r, "call_b", "add_task", json!({"error": "bad"})),
+        ];
+        let state = TurnState::from_events(&events, r);
+        let history = vec![
+            HistoryMessage::User("hello".into()),
+            HistoryMessage::Assistant("hi!".into()),
+        ];
+        let messages = model_messages("be nice", &history, &state, 1);
+        let json = serde_json::to_value(&messages).unwrap();
+        assert_eq!(json[0], json!({"role": "system", "content": "be nice"}));
+        assert_eq!(json[1], json!({"role": "user", "content": "hello"}));
+        assert_eq!(json[2], json!({"role": "assistant", "content": "hi!"}));
+        assert_eq!(json[3], json!({"role": "user", "content": "add milk"}));
+        assert_eq!(json[4]["role"], "assistant");
+        assert_eq!(json[4]["tool_calls"][0]["id"], "call_a");
+        assert_eq!(
+            json[4]["tool_calls"][0]["function"]["arguments"],
+            "{\"title\":\"Milk\"}"
+        );
+        assert_eq!(
+            json[4]["tool_calls"][1]["function"]["arguments"],
+            "{not json"
+        );
+        assert_eq!(
+            json[5],
+            json!({"role": "tool", "tool_call_id": "call_a", "content": "{\"status\":\"created\",\"task_id\":1,\"title\":\"Milk\"}"})
+        );
+        assert_eq!(json[6]["tool_call_id"], "call_b");
+        assert_eq!(messages.len(), 7);
+        // Step 0 sees only the user's message.
+        assert_eq!(model_messages("be nice", &[], &state, 0).len(), 2);
+    }
+
+    #[test]
+    fn call_ids_are_unique_within_a_turn() {
+        let r = RequestId::new();
+        let events = vec![
+            said(r, "x"),
+            requested(r, 0, 0, "call_0", "list_tasks", json!({})),
+        ];
+        let state = TurnState::from_events(&events, r);
+        assert_eq!(recorded_call_id(&state, "call_9", 1, 0, &[]), "call_9");
+        assert_eq!(recorded_call_id(&state, "call_0", 1, 0, &[]), "call_1_0");
+        assert_eq!(recorded_call_id(&state, "", 1, 1, &[]), "call_1_1");
+        assert_eq!(
+            recorded_call_id(&state, "dup", 1, 1, &["dup".into()]),
+            "call_1_1"
+        );
+    }
+
+    #[test]
+    fn arguments_parse_or_stay_raw() {
+        assert_eq!(parse_arguments("{\"title\":\"x\"}"), json!({"title": "x"}));
+        assert_eq!(parse_arguments(""), json!({}));
+        assert_eq!(parse_arguments("{oops"), Value::String("{oops".into()));
+    }
+
+    #[test]
+    fn event_ids_are_stable_and_distinct() {
+        let r = RequestId::new();
+        assert_eq!(
+            event_ids::tool_call_requested(r, 0, 1),
+            event_ids::tool_call_requested(r, 0, 1)
+        );
+        assert_ne!(
+            event_ids::tool_call_requested(r, 0, 1),
+            event_ids::tool_call_requested(r, 1, 0)
+        );
+        assert_ne!(
+            event_ids::tool_call_requested(r, 0, 0),
+            event_ids::tool_call_completed(r, 0, 0)
+        );
+        assert_ne!(event_ids::user_message(r), event_ids::turn_ended(r));
+    }
+}

@@ -1,0 +1,747 @@
+//! Running one chat turn: the I/O around [`crate::history`]'s pure decisions.
+//!
+//! Each round reads what the log says about the request, asks
+//! [`history::next_action`] what to do, does it (a model call, a task command) and
+//! records the outcome with one append, naming the stream version it decided on
+//! (invariant 5). Every event id is derived from the request, so a turn run twice, by
+//! a redelivery or by two workers at once, records everything once; the first ending
+//! recorded (reply or failure) is the turn's answer, and the reply is (re)published
+//! from it.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use eventlog::{AppendError, EventMetadata, EventStore, ExpectedVersion, NewEvent, StoreError};
+use proto_schemas::chat::{
+    ChatError, ChatErrorCode, ChatOutcome, ChatReply, ChatRequest, ChatStreamChunk,
+};
+use proto_schemas::events::{ConversationEvent, DecodeError, EventsAppended, conversation_stream};
+use proto_schemas::tasks::{TaskCommand, TaskCommandReply, ToolCall};
+use proto_schemas::{EventId, RequestId, Subjects};
+use serde_json::{Value, json};
+
+use crate::history::{self, Access, Action, CallState, Ending, TurnState, event_ids};
+use crate::model::ModelClient;
+use crate::prompt;
+use crate::tools::{ToolCatalog, error_chain};
+
+/// How often an append that lost a race to another turn of the same conversation is
+/// tried again on top of the winner before the turn gives up (and is redelivered).
+const MAX_APPEND_ATTEMPTS: u32 = 20;
+
+/// Settings of the turn loop.
+#[derive(Debug, Clone)]
+pub struct TurnSettings {
+    /// Model calls one turn may make.
+    pub max_turns: u32,
+    /// Earlier user and assistant messages shown to the model.
+    pub history_messages: usize,
+    pub system_prompt: String,
+    /// How long one task command may take.
+    pub tool_timeout: Duration,
+    /// Tries of one task command before the turn fails (and is redelivered).
+    pub tool_attempts: u32,
+}
+
+/// Why a turn could not finish now; the request is redelivered and resumes.
+#[derive(Debug, thiserror::Error)]
+pub enum TurnError {
+    #[error("event store failed")]
+    Store(#[from] StoreError),
+    #[error("append to the event store failed")]
+    Append(#[source] AppendError),
+    #[error("stored conversation event {event_id} cannot be read")]
+    Decode {
+        event_id: EventId,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("conversation {stream} kept changing under the turn")]
+    Contended { stream: String },
+    #[error("task-service did not run tool call {name}: {reason}")]
+    ToolUnavailable { name: String, reason: String },
+    #[error("failed to publish the reply")]
+    Publish(#[source] async_nats::Error),
+}
+
+/// A conversation as last read: its events and the version of the last one.
+#[derive(Debug, Default)]
+struct Conversation {
+    events: Vec<ConversationEvent>,
+    version: u64,
+}
+
+impl Conversation {
+    fn expected(&self) -> ExpectedVersion {
+        if self.version == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(self.version)
+        }
+    }
+}
+
+/// Everything a turn needs; shared by all turns of a replica.
+#[derive(Debug)]
+pub struct Worker {
+    /// A short name for this replica in logs (which replica ran which turn).
+    pub replica: String,
+    pub store: EventStore,
+    pub bus: async_nats::Client,
+    pub jetstream: jetstream::Context,
+    pub subjects: Subjects,
+    pub model: ModelClient,
+    pub tools: ToolCatalog,
+    pub settings: TurnSettings,
+}
+
+impl Worker {
+    /// Runs (or resumes) the turn of `request` to its end and publishes its reply.
+    ///
+    /// Model failures end the turn (a friendly error reply and a `TurnFailed` event);
+    /// `Err` means the store, the bus or task-service failed, and the turn can be
+    /// resumed later from what it recorded.
+    pub async fn run_turn(&self, request: &ChatRequest) -> Result<ChatReply, TurnError> {
+        if let Some(reason) = history::invalid_message(request) {
+            tracing::warn!(%reason, "chat request refused");
+            let reply = failed(request, ChatErrorCode::Internal, &reason);
+            self.publish_reply(&reply).await?;
+            return Ok(reply);
+        }
+        let stream = conversation_stream(request.conversation_id);
+        let mut conversation = self.load(&stream).await?;
+        loop {
+            if history::access(&conversation.events, request) == Access::NotFound {
+                return self.not_found(request).await;
+            }
+            let state = TurnState::from_events(&conversation.events, request.request_id);
+            let start = conversation.events.is_empty();
+            let events = match history::next_action(&state, start, self.settings.max_turns) {
+                Action::Finish(ending) => {
+                    let reply = reply_for(request, &state, ending);
+                    self.publish_reply(&reply).await?;
+                    return Ok(reply);
+                }
+                Action::RecordUserMessage { start } => opening_events(request, start),
+                Action::RunTool { step, index } => {
+                    let call = &state.steps[&step][index as usize];
+                    let result = self.run_tool(request, call).await?;
+                    vec![(
+                        event_ids::tool_call_completed(request.request_id, step, index),
+                        ConversationEvent::ToolCallCompleted {
+                            request_id: request.request_id,
+                            call_id: call.call_id.clone(),
+                            name: call.name.clone(),
+                            result,
+                        },
+                    )]
+                }
+                Action::CallModel { step } => {
+                    self.call_model(request, &conversation, &state, step).await
+                }
+                Action::GiveUp => {
+                    tracing::warn!(
+                        max_turns = self.settings.max_turns,
+                        "model used every step of the turn"
+                    );
+                    vec![ended(
+                        request,
+                        Ending::Replied(prompt::MAX_TURNS_MESSAGE.to_owned()),
+                    )]
+                }
+            };
+            self.append(&stream, &mut conversation, &state, request, events)
+                .await?;
+        }
+    }
+
+    /// Ends the turn of `request` with a failure, unless it has ended already (then
+    /// that ending stands), and publishes the reply. Best effort: when the store is
+    /// down the failure is still published, just not recorded.
+    pub async fn end_with_failure(
+        &self,
+        request: &ChatRequest,
+        code: ChatErrorCode,
+        message: &str,
+    ) -> ChatReply {
+        let recorded = async {
+            let stream = conversation_stream(request.conversation_id);
+            let mut conversation = self.load(&stream).await?;
+            loop {
+                if history::access(&conversation.events, request) == Access::NotFound {
+                    return Ok(failed(
+                        request,
+                        ChatErrorCode::ConversationNotFound,
+                        prompt::CONVERSATION_NOT_FOUND_MESSAGE,
+                    ));
+                }
+                let state = TurnState::from_events(&conversation.events, request.request_id);
+                if let Some(ending) = &state.ending {
+                    return Ok(reply_for(request, &state, ending.clone()));
+                }
+                // A turn that never got going still gets its conversation and message
+                // recorded, so the failure sits where the user will look for it.
+                let mut events = Vec::new();
+                if state.user_message.is_none() {
+                    events = opening_events(request, conversation.events.is_empty());
+                }
+                events.push(ended(
+                    request,
+                    Ending::Failed {
+                        code,
+                        message: message.to_owned(),
+                    },
+                ));
+                self.append(&stream, &mut conversation, &state, request, events)
+                    .await?;
+            }
+        }
+        .await;
+        let reply = recorded.unwrap_or_else(|error: TurnError| {
+            tracing::error!(error = %error_chain(&error), "failed to record the turn's failure");
+            failed(request, code, message)
+        });
+        if let Err(error) = self.publish_reply(&reply).await {
+            tracing::error!(error = %error_chain(&error), "failed to publish the failure reply");
+        }
+        reply
+    }
+
+    async fn not_found(&self, request: &ChatRequest) -> Result<ChatReply, TurnError> {
+        tracing::info!(conversation_id = %request.conversation_id, "conversation not found for this user");
+        let reply = failed(
+            request,
+            ChatErrorCode::ConversationNotFound,
+            prompt::CONVERSATION_NOT_FOUND_MESSAGE,
+        );
+        self.publish_reply(&reply).await?;
+        Ok(reply)
+    }
+
+    /// One model step, and the events that record what it decided.
+    async fn call_model(
+        &self,
+        request: &ChatRequest,
+        conversation: &Conversation,
+        state: &TurnState,
+        step: u32,
+    ) -> Vec<(EventId, ConversationEvent)> {
+        let history = history::history_before(
+            &conversation.events,
+            request.request_id,
+            self.settings.history_messages,
+        );
+        let messages = history::model_messages(&self.settings.system_prompt, &history, state, step);
+        // Deltas go through a channel so that a slow publish never stalls the model's
+        // stream; the sender is dropped with the step, which ends the forwarding.
+        let (deltas, mut forward) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let step_call = self
+            .model
+            .step(messages, self.tools.tools().to_vec(), move |text| {
+                let _ = deltas.send(text);
+            });
+        let forwarding = async {
+            while let Some(text) = forward.recv().await {
+                self.publish_chunk(request.request_id, &ChatStreamChunk::TextDelta { text })
+                    .await;
+            }
+        };
+        let started = std::time::Instant::now();
+        let (outcome, ()) = tokio::join!(step_call, forwarding);
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match outcome {
+            Ok(model_step) if model_step.calls.is_empty() => {
+                tracing::debug!(step, elapsed_ms, "model answered");
+                let text = if model_step.text.trim().is_empty() {
+                    prompt::EMPTY_REPLY_MESSAGE.to_owned()
+                } else {
+                    model_step.text
+                };
+                vec![ended(request, Ending::Replied(text))]
+            }
+            Ok(mut model_step) => {
+                tracing::debug!(
+                    step,
+                    elapsed_ms,
+                    calls = model_step.calls.len(),
+                    "model asked for tools"
+                );
+                if model_step.calls.len() > history::MAX_CALLS_PER_STEP {
+                    tracing::warn!(
+                        asked = model_step.calls.len(),
+                        kept = history::MAX_CALLS_PER_STEP,
+                        "model asked for too many tool calls in one step, extra calls dropped"
+                    );
+                    model_step.calls.truncate(history::MAX_CALLS_PER_STEP);
+                }
+                let mut taken = Vec::new();
+                let mut events = Vec::new();
+                for (index, call) in model_step.calls.into_iter().enumerate() {
+                    let index = u32::try_from(index).unwrap_or(u32::MAX);
+                    let call_id = history::recorded_call_id(state, &call.id, step, index, &taken);
+                    taken.push(call_id.clone());
+                    events.push((
+                        event_ids::tool_call_requested(request.request_id, step, index),
+                        ConversationEvent::ToolCallRequested {
+                            request_id: request.request_id,
+                            step,
+                            call_id,
+                            name: call.name,
+                            arguments: history::parse_arguments(&call.arguments),
+                            command_id: proto_schemas::CommandId::for_tool_call(
+                                request.request_id,
+                                step,
+                                index,
+                            ),
+                        },
+                    ));
+                }
+                events
+            }
+            Err(error) => {
+                // The cause goes to the logs; the user gets a friendly message.
+                tracing::error!(step, elapsed_ms, model = self.model.model(), error = %error, "model call failed");
+                vec![ended(
+                    request,
+                    Ending::Failed {
+                        code: ChatErrorCode::ModelUnavailable,
+                        message: prompt::MODEL_UNAVAILABLE_MESSAGE.to_owned(),
+                    },
+                )]
+            }
+        }
+    }
+
+    /// Runs one recorded tool call and returns its result (a tool error is a result
+    /// for the model to read, not a failure of the turn).
+    async fn run_tool(&self, request: &ChatRequest, call: &CallState) -> Result<Value, TurnError> {
+        let chunk = ChatStreamChunk::ToolCallStarted {
+            call_id: call.call_id.clone(),
+            name: call.name.clone(),
+            arguments: call.arguments.clone(),
+        };
+        self.publish_chunk(request.request_id, &chunk).await;
+        let result = match tool_command(&self.tools, request, call) {
+            Ok(command) => self.send_command(&command).await?,
+            Err(refusal) => {
+                tracing::info!(tool = %call.name, result = %refusal, "tool call refused before sending");
+                refusal
+            }
+        };
+        let chunk = ChatStreamChunk::ToolCallFinished {
+            call_id: call.call_id.clone(),
+            name: call.name.clone(),
+            arguments: call.arguments.clone(),
+            result: result.clone(),
+        };
+        self.publish_chunk(request.request_id, &chunk).await;
+        Ok(result)
+    }
+
+    /// Sends a task command, retrying (with the same command id, so it applies once)
+    /// while task-service is unreachable, slow or reports itself unavailable.
+    async fn send_command(&self, command: &TaskCommand) -> Result<Value, TurnError> {
+        let mut wait = Duration::from_millis(200);
+        let mut reason = String::new();
+        for attempt in 1..=self.settings.tool_attempts.max(1) {
+            let reply = platform::bus::request_json::<_, TaskCommandReply>(
+                &self.bus,
+                self.subjects.task_commands(),
+                command,
+                self.settings.tool_timeout,
+            )
+            .await;
+            match reply {
+                Ok(TaskCommandReply::Applied { output }) => {
+                    return Ok(serde_json::to_value(output)
+                        .unwrap_or_else(|error| json!({"error": error.to_string()})));
+                }
+                Ok(TaskCommandReply::Unavailable { reason: why }) => reason = why,
+                Err(error) if error.is_transient() => reason = error_chain(&error),
+                Err(error) => {
+                    return Err(TurnError::ToolUnavailable {
+                        name: command.call.name().to_owned(),
+                        reason: error_chain(&error),
+                    });
+                }
+            }
+            tracing::warn!(
+                attempt,
+                tool = command.call.name(),
+                command_id = %command.command_id,
+                %reason,
+                "task command failed, retrying"
+            );
+            if attempt < self.settings.tool_attempts {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(3));
+            }
+        }
+        Err(TurnError::ToolUnavailable {
+            name: command.call.name().to_owned(),
+            reason,
+        })
+    }
+
+    async fn load(&self, stream: &str) -> Result<Conversation, TurnError> {
+        let stored = self.store.read_stream(stream).await?;
+        let version = stored.last().map_or(0, |event| event.stream_version);
+        let events = stored
+            .iter()
+            .map(|event| {
+                event
+                    .decode::<ConversationEvent>()
+                    .map_err(|source| TurnError::Decode {
+                        event_id: event.event_id,
+                        source,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Conversation { events, version })
+    }
+
+    /// Appends `events`, decided on `decided_on`, at the version last read.
+    ///
+    /// When another writer moved the stream: if nothing changed for this request (the
+    /// writer was another turn of the conversation), the same events go on top of it;
+    /// otherwise (another worker ran this very turn) the fresh state is returned to
+    /// decide again. Ids already stored mean the events are there: nothing to do.
+    async fn append(
+        &self,
+        stream: &str,
+        conversation: &mut Conversation,
+        decided_on: &TurnState,
+        request: &ChatRequest,
+        events: Vec<(EventId, ConversationEvent)>,
+    ) -> Result<(), TurnError> {
+        let metadata = metadata(request);
+        let batch: Vec<NewEvent> = events
+            .iter()
+            .map(|(id, event)| NewEvent::new(*id, event, metadata.clone()))
+            .collect();
+        for _ in 0..MAX_APPEND_ATTEMPTS {
+            match self
+                .store
+                .append(stream, conversation.expected(), &batch)
+                .await
+            {
+                Ok(outcome) if !outcome.already_stored => {
+                    conversation
+                        .events
+                        .extend(events.into_iter().map(|(_, event)| event));
+                    conversation.version = outcome.stream_version;
+                    let notice = EventsAppended {
+                        stream: stream.to_owned(),
+                        last_position: outcome.last_position,
+                    };
+                    platform::bus::notify_appended(&self.bus, &self.subjects, &notice).await;
+                    return Ok(());
+                }
+                Ok(_) | Err(AppendError::PartiallyStored { .. }) => {
+                    *conversation = self.load(stream).await?;
+                    return Ok(());
+                }
+                Err(AppendError::Conflict { .. }) => {
+                    *conversation = self.load(stream).await?;
+                    if TurnState::from_events(&conversation.events, request.request_id)
+                        != *decided_on
+                    {
+                        return Ok(());
+                    }
+                }
+                Err(error) => return Err(TurnError::Append(error)),
+            }
+        }
+        Err(TurnError::Contended {
+            stream: stream.to_owned(),
+        })
+    }
+
+    /// Publishes the final reply to the replies stream, where the gateway (or a retried
+    /// HTTP request) finds it. The message id makes a republish a no-op.
+    pub async fn publish_reply(&self, reply: &ChatReply) -> Result<(), TurnError> {
+        let payload = platform::bus::encode_json(reply)
+            .map_err(|error| TurnError::Publish(Box::new(error)))?;
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .headers(platform::bus::traced_headers())
+            .message_id(reply.request_id.to_string());
+        let ack = self
+            .jetstream
+            .send_publish(self.subjects.chat_reply(reply.request_id), publish)
+            .await
+            .map_err(|error| TurnError::Publish(Box::new(error)))?;
+        ack.await
+            .map_err(|error| TurnError::Publish(Box::new(error)))?;
+        Ok(())
+    }
+
+    /// Live progress is best effort (core NATS): a lost chunk costs a preview, the
+    /// final reply still arrives.
+    async fn publish_chunk(&self, request: RequestId, chunk: &ChatStreamChunk) {
+        if let Err(error) =
+            platform::bus::publish_json(&self.bus, self.subjects.chat_stream(request), chunk).await
+        {
+            tracing::debug!(%error, "failed to publish a stream chunk");
+        }
+    }
+}
+
+/// The task command for a recorded tool call, or the error result the model gets
+/// instead when the call cannot be run. The user is always the request's: a
+/// `user_id` the model made up is ignored (invariant 6).
+pub fn tool_command(
+    tools: &ToolCatalog,
+    request: &ChatRequest,
+    call: &CallState,
+) -> Result<TaskCommand, Value> {
+    if !tools.contains(&call.name) {
+        let known: Vec<&str> = tools.names().collect();
+        return Err(
+            json!({"error": format!("Unknown tool: {}. Available tools: {}", call.name, known.join(", "))}),
+        );
+    }
+    if !call.arguments.is_object() {
+        return Err(
+            json!({"error": format!("Invalid arguments for {}: expected a JSON object", call.name)}),
+        );
+    }
+    let parsed = ToolCall::from_name_and_arguments(&call.name, call.arguments.clone()).map_err(
+        |error| json!({"error": format!("Invalid arguments for {}: {error}", call.name)}),
+    )?;
+    Ok(TaskCommand {
+        command_id: call.command_id,
+        user_id: request.user_id.clone(),
+        correlation_id: Some(request.request_id.as_uuid()),
+        call: parsed,
+    })
+}
+
+/// `ConversationStarted` (for a new conversation) and the user's message.
+fn opening_events(request: &ChatRequest, start: bool) -> Vec<(EventId, ConversationEvent)> {
+    let mut events = Vec::with_capacity(2);
+    if start {
+        events.push((
+            event_ids::conversation_started(request.conversation_id),
+            ConversationEvent::ConversationStarted {
+                user_id: request.user_id.clone(),
+            },
+        ));
+    }
+    events.push((
+        event_ids::user_message(request.request_id),
+        ConversationEvent::UserMessageReceived {
+            request_id: request.request_id,
+            text: request.message.clone(),
+        },
+    ));
+    events
+}
+
+fn ended(request: &ChatRequest, ending: Ending) -> (EventId, ConversationEvent) {
+    let event = match ending {
+        Ending::Replied(text) => ConversationEvent::AssistantReplied {
+            request_id: request.request_id,
+            text,
+        },
+        Ending::Failed { code, message } => ConversationEvent::TurnFailed {
+            request_id: request.request_id,
+            code,
+            message,
+        },
+    };
+    (event_ids::turn_ended(request.request_id), event)
+}
+
+fn metadata(request: &ChatRequest) -> EventMetadata {
+    let headers = platform::bus::traced_headers();
+    let header = |name: &str| headers.get(name).map(|value| value.as_str().to_owned());
+    EventMetadata {
+        causation_id: Some(request.request_id.as_uuid()),
+        correlation_id: Some(request.request_id.as_uuid()),
+        user_id: Some(request.user_id.to_string()),
+        traceparent: header("traceparent"),
+        tracestate: header("tracestate"),
+    }
+}
+
+/// The reply a turn's ending gives.
+pub fn reply_for(request: &ChatRequest, state: &TurnState, ending: Ending) -> ChatReply {
+    let outcome = match ending {
+        Ending::Replied(response) => ChatOutcome::Answered {
+            response,
+            tool_calls: state.records(),
+        },
+        Ending::Failed { code, message } => ChatOutcome::Failed {
+            error: ChatError { code, message },
+        },
+    };
+    ChatReply {
+        request_id: request.request_id,
+        conversation_id: request.conversation_id,
+        outcome,
+    }
+}
+
+fn failed(request: &ChatRequest, code: ChatErrorCode, message: &str) -> ChatReply {
+    ChatReply {
+        request_id: request.request_id,
+        conversation_id: request.conversation_id,
+        outcome: ChatOutcome::Failed {
+            error: ChatError {
+                code,
+                message: message.to_owned(),
+            },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proto_schemas::tasks::AddTaskArgs;
+    use proto_schemas::{CommandId, ConversationId, UserId};
+
+    use super::*;
+
+    fn catalog() -> ToolCatalog {
+        let schema = json!({"type": "object", "properties": {"user_id": {}, "title": {}}, "required": ["user_id", "title"]});
+        let serde_json::Value::Object(schema) = schema else {
+            unreachable!()
+        };
+        ToolCatalog::from_mcp(&[rmcp::model::Tool::new("add_task", "adds", Arc::new(schema))])
+    }
+
+    fn request() -> ChatRequest {
+        ChatRequest {
+            request_id: RequestId::new(),
+            user_id: UserId::parse("alice").unwrap(),
+            conversation_id: ConversationId::new(),
+            new_conversation: true,
+            message: "add milk".into(),
+            received_at: chrono::Utc::now(),
+        }
+    }
+
+    fn call(request: &ChatRequest, name: &str, arguments: Value) -> CallState {
+        CallState {
+            step: 0,
+            index: 0,
+            call_id: "call_1".into(),
+            name: name.into(),
+            arguments,
+            command_id: CommandId::for_tool_call(request.request_id, 0, 0),
+            result: None,
+        }
+    }
+
+    #[test]
+    fn the_user_comes_from_the_request_never_from_the_model() {
+        let request = request();
+        let command = tool_command(
+            &catalog(),
+            &request,
+            &call(
+                &request,
+                "add_task",
+                json!({"title": "Milk", "user_id": "mallory"}),
+            ),
+        )
+        .unwrap();
+        assert_eq!(command.user_id.as_str(), "alice");
+        assert_eq!(
+            command.command_id,
+            CommandId::for_tool_call(request.request_id, 0, 0)
+        );
+        assert_eq!(command.correlation_id, Some(request.request_id.as_uuid()));
+        assert_eq!(
+            command.call,
+            ToolCall::AddTask(AddTaskArgs {
+                title: "Milk".into(),
+                description: String::new()
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_tools_and_bad_arguments_become_error_results() {
+        let request = request();
+        let unknown = tool_command(
+            &catalog(),
+            &request,
+            &call(&request, "drop_tables", json!({})),
+        )
+        .unwrap_err();
+        assert!(
+            unknown["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("Unknown tool: drop_tables"),
+            "{unknown}"
+        );
+        let missing =
+            tool_command(&catalog(), &request, &call(&request, "add_task", json!({}))).unwrap_err();
+        assert!(
+            missing["error"]
+                .as_str()
+                .unwrap()
+                .contains("Invalid arguments for add_task"),
+            "{missing}"
+        );
+        let raw = tool_command(
+            &catalog(),
+            &request,
+            &call(&request, "add_task", Value::String("{oops".into())),
+        )
+        .unwrap_err();
+        assert!(
+            raw["error"]
+                .as_str()
+                .unwrap()
+                .contains("expected a JSON object"),
+            "{raw}"
+        );
+        // Offered by task-service but not in this catalog: refused as unknown.
+        let not_offered = tool_command(
+            &catalog(),
+            &request,
+            &call(&request, "list_tasks", json!({})),
+        )
+        .unwrap_err();
+        assert!(
+            not_offered["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("Unknown tool")
+        );
+    }
+
+    #[test]
+    fn replies_carry_the_recorded_tool_calls() {
+        let request = request();
+        let mut state = TurnState::default();
+        let mut done = call(&request, "add_task", json!({"title": "Milk"}));
+        done.result = Some(json!({"task_id": 1, "status": "created", "title": "Milk"}));
+        state.steps.insert(0, vec![done]);
+        let reply = reply_for(&request, &state, Ending::Replied("Added.".into()));
+        let json = serde_json::to_value(&reply).unwrap();
+        assert_eq!(json["outcome"]["status"], "answered");
+        assert_eq!(json["outcome"]["response"], "Added.");
+        assert_eq!(
+            json["outcome"]["tool_calls"],
+            json!([{"name": "add_task", "arguments": {"title": "Milk"}, "result": {"task_id": 1, "status": "created", "title": "Milk"}}])
+        );
+        let reply = reply_for(
+            &request,
+            &state,
+            Ending::Failed {
+                code: ChatErrorCode::ModelUnavailable,
+                message: "sorry".into(),
+            },
+        );
+        assert!(
+            matches!(reply.outcome, ChatOutcome::Failed { error } if error.code == ChatErrorCode::ModelUnavailable)
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! Chat turns end to end against the real NATS, Postgres, task-service and
+//! offline-llm (or a scripted model server where offline-llm is too well-behaved).
+
+mod common;
+
+use common::{ModelStub, Scripted, Stack, answered, watch_chunks};
+use proto_schemas::CommandId;
+use proto_schemas::chat::{ChatErrorCode, ChatOutcome, ChatStreamChunk};
+use proto_schemas::events::{ConversationEvent, TaskEvent};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_request_adds_the_task_and_is_answered() {
+    let mut stack = Stack::start(0).await;
+    stack.spawn_worker(stack.worker_config()).await;
+
+    let request = stack.new_chat("alice", "add a task to buy milk");
+    let chunks = watch_chunks(&stack.bus, request.request_id).await;
+    let reply = stack.chat(&request).await;
+    assert_eq!(reply.request_id, request.request_id);
+    assert_eq!(reply.conversation_id, request.conversation_id);
+    let (response, calls) = answered(&reply);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].name, "add_task");
+    assert_eq!(calls[0].arguments, json!({"title": "Buy milk"}));
+    assert_eq!(
+        calls[0].result,
+        json!({"task_id": 1, "status": "created", "title": "Buy milk"})
+    );
+    assert!(response.contains("Buy milk"), "{response}");
+
+    let tasks = stack.tasks("alice").await;
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].title, "Buy milk");
+    assert!(!tasks[0].completed);
+
+    // The conversation as events: who it belongs to, what was said, what was done.
+    let events = stack.conversation(request.conversation_id).await;
+    assert_eq!(events.len(), 5, "{events:#?}");
+    assert_eq!(
+        events[0],
+        ConversationEvent::ConversationStarted {
+            user_id: common::user_id("alice")
+        }
+    );
+    assert_eq!(
+        events[1],
+        ConversationEvent::UserMessageReceived {
+            request_id: request.request_id,
+            text: "add a task to buy milk".into()
+        }
+    );
+    let ConversationEvent::ToolCallRequested {
+        step,
+        name,
+        command_id,
+        call_id,
+        ..
+    } = &events[2]
+    else {
+        panic!("expected a tool call request, got {:?}", events[2]);
+    };
+    assert_eq!((*step, name.as_str()), (0, "add_task"));
+    assert_eq!(
+        *command_id,
+        CommandId::for_tool_call(request.request_id, 0, 0)
+    );
+    assert!(
+        matches!(&events[3], ConversationEvent::ToolCallCompleted { call_id: done, .. } if done == call_id)
+    );
+    assert_eq!(
+        events[4],
+        ConversationEvent::AssistantReplied {
+            request_id: request.request_id,
+            text: response.to_owned()
+        }
+    );
+
+    // Live progress: the tool call started and finished, and the text streamed.
+    let chunks = testkit::eventually(
+        std::time::Duration::from_secs(10),
+        "the live chunks",
+        || {
+            let chunks = chunks.lock().unwrap().clone();
+            let finished = chunks
+                .iter()
+                .any(|c| matches!(c, ChatStreamChunk::ToolCallFinished { .. }));
+            let text: String = chunks
+                .iter()
+                .filter_map(|c| match c {
+                    ChatStreamChunk::TextDelta { text } => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let response = response.to_owned();
+            async move { (finished && text.ends_with(&response)).then_some(chunks) }
+        },
+    )
+    .await;
+    let started = chunks.iter().position(
+        |c| matches!(c, ChatStreamChunk::ToolCallStarted { name, .. } if name == "add_task"),
+    );
+    let finished = chunks.iter().position(
+        |c| matches!(c, ChatStreamChunk::ToolCallFinished { result, .. } if result["task_id"] == 1),
+    );
+    assert!(started.unwrap() < finished.unwrap(), "{chunks:?}");
+
+    // A follow-up in the same conversation lists what the first turn added.
+    let follow_up = stack.follow_up("alice", request.conversation_id, "show my tasks");
+    let reply = stack.chat(&follow_up).await;
+    let (response, calls) = answered(&reply);
+    assert_eq!(calls[0].name, "list_tasks");
+    assert_eq!(calls[0].result["count"], 1);
+    assert!(response.contains("Buy milk"), "{response}");
+    assert_eq!(stack.conversation(request.conversation_id).await.len(), 9);
+
+    assert_eq!(stack.pending_requests().await, 0, "every request was acked");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_record_nothing() {
+    let mut stack = Stack::start(0).await;
+    stack.spawn_worker(stack.worker_config()).await;
+
+    let first = stack.new_chat("alice", "add a task to call mom");
+    answered(&stack.chat(&first).await);
+    let before = stack.conversation(first.conversation_id).await;
+
+    let intruder = stack.follow_up("mallory", first.conversation_id, "show my tasks");
+    let reply = stack.chat(&intruder).await;
+    let ChatOutcome::Failed { error } = &reply.outcome else {
+        panic!("mallory was answered: {reply:?}")
+    };
+    assert_eq!(error.code, ChatErrorCode::ConversationNotFound);
+    assert_eq!(error.message, "Conversation not found.");
+
+    let unknown = stack.follow_up(
+        "alice",
+        proto_schemas::ConversationId::new(),
+        "show my tasks",
+    );
+    let reply = stack.chat(&unknown).await;
+    assert!(
+        matches!(&reply.outcome, ChatOutcome::Failed { error } if error.code == ChatErrorCode::ConversationNotFound)
+    );
+
+    let blank = stack.new_chat("alice", "   ");
+    let reply = stack.chat(&blank).await;
+    let ChatOutcome::Failed { error } = &reply.outcome else {
+        panic!("a blank message was answered: {reply:?}")
+    };
+    assert_eq!(error.message, "The message is empty.");
+
+    // Nothing was recorded anywhere by the refused requests.
+    assert!(stack.conversation(blank.conversation_id).await.is_empty());
+    assert_eq!(stack.conversation(first.conversation_id).await, before);
+    assert!(stack.conversation(unknown.conversation_id).await.is_empty());
+    assert!(stack.task_events("mallory").await.is_empty());
+    assert_eq!(stack.pending_requests().await, 0);
+    stack.stop().await;
+}
+
+/// The model never chooses the user (invariant 6), and whatever it gets wrong comes
+/// back to it as a tool result, not as a failed turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_mistakes_become_tool_results_and_never_change_the_user() {
+    let mut stack = Stack::start(0).await;
+    let model = ModelStub::start(None, |call| match call {
+        0 => Scripted::ToolCalls(vec![
+            (
+                "call_1".into(),
+                "add_task".into(),
+                r#"{"title":"Pay rent","user_id":"mallory"}"#.into(),
+            ),
+            ("call_2".into(), "drop_tables".into(), "{}".into()),
+            (
+                "call_3".into(),
+                "complete_task".into(),
+                r#"{"task_id":"abc"}"#.into(),
+            ),
+            // The same id again (some servers reuse ids) and arguments that are not JSON.
+            ("call_1".into(), "add_task".into(), "{not json".into()),
+        ]),
+        _ => Scripted::Text("Done, with some trouble.".into()),
+    })
+    .await;
+    let mut config = stack.worker_config();
+    config.provider.llm_base_url = Some(model.base.clone());
+    stack.spawn_worker(config).await;
+
+    let request = stack.new_chat("alice", "do several things");
+    let reply = stack.chat(&request).await;
+    let (response, calls) = answered(&reply);
+    assert_eq!(response, "Done, with some trouble.");
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert_eq!(
+        calls[0].result,
+        json!({"task_id": 1, "status": "created", "title": "Pay rent"})
+    );
+    assert!(
+        calls[1].result["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Unknown tool: drop_tables"),
+        "{:?}",
+        calls[1]
+    );
+    assert!(
+        calls[2].result["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid arguments for complete_task"),
+        "{:?}",
+        calls[2]
+    );
+    assert_eq!(calls[3].arguments, json!("{not json"));
+    assert!(
+        calls[3].result["error"]
+            .as_str()
+            .unwrap()
+            .contains("expected a JSON object"),
+        "{:?}",
+        calls[3]
+    );
+
+    assert_eq!(stack.tasks("alice").await.len(), 1);
+    assert!(
+        stack.task_events("mallory").await.is_empty(),
+        "the model's user_id was ignored"
+    );
+
+    // What the model was shown: tools without user_id, then one result per call id.
+    let first = model.request(0);
+    for tool in first["tools"].as_array().unwrap() {
+        let parameters = &tool["function"]["parameters"];
+        assert!(
+            parameters["properties"].get("user_id").is_none(),
+            "{parameters}"
+        );
+        assert!(
+            !parameters["required"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|name| name == "user_id")
+        );
+    }
+    assert!(
+        first["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("task management assistant")
+    );
+    let second = model.request(1);
+    let messages = second["messages"].as_array().unwrap();
+    let tool_messages: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["tool_call_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tool_messages,
+        vec!["call_1", "call_2", "call_3", "call_0_3"]
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_never_stops_calling_tools_gets_a_friendly_ending() {
+    let mut stack = Stack::start(0).await;
+    let model = ModelStub::start(None, |call| {
+        Scripted::ToolCalls(vec![(
+            format!("call_{call}"),
+            "list_tasks".into(),
+            "{}".into(),
+        )])
+    })
+    .await;
+    let mut config = stack.worker_config();
+    config.provider.llm_base_url = Some(model.base.clone());
+    config.max_turns = 3;
+    stack.spawn_worker(config).await;
+
+    let request = stack.new_chat("alice", "keep going");
+    let reply = stack.chat(&request).await;
+    let (response, calls) = answered(&reply);
+    assert_eq!(response, agent_worker::prompt::MAX_TURNS_MESSAGE);
+    assert_eq!(calls.len(), 3);
+    assert_eq!(model.calls(), 3);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_gives_the_model_earlier_turns_within_the_window() {
+    let mut stack = Stack::start(0).await;
+    let llm_base = stack.llm_base.clone();
+    let model = ModelStub::start(Some(llm_base), |_| Scripted::Proxy).await;
+    let mut config = stack.worker_config();
+    config.provider.llm_base_url = Some(model.base.clone());
+    config.history_messages = 2;
+    stack.spawn_worker(config).await;
+
+    let first = stack.new_chat("alice", "add a task to buy milk");
+    answered(&stack.chat(&first).await);
+    let second = stack.follow_up("alice", first.conversation_id, "add a task to buy bread");
+    answered(&stack.chat(&second).await);
+    let calls_before = model.calls();
+    let third = stack.follow_up("alice", first.conversation_id, "show my tasks");
+    answered(&stack.chat(&third).await);
+
+    // Two earlier messages at most: the second turn's user message and reply.
+    let request = model.request(calls_before);
+    let messages = request["messages"].as_array().unwrap();
+    let said: Vec<(&str, &str)> = messages
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap(),
+                m["content"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(said.len(), 4, "{said:?}");
+    assert_eq!(said[0].0, "system");
+    assert_eq!(said[1], ("user", "add a task to buy bread"));
+    assert_eq!(said[2].0, "assistant");
+    assert!(said[2].1.contains("Buy bread"), "{said:?}");
+    assert_eq!(said[3], ("user", "show my tasks"));
+
+    let events = stack.task_events("alice").await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, TaskEvent::TaskAdded { .. }))
+            .count(),
+        2
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_the_turns_in_flight() {
+    let mut stack = Stack::start(1000).await;
+    stack.spawn_worker(stack.worker_config()).await;
+    let request = stack.new_chat("alice", "add a task to buy milk");
+    stack.publish(&request).await;
+    testkit::eventually(
+        std::time::Duration::from_secs(60),
+        "the turn to start",
+        || async {
+            let events = stack.conversation(request.conversation_id).await;
+            (!events.is_empty()).then_some(())
+        },
+    )
+    .await;
+
+    // Stopping waits for the turn (two 1 s model steps) instead of abandoning it.
+    for worker in stack.workers.drain(..) {
+        worker.stop().await;
+    }
+    let events = stack.conversation(request.conversation_id).await;
+    assert!(
+        matches!(
+            events.last(),
+            Some(ConversationEvent::AssistantReplied { .. })
+        ),
+        "{events:#?}"
+    );
+    let replies = stack
+        .jetstream()
+        .get_stream(stack.bus.subjects.chat_replies_stream())
+        .await
+        .unwrap();
+    let reply = replies
+        .get_last_raw_message_by_subject(&stack.bus.subjects.chat_reply(request.request_id))
+        .await
+        .expect("the reply was published before the worker stopped");
+    let reply: proto_schemas::chat::ChatReply = serde_json::from_slice(&reply.payload).unwrap();
+    answered(&reply);
+    assert_eq!(
+        stack.pending_requests().await,
+        0,
+        "the request was acked, not left for redelivery"
+    );
+    stack.stop().await;
+}
