@@ -4,6 +4,8 @@
 #   make bench-eventlog   the event store benchmark alone
 #   make bench-task-service  add_task over NATS and MCP at 1 and 32 clients
 #   make bench-agent-worker  worker turns/s, overhead per turn, scaling over replicas
+#   make bench-projection    projection replay rate over 1,000,000 events
+#   make replay / verify     rebuild the read models / check them against the log
 #   make lint             rustfmt check and clippy with warnings as errors
 #   make schemas          regenerate proto-schemas/schemas/*.json from the Rust types
 #   make services         make sure PostgreSQL and NATS answer (start/install them if not)
@@ -12,7 +14,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: services browser-deps build test lint fmt schemas bench bench-eventlog bench-task-service bench-agent-worker k8s-check
+.PHONY: services browser-deps build test lint fmt schemas bench bench-eventlog bench-task-service bench-agent-worker bench-projection replay verify k8s-check
 
 services:
 	@deploy/local/services.sh
@@ -53,7 +55,7 @@ schemas:
 	UPDATE_SCHEMAS=1 $(CARGO) test -p proto-schemas --lib schema
 	@git --no-pager diff --stat -- proto-schemas/schemas || true
 
-bench: bench-eventlog bench-task-service bench-agent-worker
+bench: bench-eventlog bench-task-service bench-agent-worker bench-projection
 
 bench-eventlog: services
 	$(CARGO) bench -p eventlog --bench eventlog
@@ -63,6 +65,17 @@ bench-task-service: services
 
 bench-agent-worker: services
 	$(CARGO) bench -p agent-worker --bench turns
+
+bench-projection: services
+	$(CARGO) bench -p projection --bench replay
+
+# Rebuild every read model from the event log (swapped in while queries go on), and
+# check the live read models against a fresh fold of the log.
+replay: services
+	$(CARGO) run --release -p projection -- replay
+
+verify: services
+	$(CARGO) run --release -p projection -- verify
 
 k8s-check:
 	@for overlay in k8s/overlays/*/; do \

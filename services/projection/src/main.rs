@@ -1,1 +1,64 @@
-fn main() {}
+//! The projection binary: `projection [run]` projects and answers queries until SIGTERM
+//! or SIGINT; `projection replay` rebuilds the read models; `projection verify` checks
+//! them against the log (exit 0 identical, 1 different, 2 could not check).
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use projection::{App, Cli, Command, SERVICE_NAME};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<ExitCode> {
+    match Cli::parse().into_command() {
+        Command::Run(config) => {
+            let _telemetry = platform::telemetry::init(SERVICE_NAME, &config.telemetry)?;
+            let shutdown = platform::shutdown::signal_token();
+            let app = App::build(config).await?;
+            app.run(shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay(config) => {
+            let _telemetry = platform::telemetry::init(SERVICE_NAME, &config.telemetry)?;
+            let pool = config
+                .database
+                .connect()
+                .await
+                .context("failed to connect to postgres")?;
+            let summary = projection::replay(&pool, &config.options())
+                .await
+                .context("replay failed")?;
+            println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(config) => {
+            let _telemetry = platform::telemetry::init(SERVICE_NAME, &config.telemetry)?;
+            let checked = async {
+                let pool = config
+                    .database
+                    .connect()
+                    .await
+                    .context("failed to connect to postgres")?;
+                projection::verify(&pool, &config.options())
+                    .await
+                    .context("verify failed")
+            }
+            .await;
+            match checked {
+                Ok(report) => {
+                    print!("{report}");
+                    if report.is_identical() {
+                        println!();
+                        Ok(ExitCode::SUCCESS)
+                    } else {
+                        Ok(ExitCode::from(1))
+                    }
+                }
+                Err(error) => {
+                    eprintln!("projection verify could not check the read models: {error:#}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+    }
+}
