@@ -1,0 +1,287 @@
+//! The public chat API end to end: every service as a process, real NATS and Postgres.
+//! These follow the reference app's contract (`POST /api/{user_id}/chat`).
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use system_tests::Stack;
+use testkit::eventually;
+
+fn tool_names(answer: &Value) -> Vec<String> {
+    answer["tool_calls"]
+        .as_array()
+        .map(|calls| {
+            calls
+                .iter()
+                .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until the tasks read model shows `expected` (id, title, completed) for `user`.
+async fn wait_for_tasks(stack: &Stack, user: &str, query: &str, expected: &[(u64, &str, bool)]) {
+    let path = format!("/api/{user}/tasks{query}");
+    eventually(
+        Duration::from_secs(15),
+        &format!("tasks {expected:?}"),
+        || async {
+            let (status, body) = stack.get(user, &path).await.ok()?;
+            (status == StatusCode::OK).then_some(())?;
+            let got: Vec<(u64, String, bool)> = body["items"]
+                .as_array()?
+                .iter()
+                .map(|t| {
+                    (
+                        t["id"].as_u64().unwrap_or_default(),
+                        t["title"].as_str().unwrap_or_default().to_owned(),
+                        t["completed"].as_bool().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            let want: Vec<(u64, String, bool)> = expected
+                .iter()
+                .map(|(id, title, done)| (*id, (*title).to_owned(), *done))
+                .collect();
+            (got == want).then_some(())
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_reference_chat_test_adds_a_task() {
+    let stack = Stack::start().await.unwrap();
+    let (status, answer) = stack
+        .chat("test-user", "Add a task to buy groceries", None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(
+        answer["conversation_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
+    assert!(answer["response"].as_str().is_some_and(|r| !r.is_empty()));
+    let call = &answer["tool_calls"][0];
+    assert_eq!(call["name"], "add_task");
+    assert_eq!(call["arguments"]["title"], "Buy groceries");
+    assert!(
+        call["arguments"].get("user_id").is_none(),
+        "the model never names the user"
+    );
+    assert_eq!(
+        call["result"],
+        json!({"task_id": 1, "status": "created", "title": "Buy groceries"})
+    );
+    wait_for_tasks(&stack, "test-user", "", &[(1, "Buy groceries", false)]).await;
+}
+
+#[tokio::test]
+async fn tasks_are_listed_completed_renamed_and_deleted_by_chat_in_one_conversation() {
+    let stack = Stack::start().await.unwrap();
+    let user = "alice";
+    let (_, first) = stack
+        .chat(user, "add a task to buy milk", None)
+        .await
+        .unwrap();
+    let conversation = first["conversation_id"].as_str().unwrap().to_owned();
+    let conv = Some(conversation.as_str());
+    for message in ["add a task to walk the dog", "add a task to call mom"] {
+        let (status, answer) = stack.chat(user, message, conv).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(
+            answer["conversation_id"],
+            conversation.as_str(),
+            "same conversation"
+        );
+    }
+
+    let (_, listed) = stack.chat(user, "show my tasks", conv).await.unwrap();
+    assert_eq!(tool_names(&listed), ["list_tasks"]);
+    assert_eq!(listed["tool_calls"][0]["result"]["count"], 3);
+
+    let (_, completed) = stack.chat(user, "mark 1 done", conv).await.unwrap();
+    assert_eq!(tool_names(&completed), ["complete_task"]);
+    assert_eq!(
+        completed["tool_calls"][0]["result"],
+        json!({"task_id": 1, "status": "completed", "title": "Buy milk"})
+    );
+
+    let (_, renamed) = stack
+        .chat(user, "rename 2 to walk the cat", conv)
+        .await
+        .unwrap();
+    assert_eq!(tool_names(&renamed), ["update_task"]);
+    assert_eq!(renamed["tool_calls"][0]["result"]["status"], "updated");
+
+    let (_, deleted) = stack.chat(user, "delete task 3", conv).await.unwrap();
+    assert_eq!(tool_names(&deleted), ["delete_task"]);
+    assert_eq!(deleted["tool_calls"][0]["result"]["status"], "deleted");
+
+    let (_, missing) = stack.chat(user, "complete task 9", conv).await.unwrap();
+    assert_eq!(
+        missing["tool_calls"][0]["result"],
+        json!({"error": "Task not found", "task_id": 9})
+    );
+
+    let (_, pending) = stack.chat(user, "what's still open?", conv).await.unwrap();
+    assert_eq!(pending["tool_calls"][0]["arguments"]["status"], "pending");
+    assert_eq!(pending["tool_calls"][0]["result"]["count"], 1);
+
+    wait_for_tasks(
+        &stack,
+        user,
+        "",
+        &[(1, "Buy milk", true), (2, "Walk the cat", false)],
+    )
+    .await;
+    wait_for_tasks(
+        &stack,
+        user,
+        "?status=pending",
+        &[(2, "Walk the cat", false)],
+    )
+    .await;
+    wait_for_tasks(&stack, user, "?status=completed", &[(1, "Buy milk", true)]).await;
+
+    // History: one conversation of 9 turns, 18 messages, tool calls attached.
+    let conversations = eventually(Duration::from_secs(15), "conversation listed", || async {
+        let (_, body) = stack
+            .get(user, &format!("/api/{user}/conversations"))
+            .await
+            .ok()?;
+        let items = body["items"].as_array()?.clone();
+        (items.len() == 1 && items[0]["message_count"] == 18).then_some(items)
+    })
+    .await;
+    assert_eq!(conversations[0]["conversation_id"], conversation.as_str());
+    let (status, messages) = stack
+        .get(
+            user,
+            &format!("/api/{user}/conversations/{conversation}/messages?limit=200"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let messages = messages["items"].as_array().unwrap();
+    assert_eq!(messages.len(), 18);
+    assert_eq!(messages[0]["role"], "user");
+    assert_eq!(messages[0]["content"], "add a task to buy milk");
+    assert_eq!(messages[1]["role"], "assistant");
+    assert_eq!(messages[1]["tool_calls"][0]["name"], "add_task");
+
+    // Pagination of the messages.
+    let (_, page) = stack
+        .get(
+            user,
+            &format!("/api/{user}/conversations/{conversation}/messages?limit=5"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 5);
+    let cursor = page["next_cursor"].as_str().expect("a next page");
+    let (_, next) = stack
+        .get(
+            user,
+            &format!("/api/{user}/conversations/{conversation}/messages?limit=5&cursor={cursor}"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next["items"][0], messages[5]);
+}
+
+#[tokio::test]
+async fn a_turn_streams_as_server_sent_events() {
+    let stack = Stack::start().await.unwrap();
+    let response = stack
+        .http()
+        .post(format!("{}/api/sse-user/chat/stream", stack.gateway))
+        .bearer_auth(stack.token("sse-user"))
+        .json(&json!({"message": "add a task to buy milk"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let body = response.text().await.unwrap();
+    let events: Vec<(String, Value)> = body
+        .split("\n\n")
+        .filter_map(|block| {
+            let mut name = None;
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = Some(v.trim().to_owned());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            Some((name?, serde_json::from_str(&data).ok()?))
+        })
+        .collect();
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    let position = |wanted: &str| names.iter().position(|n| *n == wanted);
+    let started = position("tool_call_started").expect("tool_call_started");
+    let finished = position("tool_call_finished").expect("tool_call_finished");
+    let delta = position("delta").expect("delta");
+    let last = names.len() - 1;
+    assert!(
+        started < finished && finished < delta && delta < last,
+        "order: {names:?}"
+    );
+    assert_eq!(names[last], "final", "{names:?}");
+    let text: String = events
+        .iter()
+        .filter(|(n, _)| n == "delta")
+        .map(|(_, d)| d["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, events[last].1["response"].as_str().unwrap());
+    assert_eq!(events[finished].1["result"]["status"], "created");
+}
+
+#[tokio::test]
+async fn a_retried_post_with_the_same_idempotency_key_runs_once() {
+    let stack = Stack::start().await.unwrap();
+    let post = |key: &str| {
+        stack
+            .http()
+            .post(format!("{}/api/idem/chat", stack.gateway))
+            .bearer_auth(stack.token("idem"))
+            .header("Idempotency-Key", key)
+            .json(&json!({"message": "add a task to buy milk"}))
+            .send()
+    };
+    let first: Value = post("key-1").await.unwrap().json().await.unwrap();
+    let (a, b) = tokio::join!(post("key-1"), post("key-1"));
+    for retry in [a, b] {
+        let retry = retry.unwrap();
+        assert_eq!(retry.status(), StatusCode::OK);
+        let retry: Value = retry.json().await.unwrap();
+        assert_eq!(retry, first, "a retry returns the first answer");
+    }
+    let other: Value = post("key-2").await.unwrap().json().await.unwrap();
+    assert_ne!(other["request_id"], first["request_id"]);
+    wait_for_tasks(
+        &stack,
+        "idem",
+        "",
+        &[(1, "Buy milk", false), (2, "Buy milk", false)],
+    )
+    .await;
+    // And nothing more arrives.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_tasks(
+        &stack,
+        "idem",
+        "",
+        &[(1, "Buy milk", false), (2, "Buy milk", false)],
+    )
+    .await;
+}
