@@ -25,6 +25,9 @@ LOG_DIR=$RUN_DIR/logs
 PID_DIR=$RUN_DIR/pids
 BIN_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/release
 READY_TIMEOUT_SECS=${READY_TIMEOUT_SECS:-120}
+# A local stack signs people in on the web page by name; the gateway's own default is
+# off, and AUTH_DEV_LOGIN=false make up keeps it off.
+export AUTH_DEV_LOGIN=${AUTH_DEV_LOGIN:-true}
 
 GATEWAY_ADDR=${GATEWAY_LISTEN:-127.0.0.1:8080}
 TASK_SERVICE_ADDR=${TASK_SERVICE_LISTEN:-127.0.0.1:8001}
@@ -152,7 +155,7 @@ token=$("$BIN_DIR/gateway" token --user demo --ttl 24h)
 cat <<EOF
 
 taskchat is up.
-  Web chat   $GATEWAY_URL/
+  Web chat   $GATEWAY_URL/   (dev login: $AUTH_DEV_LOGIN)
   HTTP API   $GATEWAY_URL/api/{user_id}/chat   (description: $GATEWAY_URL/openapi.json)
   MCP tools  $TASK_SERVICE_URL/mcp
   Model      $model
