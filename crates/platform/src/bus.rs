@@ -3,8 +3,12 @@
 //!
 //! Senders call [`publish_json`] / [`request_json`] (or put [`traced_headers`] on a
 //! JetStream publish); receivers create their handling span and call
-//! [`follow_trace`] with the message's headers before entering it.
+//! [`follow_trace`] with the message's headers before entering it. A service that
+//! answers requests runs its subscriptions with [`serve`]: bounded concurrency, and a
+//! shutdown that drains instead of dropping what NATS already delivered.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -14,6 +18,9 @@ use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TraceContextExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +186,74 @@ pub async fn reply_json<T: Serialize>(
         .publish_with_headers(reply, traced_headers(), payload)
         .await
         .map_err(BusError::Publish)
+}
+
+/// Serves request-reply messages from `subscribers` with at most `concurrency` handled
+/// at once; `what` names the subscriptions in logs.
+///
+/// On `shutdown` the subscriptions are drained: NATS stops routing new messages here
+/// (in a queue group the other replicas get them), the ones already delivered are
+/// still handled, for at most `drain_timeout`; then this waits for the in-flight
+/// handlers and returns. `handle` is expected to answer the message itself (e.g. with
+/// [`reply_json`]) and to log its own failures.
+pub async fn serve<F, Fut>(
+    subscribers: Vec<async_nats::Subscriber>,
+    concurrency: usize,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+    what: &'static str,
+    handle: F,
+) where
+    F: Fn(async_nats::Message) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let limit = Arc::new(Semaphore::new(concurrency.max(1)));
+    let tasks = TaskTracker::new();
+    let mut merged = futures::stream::select_all(subscribers);
+    let drain_deadline = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(drain_deadline);
+    let mut draining = false;
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled(), if !draining => {
+                draining = true;
+                drain_deadline.as_mut().reset(tokio::time::Instant::now() + drain_timeout);
+                let mut drained = 0_usize;
+                for subscriber in merged.iter_mut() {
+                    match subscriber.drain().await {
+                        Ok(()) => drained += 1,
+                        Err(error) => tracing::warn!(%error, what, "failed to drain a subscription"),
+                    }
+                }
+                // Draining fails only once the client's connection task has stopped,
+                // and then nothing more will be delivered: stop without waiting.
+                if drained == 0 {
+                    break;
+                }
+                continue;
+            }
+            () = &mut drain_deadline, if draining => {
+                tracing::warn!(what, ?drain_timeout, "gave up draining");
+                break;
+            }
+            message = merged.next() => message,
+        };
+        let Some(message) = message else { break };
+        // Waiting for a permit before taking the next message leaves the backlog in
+        // the subscription, bounded, instead of in a pile of spawned tasks.
+        let permit = Arc::clone(&limit)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let handled = handle(message);
+        tasks.spawn(async move {
+            handled.await;
+            drop(permit);
+        });
+    }
+    tasks.close();
+    tasks.wait().await;
+    tracing::info!(what, "subscriptions stopped");
 }
 
 /// Publishes the events.appended wake-up notice after a commit to the event log.

@@ -1,6 +1,8 @@
 //! The bus helpers against the machine's NATS server (127.0.0.1:4222, or
 //! `TEST_NATS_URL`), each test under its own subject prefix.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -9,6 +11,8 @@ use platform::bus::{self, BusError};
 use platform::config::NatsConfig;
 use proto_schemas::events::EventsAppended;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -231,4 +235,206 @@ async fn kv_bucket_creates_then_reopens_a_working_bucket() {
         .delete_stream(format!("KV_{bucket}"))
         .await
         .unwrap();
+}
+
+/// A handler for [`bus::serve`] that reports each message it starts on `started`,
+/// waits for a permit of `gate`, then echoes the payload back; `in_flight` and
+/// `most_in_flight` count how many run at once.
+#[derive(Clone)]
+struct GatedEcho {
+    client: async_nats::Client,
+    gate: Arc<Semaphore>,
+    started: mpsc::UnboundedSender<()>,
+    in_flight: Arc<AtomicUsize>,
+    most_in_flight: Arc<AtomicUsize>,
+}
+
+impl GatedEcho {
+    async fn handle(self, message: async_nats::Message) {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        self.started.send(()).unwrap();
+        self.gate.acquire().await.unwrap().forget();
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let reply = message
+            .reply
+            .clone()
+            .expect("requests carry a reply subject");
+        self.client.publish(reply, message.payload).await.unwrap();
+    }
+}
+
+/// A [`GatedEcho`] served by [`bus::serve`] in a task of its own, in a queue group
+/// on `subject`, and a separate connection to call it with.
+struct EchoService {
+    echo: GatedEcho,
+    started: mpsc::UnboundedReceiver<()>,
+    caller: async_nats::Client,
+    subject: String,
+    shutdown: CancellationToken,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl EchoService {
+    /// Subscribed when this returns, so requests sent afterwards reach it.
+    async fn start(concurrency: usize) -> Self {
+        let config = nats_config();
+        let server = config.connect("bus-test-server").await.unwrap();
+        let caller = config.connect("bus-test-caller").await.unwrap();
+        let subject = format!("{}.test.serve", config.subject_prefix);
+        let subscriber = server
+            .queue_subscribe(subject.clone(), "serve-test".to_owned())
+            .await
+            .unwrap();
+        server.flush().await.unwrap();
+        let (started_tx, started) = mpsc::unbounded_channel();
+        let echo = GatedEcho {
+            client: server,
+            gate: Arc::new(Semaphore::new(0)),
+            started: started_tx,
+            in_flight: Arc::default(),
+            most_in_flight: Arc::default(),
+        };
+        let shutdown = CancellationToken::new();
+        let handler = echo.clone();
+        let serving = tokio::spawn(bus::serve(
+            vec![subscriber],
+            concurrency,
+            shutdown.clone(),
+            Duration::from_secs(10),
+            "echo",
+            move |message| handler.clone().handle(message),
+        ));
+        Self {
+            echo,
+            started,
+            caller,
+            subject,
+            shutdown,
+            serving,
+        }
+    }
+
+    /// Publishes requests `0..count` with replies to `<inbox>.<n>`, and returns the
+    /// subscription the replies arrive on. Flushed: NATS has routed them all when this
+    /// returns.
+    async fn send_requests(&self, count: usize) -> async_nats::Subscriber {
+        let inbox = self.caller.new_inbox();
+        let replies = self.caller.subscribe(format!("{inbox}.*")).await.unwrap();
+        for n in 0..count {
+            self.caller
+                .publish_with_reply(
+                    self.subject.clone(),
+                    format!("{inbox}.{n}"),
+                    n.to_string().into(),
+                )
+                .await
+                .unwrap();
+        }
+        self.caller.flush().await.unwrap();
+        replies
+    }
+
+    /// Whether a handler started within `timeout`.
+    async fn started_within(&mut self, timeout: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(timeout, self.started.recv()).await,
+            Ok(Some(()))
+        )
+    }
+}
+
+/// The request numbers of the next `count` replies, sorted.
+async fn replies(replies: &mut async_nats::Subscriber, count: usize) -> Vec<usize> {
+    let mut payloads = Vec::new();
+    for _ in 0..count {
+        let reply = tokio::time::timeout(Duration::from_secs(5), replies.next())
+            .await
+            .expect("no reply within 5s")
+            .expect("reply subscription ended");
+        payloads.push(
+            std::str::from_utf8(&reply.payload)
+                .unwrap()
+                .parse()
+                .unwrap(),
+        );
+    }
+    payloads.sort();
+    payloads
+}
+
+#[tokio::test]
+async fn serve_handles_at_most_concurrency_messages_at_once() {
+    let mut service = EchoService::start(2).await;
+
+    let mut reply_rx = service.send_requests(3).await;
+    for _ in 0..2 {
+        assert!(
+            service.started_within(Duration::from_secs(5)).await,
+            "the first two messages were not handled"
+        );
+    }
+    assert!(
+        !service.started_within(Duration::from_millis(300)).await,
+        "a third message was handled while two were in flight"
+    );
+
+    // One handler finishing frees the permit the third message waits for.
+    service.echo.gate.add_permits(1);
+    assert!(
+        service.started_within(Duration::from_secs(5)).await,
+        "the third message was not handled once a handler finished"
+    );
+    service.echo.gate.add_permits(2);
+    assert_eq!(replies(&mut reply_rx, 3).await, [0, 1, 2]);
+    assert_eq!(service.echo.most_in_flight.load(Ordering::SeqCst), 2);
+
+    service.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), service.serving)
+        .await
+        .expect("serve did not return after shutdown")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn serve_answers_what_was_delivered_before_shutdown_then_returns() {
+    let mut service = EchoService::start(1).await;
+
+    // One in flight and the rest queued behind it when the shutdown comes. Many, as
+    // the loop picks at random between the shutdown and a ready message: a loop that
+    // stopped at the shutdown instead of draining would pass only by a long fluke.
+    const SENT: usize = 20;
+    let mut reply_rx = service.send_requests(SENT).await;
+    assert!(
+        service.started_within(Duration::from_secs(5)).await,
+        "the first message was not handled"
+    );
+    service.shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !service.serving.is_finished(),
+        "serve returned with messages still to answer"
+    );
+
+    service.echo.gate.add_permits(SENT);
+    assert_eq!(
+        replies(&mut reply_rx, SENT).await,
+        (0..SENT).collect::<Vec<_>>()
+    );
+    tokio::time::timeout(Duration::from_secs(5), service.serving)
+        .await
+        .expect("serve did not return after draining")
+        .unwrap();
+    assert_eq!(service.echo.most_in_flight.load(Ordering::SeqCst), 1);
+
+    // Drained means unsubscribed: nobody takes new requests any more.
+    let error = bus::request_json::<_, Pong>(
+        &service.caller,
+        service.subject,
+        &Ping { n: 1 },
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, BusError::NoResponders), "{error:?}");
 }

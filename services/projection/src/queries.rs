@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt as _;
 use proto_schemas::Subjects;
 use proto_schemas::queries::{
     ConversationSummary, ConversationsQuery, MessageView, MessagesQuery, Page, ProjectionHealth,
@@ -22,9 +21,7 @@ use proto_schemas::{ConversationId, RequestId, TaskNumber};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::{PgPool, Row as _};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
@@ -277,48 +274,20 @@ pub async fn serve(
     concurrency: usize,
     shutdown: CancellationToken,
 ) {
-    let limit = Arc::new(Semaphore::new(concurrency.max(1)));
-    let tasks = TaskTracker::new();
-    let mut merged = futures::stream::select_all(subscribers);
-    let drain_deadline = tokio::time::sleep(Duration::MAX);
-    tokio::pin!(drain_deadline);
-    let mut draining = false;
-    loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled(), if !draining => {
-                draining = true;
-                drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
-                for subscriber in merged.iter_mut() {
-                    if let Err(error) = subscriber.drain().await {
-                        tracing::warn!(%error, "failed to drain a query subscription");
-                    }
-                }
-                continue;
-            }
-            () = &mut drain_deadline, if draining => {
-                tracing::warn!("gave up draining queries");
-                break;
-            }
-            message = merged.next() => message,
-        };
-        let Some(message) = message else { break };
-        // Waiting for a permit before taking the next message leaves the backlog in
-        // the subscription, bounded, instead of in a pile of spawned tasks.
-        let permit = Arc::clone(&limit)
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let reader = reader.clone();
-        let client = client.clone();
-        let subjects = subjects.clone();
-        tasks.spawn(async move {
-            answer(&reader, &client, &subjects, &message).await;
-            drop(permit);
-        });
-    }
-    tasks.close();
-    tasks.wait().await;
-    tracing::info!("query subscriptions stopped");
+    platform::bus::serve(
+        subscribers,
+        concurrency,
+        shutdown,
+        DRAIN_TIMEOUT,
+        "queries",
+        move |message| {
+            let reader = reader.clone();
+            let client = client.clone();
+            let subjects = subjects.clone();
+            async move { answer(&reader, &client, &subjects, &message).await }
+        },
+    )
+    .await;
 }
 
 async fn answer(

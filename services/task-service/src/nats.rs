@@ -2,14 +2,10 @@
 //! replicas share the load, with the caller's trace context followed from the
 //! message headers.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use proto_schemas::tasks::{TaskCommand, TaskCommandReply, ToolError, ToolOutput};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::handler::CommandHandler;
@@ -26,49 +22,23 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(
     handler: CommandHandler,
     client: async_nats::Client,
-    mut subscriber: async_nats::Subscriber,
+    subscriber: async_nats::Subscriber,
     concurrency: usize,
     shutdown: CancellationToken,
 ) {
-    let limit = Arc::new(Semaphore::new(concurrency.max(1)));
-    let tasks = TaskTracker::new();
-    let drain_deadline = tokio::time::sleep(Duration::MAX);
-    tokio::pin!(drain_deadline);
-    let mut draining = false;
-    loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled(), if !draining => {
-                draining = true;
-                drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
-                if let Err(error) = subscriber.drain().await {
-                    tracing::warn!(%error, "failed to drain the task command subscription");
-                    break;
-                }
-                continue;
-            }
-            () = &mut drain_deadline, if draining => {
-                tracing::warn!("gave up draining task commands");
-                break;
-            }
-            message = subscriber.next() => message,
-        };
-        let Some(message) = message else { break };
-        // Waiting for a permit before taking the next message leaves the backlog in
-        // the subscription, bounded, instead of in a pile of spawned tasks.
-        let permit = Arc::clone(&limit)
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let handler = handler.clone();
-        let client = client.clone();
-        tasks.spawn(async move {
-            answer(&handler, &client, &message).await;
-            drop(permit);
-        });
-    }
-    tasks.close();
-    tasks.wait().await;
-    tracing::info!("task command subscription stopped");
+    platform::bus::serve(
+        vec![subscriber],
+        concurrency,
+        shutdown,
+        DRAIN_TIMEOUT,
+        "task commands",
+        move |message| {
+            let handler = handler.clone();
+            let client = client.clone();
+            async move { answer(&handler, &client, &message).await }
+        },
+    )
+    .await;
 }
 
 async fn answer(
