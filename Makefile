@@ -5,6 +5,7 @@
 #   make bench-task-service  add_task over NATS and MCP at 1 and 32 clients
 #   make bench-agent-worker  worker turns/s, overhead per turn, scaling over replicas
 #   make bench-projection    projection replay rate over 1,000,000 events
+#   make bench-gateway       POST /api/{user}/chat turns/s and p50/p99, whole stack
 #   make replay / verify     rebuild the read models / check them against the log
 #   make lint             rustfmt check and clippy with warnings as errors
 #   make schemas          regenerate proto-schemas/schemas/*.json from the Rust types
@@ -14,7 +15,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: services browser-deps build test lint fmt schemas bench bench-eventlog bench-task-service bench-agent-worker bench-projection replay verify k8s-check
+.PHONY: services browser-deps build test lint fmt schemas bench bench-eventlog bench-task-service bench-agent-worker bench-projection bench-gateway replay verify k8s-check
 
 services:
 	@deploy/local/services.sh
@@ -55,7 +56,7 @@ schemas:
 	UPDATE_SCHEMAS=1 $(CARGO) test -p proto-schemas --lib schema
 	@git --no-pager diff --stat -- proto-schemas/schemas || true
 
-bench: bench-eventlog bench-task-service bench-agent-worker bench-projection
+bench: bench-eventlog bench-task-service bench-agent-worker bench-projection bench-gateway
 
 bench-eventlog: services
 	$(CARGO) bench -p eventlog --bench eventlog
@@ -68,6 +69,11 @@ bench-agent-worker: services
 
 bench-projection: services
 	$(CARGO) bench -p projection --bench replay
+
+# The whole stack as processes: the bench starts the release binaries, so build them.
+bench-gateway: services
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) bench -p system-tests --bench chat
 
 # Rebuild every read model from the event log (swapped in while queries go on), and
 # check the live read models against a fresh fold of the log.
