@@ -12,6 +12,7 @@
 use std::time::Instant;
 
 use eventlog::{Checkpoint, EventMetadata, EventStore, ExpectedVersion, NewEvent};
+use futures::StreamExt;
 use proto_schemas::events::TaskEvent;
 use proto_schemas::{EventId, TaskNumber};
 use sqlx::PgPool;
@@ -206,50 +207,38 @@ async fn seed(pool: &PgPool, count: usize) {
         .unwrap();
 }
 
-async fn replay(store: &EventStore, batch: u32) -> (usize, f64) {
+async fn replay(store: &EventStore) -> (usize, f64) {
     let started = Instant::now();
-    let mut checkpoint = Checkpoint::START;
+    let mut events = store.read_all_streaming(Checkpoint::START);
     let mut count = 0;
-    loop {
-        let events = store.read_all(checkpoint, batch).await.unwrap();
-        let Some(last) = events.last() else { break };
-        checkpoint = last.checkpoint();
-        for event in &events {
-            std::hint::black_box(event.decode::<TaskEvent>().unwrap());
-        }
-        count += events.len();
+    while let Some(event) = events.next().await {
+        std::hint::black_box(event.unwrap().decode::<TaskEvent>().unwrap());
+        count += 1;
     }
     (count, started.elapsed().as_secs_f64())
 }
 
-/// The floor of a replay: plain keyset reads in position order, decoded the same way.
-async fn replay_floor(pool: &PgPool, batch: i64) -> (usize, f64) {
+/// The floor of a replay: one plain query in position order, streamed and decoded the
+/// same way.
+async fn replay_floor(pool: &PgPool) -> (usize, f64) {
     let started = Instant::now();
-    let mut after = 0_i64;
+    let mut rows = sqlx::query_as::<_, (i64, String, i32, serde_json::Value, serde_json::Value)>(
+        "SELECT position, event_type, schema_version, payload, metadata FROM events \
+         ORDER BY position",
+    )
+    .fetch(pool);
     let mut count = 0;
-    loop {
-        let rows: Vec<(i64, String, i32, serde_json::Value, serde_json::Value)> = sqlx::query_as(
-            "SELECT position, event_type, schema_version, payload, metadata FROM events \
-             WHERE position > $1 ORDER BY position LIMIT $2",
-        )
-        .bind(after)
-        .bind(batch)
-        .fetch_all(pool)
-        .await
-        .unwrap();
-        let Some(last) = rows.last() else { break };
-        after = last.0;
-        for (_, event_type, version, payload, _) in rows.iter() {
-            std::hint::black_box(
-                <TaskEvent as proto_schemas::events::EventFamily>::decode(
-                    event_type,
-                    *version as u32,
-                    payload.clone(),
-                )
-                .unwrap(),
-            );
-        }
-        count += rows.len();
+    while let Some(row) = rows.next().await {
+        let (_, event_type, version, payload, _) = row.unwrap();
+        std::hint::black_box(
+            <TaskEvent as proto_schemas::events::EventFamily>::decode(
+                &event_type,
+                version as u32,
+                payload,
+            )
+            .unwrap(),
+        );
+        count += 1;
     }
     (count, started.elapsed().as_secs_f64())
 }
@@ -310,12 +299,12 @@ fn main() {
             "\nseeded {replay_events} events in {:.1}s",
             seeding.elapsed().as_secs_f64()
         );
-        let (floor_count, floor) = replay_floor(store.pool(), 5_000).await;
-        let (count, ours) = replay(&store, 5_000).await;
+        let (floor_count, floor) = replay_floor(store.pool()).await;
+        let (count, ours) = replay(&store).await;
         assert_eq!(count, replay_events, "replay saw every event");
         assert_eq!(floor_count, replay_events);
         print_rows(&[Row {
-            name: "replay: read_all + decode".into(),
+            name: "replay: read_all_streaming + decode".into(),
             events: count,
             ours,
             floor,

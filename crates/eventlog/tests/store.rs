@@ -4,6 +4,8 @@ use eventlog::{AppendError, Checkpoint, EventMetadata, EventStore, ExpectedVersi
 use proto_schemas::events::TaskEvent;
 use proto_schemas::{EventId, TaskNumber};
 use std::time::Duration;
+
+use futures::StreamExt;
 use testkit::TestDatabase;
 
 use uuid::Uuid;
@@ -240,5 +242,15 @@ async fn read_all_pages_through_the_log_in_order() {
     }
     assert_eq!(seen.len(), 15);
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
+
+    let streamed: Vec<i64> = store
+        .read_all_streaming(Checkpoint::START)
+        .map(|event| event.unwrap().position)
+        .collect()
+        .await;
+    assert_eq!(
+        streamed, seen,
+        "the streamed read sees the same events in the same order"
+    );
     assert_eq!(store.size().await.unwrap().0, 15);
 }
