@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use platform::auth::JwtKeys;
 use proto_schemas::UserId;
 use testkit::{TestBus, TestDatabase, free_port};
@@ -40,6 +40,47 @@ impl Default for StackOptions {
             reply_timeout_secs: 30,
         }
     }
+}
+
+/// Why a start attempt failed.
+#[derive(Debug)]
+enum StartError {
+    /// A port picked for a service was bound by another process first.
+    PortTaken(anyhow::Error),
+    Failed(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for StartError {
+    fn from(error: E) -> Self {
+        Self::Failed(error.into())
+    }
+}
+
+/// The process listening on 127.0.0.1:`port`, read from /proc (Linux).
+fn listening_pid(port: u16) -> Option<u32> {
+    // /proc/net/tcp: "sl local_address rem_address st … inode", addresses in hex with
+    // the IPv4 address little-endian; st 0A is LISTEN.
+    let wanted = format!("0100007F:{port:04X}");
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let inode = table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&wanted.as_str()) && fields.get(3) == Some(&"0A"))
+            .then(|| fields.get(9).map(|inode| format!("socket:[{inode}]")))
+            .flatten()
+    })?;
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let fds = std::fs::read_dir(entry.path().join("fd")).ok()?;
+            fds.flatten()
+                .any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|target| target.to_str() == Some(inode.as_str()))
+                })
+                .then_some(pid)
+        })
 }
 
 /// One running service process.
@@ -90,7 +131,28 @@ impl Stack {
         Self::start_with(StackOptions::default()).await
     }
 
+    /// Starts the stack. Ports are picked free but may be taken by a parallel test
+    /// before a service binds them; such a start is detected (the port is not our
+    /// process's) and the whole stack is started again on other ports.
     pub async fn start_with(options: StackOptions) -> anyhow::Result<Self> {
+        const ATTEMPTS: usize = 3;
+        let mut last_error = None;
+        for attempt in 1..=ATTEMPTS {
+            match Self::try_start(options.clone()).await {
+                Ok(stack) => return Ok(stack),
+                Err(StartError::PortTaken(error)) => {
+                    eprintln!("stack start attempt {attempt} lost a port race: {error:#}");
+                    last_error = Some(error);
+                }
+                Err(StartError::Failed(error)) => return Err(error),
+            }
+        }
+        Err(last_error
+            .expect("at least one attempt")
+            .context("every start lost a port race"))
+    }
+
+    async fn try_start(options: StackOptions) -> Result<Self, StartError> {
         let db = TestDatabase::create().await?;
         let bus = TestBus::new().await?;
         let logs = binary("gateway")
@@ -148,25 +210,20 @@ impl Stack {
         };
         stack.spawn("offline-llm", "offline-llm", &[])?;
         stack
-            .wait_http(
-                "offline-llm",
-                &format!("http://127.0.0.1:{llm_port}/healthz"),
-            )
+            .wait_listening("offline-llm", llm_port, "/healthz")
             .await?;
         stack.spawn("task-service", "task-service", &[])?;
         stack
-            .wait_http(
-                "task-service",
-                &format!("http://127.0.0.1:{task_port}/healthz"),
-            )
+            .wait_listening("task-service", task_port, "/healthz")
             .await?;
         stack.spawn("projection", "projection", &[])?;
         for worker in 0..options.workers {
             stack.spawn(&format!("agent-worker-{worker}"), "agent-worker", &[])?;
         }
         stack.spawn("gateway", "gateway", &[])?;
-        let ready = format!("{}/readyz", stack.gateway);
-        stack.wait_http("gateway", &ready).await?;
+        stack
+            .wait_listening("gateway", gateway_port, "/readyz")
+            .await?;
         Ok(stack)
     }
 
@@ -226,26 +283,46 @@ impl Stack {
         &self.env
     }
 
-    async fn wait_http(&mut self, name: &str, url: &str) -> anyhow::Result<()> {
+    /// Waits until `name` listens on `port` (its own process: a parallel test may have
+    /// taken the port first) and answers `path` with a success.
+    async fn wait_listening(
+        &mut self,
+        name: &str,
+        port: u16,
+        path: &str,
+    ) -> Result<(), StartError> {
+        let url = format!("http://127.0.0.1:{port}{path}");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(response) = self.http.get(url).send().await
-                && response.status().is_success()
-            {
-                return Ok(());
+            let service = self.services.get_mut(name).expect("spawned before waiting");
+            let log = service.log.display().to_string();
+            if let Some(status) = service.child.try_wait().map_err(anyhow::Error::from)? {
+                let error = anyhow::anyhow!("{name} exited with {status}; see {log}");
+                return Err(if listening_pid(port).is_some() {
+                    StartError::PortTaken(error)
+                } else {
+                    StartError::Failed(error)
+                });
             }
-            if let Some(service) = self.services.get_mut(name)
-                && let Some(status) = service.child.try_wait()?
-            {
-                bail!("{name} exited with {status}; see {}", service.log.display());
+            let pid = service.child.id();
+            match listening_pid(port) {
+                Some(owner) if Some(owner) == pid => {
+                    if let Ok(response) = self.http.get(&url).send().await
+                        && response.status().is_success()
+                    {
+                        return Ok(());
+                    }
+                }
+                // Someone else holds the port: ours will fail to bind and exit.
+                Some(_) | None => {}
             }
             if tokio::time::Instant::now() > deadline {
-                bail!(
+                return Err(StartError::Failed(anyhow::anyhow!(
                     "{name} did not answer {url} within 60 s; see {}",
                     self.logs.display()
-                );
+                )));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -296,6 +296,8 @@ pub struct DevToken {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     pub status: String,
+    /// Always `gateway`: tells a health checker which service answered on the port.
+    pub service: String,
 }
 
 /// `/readyz`: NATS is connected and the projection answers.

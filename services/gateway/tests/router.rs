@@ -284,7 +284,7 @@ async fn readyz_is_503_without_nats_and_healthz_is_200() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, json!({"status": "ok"}));
+    assert_eq!(body, json!({"status": "ok", "service": "gateway"}));
 }
 
 fn dev_token_request(body: Value) -> Request<Body> {

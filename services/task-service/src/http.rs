@@ -60,7 +60,7 @@ pub fn router(
 }
 
 async fn healthz() -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "status": "ok" }))
+    axum::Json(serde_json::json!({ "status": "ok", "service": "task-service" }))
 }
 
 /// Lets a request through only with a valid bearer token, and hands the token's user

@@ -19,6 +19,7 @@ const READY_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".to_owned(),
+        service: "gateway".to_owned(),
     })
 }
 
