@@ -56,8 +56,9 @@ impl<E: Into<anyhow::Error>> From<E> for StartError {
     }
 }
 
-/// The process listening on 127.0.0.1:`port`, read from /proc (Linux).
-fn listening_pid(port: u16) -> Option<u32> {
+/// The process listening on 127.0.0.1:`port`, read from /proc (Linux): tells whether a
+/// port picked free was bound by the process it was meant for.
+pub fn listening_pid(port: u16) -> Option<u32> {
     // /proc/net/tcp: "sl local_address rem_address st … inode", addresses in hex with
     // the IPv4 address little-endian; st 0A is LISTEN.
     let wanted = format!("0100007F:{port:04X}");

@@ -69,18 +69,29 @@ struct Browser {
 
 impl Browser {
     async fn start(stack: &Stack, installed: &Installed) -> anyhow::Result<Self> {
-        let port = free_port();
-        let log = std::fs::File::create(stack.logs().join("chromedriver.log"))?;
-        let driver = Command::new(&installed.chromedriver)
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("failed to start chromedriver")?;
-        let webdriver = format!("http://127.0.0.1:{port}");
-        wait_for_driver(stack, &webdriver).await?;
+        // A port picked free may be taken by a parallel test before chromedriver binds
+        // it: then chromedriver exits and another port is tried.
+        let mut attempt = 0;
+        let driver = loop {
+            attempt += 1;
+            let port = free_port();
+            let log = std::fs::File::create(stack.logs().join("chromedriver.log"))?;
+            let driver = Command::new(&installed.chromedriver)
+                .arg(format!("--port={port}"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .context("failed to start chromedriver")?;
+            let webdriver = format!("http://127.0.0.1:{port}");
+            match wait_for_driver(stack, &webdriver, port, driver.id()).await {
+                Ok(()) => break (driver, webdriver),
+                Err(error) if attempt >= 3 => return Err(error),
+                Err(_) => continue,
+            }
+        };
+        let (driver, webdriver) = driver;
 
         // A fresh profile per run: no cached page, no localStorage from an earlier run.
         // chromedriver cannot find the browser's DevTools port under a path with `..`.
@@ -276,11 +287,19 @@ impl Browser {
     }
 }
 
-async fn wait_for_driver(stack: &Stack, webdriver: &str) -> anyhow::Result<()> {
+async fn wait_for_driver(
+    stack: &Stack,
+    webdriver: &str,
+    port: u16,
+    pid: Option<u32>,
+) -> anyhow::Result<()> {
     let status = format!("{webdriver}/status");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(response) = stack.http().get(&status).send().await
+        // Only our own chromedriver: a parallel test may have bound the port first.
+        if pid.is_some()
+            && system_tests::listening_pid(port) == pid
+            && let Ok(response) = stack.http().get(&status).send().await
             && response.status().is_success()
         {
             return Ok(());
