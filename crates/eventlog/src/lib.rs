@@ -8,7 +8,8 @@
 //! - [`subscription`]: a catch-up-then-follow tail of the whole log that wakes on a
 //!   notice and falls back to polling.
 //!
-//! Migrations are embedded and run by [`EventStore::connect`] / [`EventStore::migrate`].
+//! Migrations are embedded and run by [`EventStore::open`] / [`EventStore::connect`] /
+//! [`EventStore::migrate`].
 
 pub mod model;
 pub mod store;

@@ -62,13 +62,19 @@ pub struct EventStore {
 }
 
 impl EventStore {
-    /// Connects, then runs the embedded migrations.
+    /// Connects by URL, then runs the embedded migrations: for tools and tests. Services
+    /// open their pool from their `DatabaseConfig` and call [`Self::open`].
     pub async fn connect(database_url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .connect(database_url)
             .await?;
+        Self::open(pool).await
+    }
+
+    /// Wraps `pool` and runs the embedded migrations.
+    pub async fn open(pool: PgPool) -> Result<Self, StoreError> {
         let store = Self::from_pool(pool);
         store.migrate().await?;
         Ok(store)

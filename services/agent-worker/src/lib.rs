@@ -81,9 +81,12 @@ impl App {
             );
         }
 
-        let store = EventStore::connect(
-            &config.database.database_url,
-            config.database.database_max_connections,
+        let store = EventStore::open(
+            config
+                .database
+                .connect()
+                .await
+                .context("failed to connect to postgres")?,
         )
         .await
         .context("failed to open the event store")?;

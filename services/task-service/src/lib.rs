@@ -110,9 +110,12 @@ impl App {
     /// Connects to Postgres (running the event log's migrations) and NATS, subscribes
     /// to the task commands and binds the HTTP listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = EventStore::connect(
-            &config.database.database_url,
-            config.database.database_max_connections,
+        let store = EventStore::open(
+            config
+                .database
+                .connect()
+                .await
+                .context("failed to connect to postgres")?,
         )
         .await
         .context("failed to open the event store")?;
