@@ -4,6 +4,8 @@
 //! In the log an event is a type name, a schema version and a JSON payload. Old
 //! versions are upcast here, on read; the log itself is never rewritten.
 
+use std::fmt;
+
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -12,15 +14,48 @@ use serde_json::Value;
 use crate::chat::ChatErrorCode;
 use crate::ids::{CommandId, ConversationId, RequestId, TaskNumber, UserId};
 
-/// The stream holding one user's task list.
-pub fn task_stream(user: &UserId) -> String {
-    format!("tasks-{user}")
+/// The name of a stream in the log, typed: what the stream holds and whose it is.
+///
+/// The one place stream names are formatted ([`fmt::Display`]) and parsed
+/// ([`StreamId::parse`]), so writers and the projection cannot disagree on them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StreamId {
+    /// One user's task list: `tasks-<user_id>`.
+    Tasks(UserId),
+    /// One conversation: `conversation-<uuid>`.
+    Conversation(ConversationId),
 }
 
-/// The stream holding one conversation.
-pub fn conversation_stream(conversation: ConversationId) -> String {
-    format!("conversation-{conversation}")
+impl StreamId {
+    const TASKS: &'static str = "tasks-";
+    const CONVERSATION: &'static str = "conversation-";
+
+    /// Reads a stream name as stored in the log.
+    pub fn parse(name: &str) -> Result<Self, UnknownStream> {
+        let unknown = || UnknownStream(name.to_owned());
+        if let Some(user) = name.strip_prefix(Self::TASKS) {
+            UserId::parse(user).map(Self::Tasks).map_err(|_| unknown())
+        } else if let Some(id) = name.strip_prefix(Self::CONVERSATION) {
+            id.parse().map(Self::Conversation).map_err(|_| unknown())
+        } else {
+            Err(unknown())
+        }
+    }
 }
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tasks(user) => write!(f, "{}{user}", Self::TASKS),
+            Self::Conversation(id) => write!(f, "{}{id}", Self::CONVERSATION),
+        }
+    }
+}
+
+/// A stream name that is not one of [`StreamId`]'s shapes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a taskchat stream name")]
+pub struct UnknownStream(pub String);
 
 /// The wake-up notice published on `events.appended` after a commit to the log. It
 /// only says "look again"; tailers read the log itself, so a lost notice costs latency,
@@ -247,6 +282,23 @@ mod tests {
             }
         );
         assert_eq!(event.encode().schema_version, 2);
+    }
+
+    #[test]
+    fn stream_ids_format_and_parse_back() {
+        let user = StreamId::Tasks(UserId::parse("alice").unwrap());
+        assert_eq!(user.to_string(), "tasks-alice");
+        assert_eq!(StreamId::parse("tasks-alice").unwrap(), user);
+        let id = ConversationId::new();
+        let conversation = StreamId::Conversation(id);
+        assert_eq!(conversation.to_string(), format!("conversation-{id}"));
+        assert_eq!(
+            StreamId::parse(&conversation.to_string()).unwrap(),
+            conversation
+        );
+        for bad in ["tasks-", "conversation-42", "orders-1", ""] {
+            assert!(StreamId::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The taskchat event store: an append-only log of events in Postgres.
 //!
 //! # Layout
+//! - [`aggregate`]: the typed core writers use: [`Aggregate`] states loaded through a
+//!   [`Repository`] (cache, snapshot, then only the newer events) and changed by
+//!   appends that name the version they were decided on.
 //! - [`model`]: what goes in and comes out (new and stored events, metadata,
 //!   expected versions, checkpoints, outcomes and errors).
 //! - [`store`]: [`EventStore`]: appends with optimistic concurrency and idempotent
@@ -11,10 +14,14 @@
 //! Migrations are embedded and run by [`EventStore::open`] / [`EventStore::connect`] /
 //! [`EventStore::migrate`].
 
+pub mod aggregate;
 pub mod model;
 pub mod store;
 pub mod subscription;
 
+pub use aggregate::{
+    Aggregate, Appended, Executed, Repository, RepositoryError, RepositoryOptions, Versioned,
+};
 pub use model::{
     AppendError, AppendOutcome, Checkpoint, EventMetadata, ExpectedVersion, NewEvent, StoreError,
     StoredEvent,

@@ -27,6 +27,34 @@ pub struct EventMetadata {
     pub tracestate: Option<String>,
 }
 
+impl EventMetadata {
+    /// The metadata of events caused by `causation_id` in the turn `correlation_id` of
+    /// `user_id`, with the W3C trace context of the current span, so that a read
+    /// model's work can be linked back to the trace that caused it. The one way
+    /// writers build metadata.
+    pub fn traced(
+        causation_id: Option<Uuid>,
+        correlation_id: Option<Uuid>,
+        user_id: Option<String>,
+    ) -> Self {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let context = tracing::Span::current().context();
+        let mut carrier = std::collections::HashMap::<String, String>::new();
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&context, &mut carrier);
+        });
+        Self {
+            causation_id,
+            correlation_id,
+            user_id,
+            traceparent: carrier.remove("traceparent"),
+            tracestate: carrier
+                .remove("tracestate")
+                .filter(|state| !state.is_empty()),
+        }
+    }
+}
+
 /// An event to append.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {

@@ -6,6 +6,8 @@
 //! `(stream_id, stream_version)` constraint turns the loser into a conflict, so no
 //! stream ever has two events at one version and nothing is silently merged.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -59,6 +61,8 @@ RETURNING position, stream_version
 #[derive(Debug, Clone)]
 pub struct EventStore {
     pool: PgPool,
+    /// Events read back by this store and its clones: see [`Self::events_read`].
+    events_read: Arc<AtomicU64>,
 }
 
 impl EventStore {
@@ -82,7 +86,23 @@ impl EventStore {
 
     /// Wraps a pool whose database is already migrated (or call [`Self::migrate`]).
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            events_read: Arc::default(),
+        }
+    }
+
+    /// How many events this store (and its clones) has read back by stream,
+    /// causation or page of the log, not counting [`Self::read_all_streaming`]: what
+    /// writers' loads cost, for checks that a load reads what it needs and no more.
+    pub fn events_read(&self) -> u64 {
+        self.events_read.load(Ordering::Relaxed)
+    }
+
+    fn decode_rows(&self, rows: &[PgRow]) -> Result<Vec<StoredEvent>, StoreError> {
+        self.events_read
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        rows.iter().map(decode_row).collect()
     }
 
     /// Creates or updates the `events` table. Other migrators (read models) share the
@@ -115,9 +135,72 @@ impl EventStore {
 
     /// The events of one stream, oldest first.
     pub async fn read_stream(&self, stream: &str) -> Result<Vec<StoredEvent>, StoreError> {
-        let sql = select_events!("WHERE stream_id = $1 ORDER BY stream_version");
-        let rows = sqlx::query(sql).bind(stream).fetch_all(&self.pool).await?;
-        rows.iter().map(decode_row).collect()
+        self.read_stream_after(stream, 0, None).await
+    }
+
+    /// The events of one stream after version `after`, oldest first, at most `limit`
+    /// of them: a writer that knows the stream up to `after` reads only what is new.
+    pub async fn read_stream_after(
+        &self,
+        stream: &str,
+        after: u64,
+        limit: Option<u32>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = select_events!(
+            "WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version LIMIT $3"
+        );
+        let rows = sqlx::query(sql)
+            .bind(stream)
+            .bind(to_sql_version(after))
+            .bind(limit.map(i64::from))
+            .fetch_all(&self.pool)
+            .await?;
+        self.decode_rows(&rows)
+    }
+
+    /// The latest snapshot of `stream` in the shape `state_schema`, with the stream
+    /// version it was taken at.
+    pub async fn load_snapshot(
+        &self,
+        stream: &str,
+        state_schema: &str,
+    ) -> Result<Option<(u64, serde_json::Value)>, StoreError> {
+        let row: Option<(i64, serde_json::Value)> = sqlx::query_as(
+            "SELECT stream_version, state FROM snapshots WHERE stream_id = $1 AND state_schema = $2",
+        )
+        .bind(stream)
+        .bind(state_schema)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(version, state)| (to_version(version), state)))
+    }
+
+    /// Stores `state` as the snapshot of `stream` at `stream_version`, unless a newer
+    /// one of the same shape is stored already.
+    pub async fn save_snapshot(
+        &self,
+        stream: &str,
+        state_schema: &str,
+        stream_version: u64,
+        state: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO snapshots (stream_id, state_schema, stream_version, state) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (stream_id) DO UPDATE \
+                SET state_schema = EXCLUDED.state_schema, \
+                    stream_version = EXCLUDED.stream_version, \
+                    state = EXCLUDED.state, taken_at = now() \
+              WHERE snapshots.state_schema <> EXCLUDED.state_schema \
+                 OR snapshots.stream_version < EXCLUDED.stream_version",
+        )
+        .bind(stream)
+        .bind(state_schema)
+        .bind(to_sql_version(stream_version))
+        .bind(state)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// The version of the stream's last event (0 when the stream has none).
@@ -141,7 +224,7 @@ impl EventStore {
             .bind(causation_id)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(decode_row).collect()
+        self.decode_rows(&rows)
     }
 
     /// Up to `limit` events after `after`, in the log's reading order.
@@ -168,7 +251,7 @@ impl EventStore {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(decode_row).collect()
+        self.decode_rows(&rows)
     }
 
     /// Every event after `after` that is below the reading horizon now, streamed in
@@ -349,6 +432,10 @@ fn violated_constraint(error: &sqlx::Error) -> Option<&str> {
 
 fn to_version(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
+}
+
+fn to_sql_version(version: u64) -> i64 {
+    i64::try_from(version).unwrap_or(i64::MAX)
 }
 
 fn decode_row(row: &PgRow) -> Result<StoredEvent, StoreError> {

@@ -21,3 +21,15 @@ pub mod streams;
 pub mod telemetry;
 
 pub use bus::BusError;
+
+/// `error: cause: cause …`: an error and its sources as one log field.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -16,7 +16,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use agent_worker::history::{self, TurnState};
+use agent_worker::machine::{self, TurnState};
 use agent_worker::model::{ModelClient, ModelSettings};
 use agent_worker::transport::RetryPolicy;
 use agent_worker::{Provider, ProviderKind};
@@ -232,7 +232,7 @@ async fn model_only(stack: &Stack) -> anyhow::Result<Histogram<u64>> {
         let started = Instant::now();
         let state = TurnState::from_events(&events, request);
         let messages =
-            history::model_messages(agent_worker::prompt::DEFAULT_SYSTEM_PROMPT, &[], &state, 0);
+            machine::model_messages(agent_worker::prompt::DEFAULT_SYSTEM_PROMPT, &[], &state, 0);
         let step = model
             .step(messages, catalog.tools().to_vec(), |_| {})
             .await?;
@@ -242,7 +242,7 @@ async fn model_only(stack: &Stack) -> anyhow::Result<Histogram<u64>> {
             step: 0,
             call_id: call.id.clone(),
             name: call.name.clone(),
-            arguments: history::parse_arguments(&call.arguments),
+            arguments: machine::parse_arguments(&call.arguments),
             command_id: CommandId::for_tool_call(request, 0, 0),
         });
         events.push(ConversationEvent::ToolCallCompleted {
@@ -253,7 +253,7 @@ async fn model_only(stack: &Stack) -> anyhow::Result<Histogram<u64>> {
         });
         let state = TurnState::from_events(&events, request);
         let messages =
-            history::model_messages(agent_worker::prompt::DEFAULT_SYSTEM_PROMPT, &[], &state, 1);
+            machine::model_messages(agent_worker::prompt::DEFAULT_SYSTEM_PROMPT, &[], &state, 1);
         model
             .step(messages, catalog.tools().to_vec(), |_| {})
             .await?;

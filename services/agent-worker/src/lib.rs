@@ -11,7 +11,9 @@
 //! - [`transport`] and [`model`]: one streamed model step through async-openai, with
 //!   retries, `Retry-After` and a timeout.
 //! - [`tools`]: the task tools from task-service's MCP `tools/list`, without `user_id`.
-//! - [`history`]: the pure turn state machine over a conversation's events.
+//! - [`conversation`]: the conversation's bounded state (owner, message window,
+//!   latest turns), a fold of its events and its snapshot.
+//! - [`machine`]: the pure turn state machine: what to do next, what the model sees.
 //! - [`turn`]: running a turn: model calls, task commands, appends, the reply.
 //! - [`consumer`]: the pull consumer, in-progress acks, redelivery and exhausted
 //!   requests.
@@ -22,7 +24,8 @@
 
 pub mod config;
 pub mod consumer;
-pub mod history;
+pub mod conversation;
+pub mod machine;
 pub mod model;
 pub mod prompt;
 pub mod provider;
@@ -35,7 +38,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use eventlog::EventStore;
+use eventlog::{EventStore, Repository, RepositoryOptions};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -166,14 +169,14 @@ impl App {
 
         let worker = Arc::new(Worker {
             replica: replica_name(),
-            store,
+            conversations: Repository::new(store, RepositoryOptions::default()),
             bus: bus.clone(),
             jetstream,
             subjects: config.nats.subjects(),
             model,
             tools,
             settings: TurnSettings {
-                max_turns: config.max_turns,
+                max_model_steps: config.max_turns,
                 history_messages: config.history_messages,
                 system_prompt: config
                     .system_prompt

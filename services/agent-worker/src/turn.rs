@@ -1,39 +1,43 @@
-//! Running one chat turn: the I/O around [`crate::history`]'s pure decisions.
+//! Running one chat turn: the I/O around [`crate::machine`]'s pure decisions.
 //!
-//! Each round reads what the log says about the request, asks
-//! [`history::next_action`] what to do, does it (a model call, a task command) and
-//! records the outcome with one append, naming the stream version it decided on
-//! (invariant 5). Every event id is derived from the request, so a turn run twice, by
-//! a redelivery or by two workers at once, records everything once; the first ending
-//! recorded (reply or failure) is the turn's answer, and the reply is (re)published
-//! from it.
+//! A turn works on the conversation's state ([`Conversation`], loaded through the
+//! event log's typed core: from this replica's cache, else a snapshot and the events
+//! after it), asks [`machine::next_action`] what to do, does it (a model call, tool
+//! commands) and records the outcome with one append naming the version it decided
+//! on (docs/ARCHITECTURE.md invariant 5). A cached state may be stale; the append
+//! finds out, and the turn goes on from the fresh state. Every event id is derived
+//! from the request, so a turn run twice, by a redelivery or by two workers at once,
+//! records everything once; the first ending recorded (reply or failure) is the
+//! turn's answer, and the reply is (re)published from it.
 
 use std::time::Duration;
 
 use async_nats::jetstream;
-use eventlog::{AppendError, EventMetadata, EventStore, ExpectedVersion, NewEvent, StoreError};
+use eventlog::{Appended, EventMetadata, Repository, RepositoryError, Versioned};
 use proto_schemas::chat::{
     ChatError, ChatErrorCode, ChatOutcome, ChatReply, ChatRequest, ChatStreamChunk,
 };
-use proto_schemas::events::{ConversationEvent, DecodeError, EventsAppended, conversation_stream};
+use proto_schemas::events::{ConversationEvent, EventsAppended, StreamId};
 use proto_schemas::tasks::{TaskCommand, TaskCommandReply, ToolCall};
 use proto_schemas::{EventId, RequestId, Subjects};
 use serde_json::{Value, json};
 
-use crate::history::{self, Access, Action, CallState, Ending, TurnState, event_ids};
+use crate::conversation::{Access, Conversation, KnownTurn};
+use crate::machine::{self, Action, CallState, Ending, Next, TurnState, event_ids};
 use crate::model::ModelClient;
 use crate::prompt;
-use crate::tools::{ToolCatalog, error_chain};
+use crate::tools::ToolCatalog;
 
-/// How often an append that lost a race to another turn of the same conversation is
-/// tried again on top of the winner before the turn gives up (and is redelivered).
+/// How often one decision is appended again on top of other turns of the same
+/// conversation that keep getting there first, before the turn gives up (and is
+/// redelivered).
 const MAX_APPEND_ATTEMPTS: u32 = 20;
 
 /// Settings of the turn loop.
 #[derive(Debug, Clone)]
 pub struct TurnSettings {
     /// Model calls one turn may make.
-    pub max_turns: u32,
+    pub max_model_steps: u32,
     /// Earlier user and assistant messages shown to the model.
     pub history_messages: usize,
     pub system_prompt: String,
@@ -46,16 +50,8 @@ pub struct TurnSettings {
 /// Why a turn could not finish now; the request is redelivered and resumes.
 #[derive(Debug, thiserror::Error)]
 pub enum TurnError {
-    #[error("event store failed")]
-    Store(#[from] StoreError),
-    #[error("append to the event store failed")]
-    Append(#[source] AppendError),
-    #[error("stored conversation event {event_id} cannot be read")]
-    Decode {
-        event_id: EventId,
-        #[source]
-        source: DecodeError,
-    },
+    #[error("the conversation failed to load or change")]
+    Conversation(#[from] RepositoryError),
     #[error("conversation {stream} kept changing under the turn")]
     Contended { stream: String },
     #[error("task-service did not run tool call {name}: {reason}")]
@@ -64,20 +60,9 @@ pub enum TurnError {
     Publish(#[source] async_nats::Error),
 }
 
-/// A conversation as last read: its events and the version of the last one.
-#[derive(Debug, Default)]
-struct Conversation {
-    events: Vec<ConversationEvent>,
-    version: u64,
-}
-
-impl Conversation {
-    fn expected(&self) -> ExpectedVersion {
-        if self.version == 0 {
-            ExpectedVersion::NoStream
-        } else {
-            ExpectedVersion::Exact(self.version)
-        }
+impl From<eventlog::StoreError> for TurnError {
+    fn from(error: eventlog::StoreError) -> Self {
+        Self::Conversation(error.into())
     }
 }
 
@@ -86,7 +71,7 @@ impl Conversation {
 pub struct Worker {
     /// A short name for this replica in logs (which replica ran which turn).
     pub replica: String,
-    pub store: EventStore,
+    pub conversations: Repository<Conversation>,
     pub bus: async_nats::Client,
     pub jetstream: jetstream::Context,
     pub subjects: Subjects,
@@ -95,63 +80,51 @@ pub struct Worker {
     pub settings: TurnSettings,
 }
 
+/// A turn in progress: its conversation as last seen and its own state.
+struct Turn<'r> {
+    request: &'r ChatRequest,
+    stream: StreamId,
+    conversation: Versioned<Conversation>,
+    state: TurnState,
+}
+
 impl Worker {
     /// Runs (or resumes) the turn of `request` to its end and publishes its reply.
+    /// `redelivered` says another attempt may have recorded part of it already.
     ///
     /// Model failures end the turn (a friendly error reply and a `TurnFailed` event);
     /// `Err` means the store, the bus or task-service failed, and the turn can be
     /// resumed later from what it recorded.
-    pub async fn run_turn(&self, request: &ChatRequest) -> Result<ChatReply, TurnError> {
-        if let Some(reason) = history::invalid_message(request) {
+    pub async fn run_turn(
+        &self,
+        request: &ChatRequest,
+        redelivered: bool,
+    ) -> Result<ChatReply, TurnError> {
+        if let Some(reason) = machine::invalid_message(request) {
             tracing::warn!(%reason, "chat request refused");
             let reply = failed(request, ChatErrorCode::Internal, &reason);
             self.publish_reply(&reply).await?;
             return Ok(reply);
         }
-        let stream = conversation_stream(request.conversation_id);
-        let mut conversation = self.load(&stream).await?;
+        let mut turn = self.open(request, redelivered).await?;
         loop {
-            if history::access(&conversation.events, request) == Access::NotFound {
+            if turn.conversation.state.access(request) == Access::NotFound {
                 return self.not_found(request).await;
             }
-            let state = TurnState::from_events(&conversation.events, request.request_id);
-            let start = conversation.events.is_empty();
-            let events = match history::next_action(&state, start, self.settings.max_turns) {
-                Action::Finish(ending) => {
-                    let reply = reply_for(request, &state, ending);
-                    self.publish_reply(&reply).await?;
-                    return Ok(reply);
-                }
-                Action::RecordUserMessage { start } => opening_events(request, start),
-                Action::RunTool { step, index } => {
-                    let call = &state.steps[&step][index as usize];
-                    let result = self.run_tool(request, call).await?;
-                    vec![(
-                        event_ids::tool_call_completed(request.request_id, step, index),
-                        ConversationEvent::ToolCallCompleted {
-                            request_id: request.request_id,
-                            call_id: call.call_id.clone(),
-                            name: call.name.clone(),
-                            result,
-                        },
-                    )]
-                }
-                Action::CallModel { step } => {
-                    self.call_model(request, &conversation, &state, step).await
-                }
-                Action::GiveUp => {
-                    tracing::warn!(
-                        max_turns = self.settings.max_turns,
-                        "model used every step of the turn"
-                    );
-                    vec![ended(
-                        request,
-                        Ending::Replied(prompt::MAX_TURNS_MESSAGE.to_owned()),
-                    )]
-                }
-            };
-            self.append(&stream, &mut conversation, &state, request, events)
-                .await?;
+            let start = turn.conversation.version == 0;
+            let events =
+                match machine::next_action(&turn.state, start, self.settings.max_model_steps) {
+                    Action::Finish(ending) => {
+                        let reply = reply_for(request, &turn.state, ending);
+                        self.publish_reply(&reply).await?;
+                        return Ok(reply);
+                    }
+                    Action::RecordUserMessage { start } => opening_events(request, start),
+                    Action::Advance { pending, next } => {
+                        self.advance(&turn, &pending, next).await?
+                    }
+                };
+            self.record(&mut turn, events).await?;
         }
     }
 
@@ -165,25 +138,23 @@ impl Worker {
         message: &str,
     ) -> ChatReply {
         let recorded = async {
-            let stream = conversation_stream(request.conversation_id);
-            let mut conversation = self.load(&stream).await?;
+            let mut turn = self.open(request, true).await?;
             loop {
-                if history::access(&conversation.events, request) == Access::NotFound {
+                if turn.conversation.state.access(request) == Access::NotFound {
                     return Ok(failed(
                         request,
                         ChatErrorCode::ConversationNotFound,
                         prompt::CONVERSATION_NOT_FOUND_MESSAGE,
                     ));
                 }
-                let state = TurnState::from_events(&conversation.events, request.request_id);
-                if let Some(ending) = &state.ending {
-                    return Ok(reply_for(request, &state, ending.clone()));
+                if let Some(ending) = &turn.state.ending {
+                    return Ok(reply_for(request, &turn.state, ending.clone()));
                 }
                 // A turn that never got going still gets its conversation and message
                 // recorded, so the failure sits where the user will look for it.
                 let mut events = Vec::new();
-                if state.user_message.is_none() {
-                    events = opening_events(request, conversation.events.is_empty());
+                if turn.state.user_message.is_none() {
+                    events = opening_events(request, turn.conversation.version == 0);
                 }
                 events.push(ended(
                     request,
@@ -192,19 +163,148 @@ impl Worker {
                         message: message.to_owned(),
                     },
                 ));
-                self.append(&stream, &mut conversation, &state, request, events)
-                    .await?;
+                self.record(&mut turn, events).await?;
             }
         }
         .await;
         let reply = recorded.unwrap_or_else(|error: TurnError| {
-            tracing::error!(error = %error_chain(&error), "failed to record the turn's failure");
+            tracing::error!(error = %platform::error_chain(&error), "failed to record the turn's failure");
             failed(request, code, message)
         });
         if let Err(error) = self.publish_reply(&reply).await {
-            tracing::error!(error = %error_chain(&error), "failed to publish the failure reply");
+            tracing::error!(error = %platform::error_chain(&error), "failed to publish the failure reply");
         }
         reply
+    }
+
+    /// The conversation and the turn's state. A first delivery trusts this replica's
+    /// cache (the next append checks it); a redelivery reads what other attempts
+    /// recorded.
+    async fn open<'r>(
+        &self,
+        request: &'r ChatRequest,
+        redelivered: bool,
+    ) -> Result<Turn<'r>, TurnError> {
+        let stream = StreamId::Conversation(request.conversation_id);
+        let mut conversation = if redelivered {
+            self.conversations.load(&stream).await?
+        } else {
+            self.conversations.load_cached(&stream).await?
+        };
+        // A conversation this replica has not seen change may exist by now: never
+        // answer "not found" from the cache.
+        if !redelivered && conversation.state.access(request) == Access::NotFound {
+            self.conversations
+                .refresh(&stream, &mut conversation)
+                .await?;
+        }
+        let state = self
+            .turn_state(&stream, &conversation, request.request_id)
+            .await?;
+        Ok(Turn {
+            request,
+            stream,
+            conversation,
+            state,
+        })
+    }
+
+    /// The turn's state from the conversation's, or from the log by request id when
+    /// the conversation's state no longer holds it (a bounded read: one turn).
+    async fn turn_state(
+        &self,
+        stream: &StreamId,
+        conversation: &Versioned<Conversation>,
+        request: RequestId,
+    ) -> Result<TurnState, TurnError> {
+        match conversation.state.turn(request) {
+            KnownTurn::Known(state) => Ok(state),
+            KnownTurn::Forgotten => {
+                let name = stream.to_string();
+                let caused = self
+                    .conversations
+                    .store()
+                    .find_by_causation(request.as_uuid())
+                    .await?;
+                let mine: Vec<_> = caused
+                    .into_iter()
+                    .filter(|event| event.stream_id == name)
+                    .collect();
+                let events = Repository::<Conversation>::decode_all(&mine)?;
+                Ok(TurnState::from_events(&events, request))
+            }
+        }
+    }
+
+    /// Appends `events`, decided on the turn's state, at the conversation's version.
+    ///
+    /// When another writer moved the conversation: if nothing changed for this
+    /// request (the writer was another turn of the conversation), the same events go
+    /// on top of it; otherwise (another worker ran this very turn) the turn goes on
+    /// from the fresh state. Ids already stored mean the events are there.
+    async fn record(
+        &self,
+        turn: &mut Turn<'_>,
+        events: Vec<(EventId, ConversationEvent)>,
+    ) -> Result<(), TurnError> {
+        let request = turn.request;
+        let metadata = EventMetadata::traced(
+            Some(request.request_id.as_uuid()),
+            Some(request.request_id.as_uuid()),
+            Some(request.user_id.to_string()),
+        );
+        for _ in 0..MAX_APPEND_ATTEMPTS {
+            let appended = self
+                .conversations
+                .append(&turn.stream, &mut turn.conversation, &events, &metadata)
+                .await;
+            let fresh = match appended {
+                Ok(Appended::Written(outcome)) => {
+                    for (_, event) in &events {
+                        turn.state.apply(event);
+                    }
+                    let notice = EventsAppended {
+                        stream: turn.stream.to_string(),
+                        last_position: outcome.last_position,
+                    };
+                    platform::bus::notify_appended(&self.bus, &self.subjects, &notice).await;
+                    return Ok(());
+                }
+                Ok(Appended::AlreadyStored(_)) => {
+                    self.turn_state(&turn.stream, &turn.conversation, request.request_id)
+                        .await?
+                }
+                // Part of the batch is in: the conversation was started by another
+                // request meanwhile. Go on from what is there.
+                Err(RepositoryError::PartiallyStored { .. }) => {
+                    self.conversations
+                        .refresh(&turn.stream, &mut turn.conversation)
+                        .await?;
+                    self.turn_state(&turn.stream, &turn.conversation, request.request_id)
+                        .await?
+                }
+                Ok(Appended::Conflict { .. }) => {
+                    let fresh = self
+                        .turn_state(&turn.stream, &turn.conversation, request.request_id)
+                        .await?;
+                    // A decision to start the conversation was made on its absence,
+                    // which no longer holds: decide again.
+                    let starts = events.iter().any(|(_, event)| {
+                        matches!(event, ConversationEvent::ConversationStarted { .. })
+                    });
+                    if fresh == turn.state && !starts {
+                        continue;
+                    }
+                    fresh
+                }
+                Err(error) => return Err(error.into()),
+            };
+            turn.state = fresh;
+            return Ok(());
+        }
+        Err(TurnError::Contended {
+            stream: turn.stream.to_string(),
+        })
     }
 
     async fn not_found(&self, request: &ChatRequest) -> Result<ChatReply, TurnError> {
@@ -218,20 +318,64 @@ impl Worker {
         Ok(reply)
     }
 
+    /// Runs the turn's pending tool calls, then `next`: the events that record all of
+    /// it, for one append.
+    async fn advance(
+        &self,
+        turn: &Turn<'_>,
+        pending: &[(u32, u32)],
+        next: Next,
+    ) -> Result<Vec<(EventId, ConversationEvent)>, TurnError> {
+        let request = turn.request;
+        // The model of the next step must see these results: apply them to a copy.
+        let mut state = turn.state.clone();
+        let mut events = Vec::new();
+        for &(step, index) in pending {
+            let call = &state.steps[&step][index as usize];
+            let result = self.run_tool(request, call).await?;
+            let event = ConversationEvent::ToolCallCompleted {
+                request_id: request.request_id,
+                call_id: call.call_id.clone(),
+                name: call.name.clone(),
+                result,
+            };
+            state.apply(&event);
+            events.push((
+                event_ids::tool_call_completed(request.request_id, step, index),
+                event,
+            ));
+        }
+        match next {
+            Next::CallModel { step } => {
+                events.extend(self.call_model(turn, &state, step).await);
+            }
+            Next::GiveUp => {
+                tracing::warn!(
+                    max_model_steps = self.settings.max_model_steps,
+                    "model used every step of the turn"
+                );
+                events.push(ended(
+                    request,
+                    Ending::Replied(prompt::MAX_TURNS_MESSAGE.to_owned()),
+                ));
+            }
+        }
+        Ok(events)
+    }
+
     /// One model step, and the events that record what it decided.
     async fn call_model(
         &self,
-        request: &ChatRequest,
-        conversation: &Conversation,
+        turn: &Turn<'_>,
         state: &TurnState,
         step: u32,
     ) -> Vec<(EventId, ConversationEvent)> {
-        let history = history::history_before(
-            &conversation.events,
-            request.request_id,
-            self.settings.history_messages,
-        );
-        let messages = history::model_messages(&self.settings.system_prompt, &history, state, step);
+        let request = turn.request;
+        let history = turn
+            .conversation
+            .state
+            .history_before(request.request_id, self.settings.history_messages);
+        let messages = machine::model_messages(&self.settings.system_prompt, &history, state, step);
         // Deltas go through a channel so that a slow publish never stalls the model's
         // stream; the sender is dropped with the step, which ends the forwarding.
         let (deltas, mut forward) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -266,19 +410,19 @@ impl Worker {
                     calls = model_step.calls.len(),
                     "model asked for tools"
                 );
-                if model_step.calls.len() > history::MAX_CALLS_PER_STEP {
+                if model_step.calls.len() > machine::MAX_CALLS_PER_STEP {
                     tracing::warn!(
                         asked = model_step.calls.len(),
-                        kept = history::MAX_CALLS_PER_STEP,
+                        kept = machine::MAX_CALLS_PER_STEP,
                         "model asked for too many tool calls in one step, extra calls dropped"
                     );
-                    model_step.calls.truncate(history::MAX_CALLS_PER_STEP);
+                    model_step.calls.truncate(machine::MAX_CALLS_PER_STEP);
                 }
                 let mut taken = Vec::new();
                 let mut events = Vec::new();
                 for (index, call) in model_step.calls.into_iter().enumerate() {
                     let index = u32::try_from(index).unwrap_or(u32::MAX);
-                    let call_id = history::recorded_call_id(state, &call.id, step, index, &taken);
+                    let call_id = machine::recorded_call_id(state, &call.id, step, index, &taken);
                     taken.push(call_id.clone());
                     events.push((
                         event_ids::tool_call_requested(request.request_id, step, index),
@@ -287,7 +431,7 @@ impl Worker {
                             step,
                             call_id,
                             name: call.name,
-                            arguments: history::parse_arguments(&call.arguments),
+                            arguments: machine::parse_arguments(&call.arguments),
                             command_id: proto_schemas::CommandId::for_tool_call(
                                 request.request_id,
                                 step,
@@ -357,11 +501,11 @@ impl Worker {
                         .unwrap_or_else(|error| json!({"error": error.to_string()})));
                 }
                 Ok(TaskCommandReply::Unavailable { reason: why }) => reason = why,
-                Err(error) if error.is_transient() => reason = error_chain(&error),
+                Err(error) if error.is_transient() => reason = platform::error_chain(&error),
                 Err(error) => {
                     return Err(TurnError::ToolUnavailable {
                         name: command.call.name().to_owned(),
-                        reason: error_chain(&error),
+                        reason: platform::error_chain(&error),
                     });
                 }
             }
@@ -380,80 +524,6 @@ impl Worker {
         Err(TurnError::ToolUnavailable {
             name: command.call.name().to_owned(),
             reason,
-        })
-    }
-
-    async fn load(&self, stream: &str) -> Result<Conversation, TurnError> {
-        let stored = self.store.read_stream(stream).await?;
-        let version = stored.last().map_or(0, |event| event.stream_version);
-        let events = stored
-            .iter()
-            .map(|event| {
-                event
-                    .decode::<ConversationEvent>()
-                    .map_err(|source| TurnError::Decode {
-                        event_id: event.event_id,
-                        source,
-                    })
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Conversation { events, version })
-    }
-
-    /// Appends `events`, decided on `decided_on`, at the version last read.
-    ///
-    /// When another writer moved the stream: if nothing changed for this request (the
-    /// writer was another turn of the conversation), the same events go on top of it;
-    /// otherwise (another worker ran this very turn) the fresh state is returned to
-    /// decide again. Ids already stored mean the events are there: nothing to do.
-    async fn append(
-        &self,
-        stream: &str,
-        conversation: &mut Conversation,
-        decided_on: &TurnState,
-        request: &ChatRequest,
-        events: Vec<(EventId, ConversationEvent)>,
-    ) -> Result<(), TurnError> {
-        let metadata = metadata(request);
-        let batch: Vec<NewEvent> = events
-            .iter()
-            .map(|(id, event)| NewEvent::new(*id, event, metadata.clone()))
-            .collect();
-        for _ in 0..MAX_APPEND_ATTEMPTS {
-            match self
-                .store
-                .append(stream, conversation.expected(), &batch)
-                .await
-            {
-                Ok(outcome) if !outcome.already_stored => {
-                    conversation
-                        .events
-                        .extend(events.into_iter().map(|(_, event)| event));
-                    conversation.version = outcome.stream_version;
-                    let notice = EventsAppended {
-                        stream: stream.to_owned(),
-                        last_position: outcome.last_position,
-                    };
-                    platform::bus::notify_appended(&self.bus, &self.subjects, &notice).await;
-                    return Ok(());
-                }
-                Ok(_) | Err(AppendError::PartiallyStored { .. }) => {
-                    *conversation = self.load(stream).await?;
-                    return Ok(());
-                }
-                Err(AppendError::Conflict { .. }) => {
-                    *conversation = self.load(stream).await?;
-                    if TurnState::from_events(&conversation.events, request.request_id)
-                        != *decided_on
-                    {
-                        return Ok(());
-                    }
-                }
-                Err(error) => return Err(TurnError::Append(error)),
-            }
-        }
-        Err(TurnError::Contended {
-            stream: stream.to_owned(),
         })
     }
 
@@ -551,18 +621,6 @@ fn ended(request: &ChatRequest, ending: Ending) -> (EventId, ConversationEvent) 
         },
     };
     (event_ids::turn_ended(request.request_id), event)
-}
-
-fn metadata(request: &ChatRequest) -> EventMetadata {
-    let headers = platform::bus::traced_headers();
-    let header = |name: &str| headers.get(name).map(|value| value.as_str().to_owned());
-    EventMetadata {
-        causation_id: Some(request.request_id.as_uuid()),
-        correlation_id: Some(request.request_id.as_uuid()),
-        user_id: Some(request.user_id.to_string()),
-        traceparent: header("traceparent"),
-        tracestate: header("tracestate"),
-    }
 }
 
 /// The reply a turn's ending gives.

@@ -89,6 +89,18 @@ async fn wait_for(
     .await;
 }
 
+/// Waits until alice's add_task call has run: the task is in her list. Its result is
+/// recorded with the next model step's outcome, so a worker killed now (during that
+/// slow model step) leaves a requested call whose command already applied.
+async fn tool_call_ran(stack: &Stack, log: &Path) {
+    testkit::eventually(
+        Duration::from_secs(90),
+        &format!("the tool call to run (worker log: {})", log.display()),
+        || async { (!stack.task_events("alice").await.is_empty()).then_some(()) },
+    )
+    .await;
+}
+
 fn count(events: &[ConversationEvent], matches: impl Fn(&ConversationEvent) -> bool) -> usize {
     events.iter().filter(|event| matches(event)).count()
 }
@@ -103,14 +115,7 @@ async fn a_worker_killed_after_a_tool_call_is_replaced_and_the_task_exists_once(
 
     let request = stack.new_chat("alice", "add a task to buy milk");
     stack.publish(&request).await;
-    wait_for(
-        &stack,
-        &request,
-        "the recorded tool call",
-        &process.log,
-        |event| matches!(event, ConversationEvent::ToolCallCompleted { .. }),
-    )
-    .await;
+    tool_call_ran(&stack, &process.log).await;
     process.kill();
     let events = stack.conversation(request.conversation_id).await;
     assert_eq!(
@@ -188,14 +193,7 @@ async fn a_worker_killed_on_the_last_delivery_still_gets_the_user_an_answer() {
     .await;
     // The request is the process's now; this worker only takes over what is left.
     stack.spawn_worker(stack.worker_config()).await;
-    wait_for(
-        &stack,
-        &request,
-        "the recorded tool call",
-        &process.log,
-        |event| matches!(event, ConversationEvent::ToolCallCompleted { .. }),
-    )
-    .await;
+    tool_call_ran(&stack, &process.log).await;
     process.kill();
 
     let reply = stack.reply(request.request_id).await;

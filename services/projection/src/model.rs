@@ -13,15 +13,11 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use eventlog::StoredEvent;
 use proto_schemas::chat::ToolCallRecord;
-use proto_schemas::events::{ConversationEvent, DecodeError, TaskEvent};
+use proto_schemas::events::{ConversationEvent, DecodeError, StreamId, TaskEvent};
 use proto_schemas::queries::MessageRole;
 use serde_json::Value;
 use uuid::Uuid;
 
-/// The prefix of a user's task stream (`tasks-<user_id>`).
-pub const TASK_STREAM_PREFIX: &str = "tasks-";
-/// The prefix of a conversation's stream (`conversation-<uuid>`).
-pub const CONVERSATION_STREAM_PREFIX: &str = "conversation-";
 /// The longest conversation title, in characters (longer first messages are cut and
 /// end with an ellipsis).
 pub const TITLE_MAX_CHARS: usize = 60;
@@ -111,33 +107,23 @@ pub struct Fact {
 }
 
 impl Fact {
-    /// Decodes `event` by its stream: `tasks-…` as a [`TaskEvent`], `conversation-<uuid>`
-    /// as a [`ConversationEvent`], anything else as [`Projected::Other`].
+    /// Decodes `event` by its [`StreamId`]: a task list's as a [`TaskEvent`], a
+    /// conversation's as a [`ConversationEvent`], any other stream as [`Projected::Other`].
     ///
     /// An event of a followed stream that does not decode is an error, not something
     /// to skip: skipping it would make the read models silently disagree with the log.
     pub fn decode(event: &StoredEvent) -> Result<Self, DecodeError> {
-        let projected = if let Some(user_id) = event.stream_id.strip_prefix(TASK_STREAM_PREFIX) {
-            if user_id.is_empty() {
-                Projected::Other
-            } else {
-                Projected::Task {
-                    user_id: user_id.to_owned(),
-                    event: event.decode()?,
-                }
-            }
-        } else if let Some(id) = event.stream_id.strip_prefix(CONVERSATION_STREAM_PREFIX) {
-            match Uuid::parse_str(id) {
-                Ok(conversation_id) => Projected::Conversation {
-                    conversation_id,
-                    seq: i64::try_from(event.stream_version).unwrap_or(i64::MAX),
-                    event: event.decode()?,
-                },
-                // Not a stream `conversation_stream` could have named.
-                Err(_) => Projected::Other,
-            }
-        } else {
-            Projected::Other
+        let projected = match StreamId::parse(&event.stream_id) {
+            Ok(StreamId::Tasks(user_id)) => Projected::Task {
+                user_id: user_id.as_str().to_owned(),
+                event: event.decode()?,
+            },
+            Ok(StreamId::Conversation(conversation_id)) => Projected::Conversation {
+                conversation_id: conversation_id.as_uuid(),
+                seq: i64::try_from(event.stream_version).unwrap_or(i64::MAX),
+                event: event.decode()?,
+            },
+            Err(_) => Projected::Other,
         };
         Ok(Self {
             projected,

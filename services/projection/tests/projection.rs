@@ -9,9 +9,7 @@ use eventlog::{Checkpoint, EventMetadata, EventStore, ExpectedVersion, NewEvent}
 use projection::queries::Reader;
 use projection::{App, Config, ProjectionError, ReplayOptions, VerifyOptions};
 use proto_schemas::chat::{ChatErrorCode, ToolCallRecord};
-use proto_schemas::events::{
-    ConversationEvent, EventFamily, EventsAppended, TaskEvent, conversation_stream, task_stream,
-};
+use proto_schemas::events::{ConversationEvent, EventFamily, EventsAppended, StreamId, TaskEvent};
 use proto_schemas::queries::{
     ConversationSummary, ConversationsQuery, MessageRole, MessageView, MessagesQuery, PageRequest,
     ProjectionHealth, QueryReply, TasksQuery,
@@ -123,12 +121,13 @@ impl Harness {
     }
 
     async fn tasks_of(&self, user: &str, events: &[TaskEvent]) {
-        self.append(&task_stream(&user_id(user)), user, events)
+        self.append(&StreamId::Tasks(user_id(user)).to_string(), user, events)
             .await;
     }
 
     async fn conversation(&self, id: ConversationId, user: &str, events: &[ConversationEvent]) {
-        self.append(&conversation_stream(id), user, events).await;
+        self.append(&StreamId::Conversation(id).to_string(), user, events)
+            .await;
     }
 
     async fn ask<Q: Serialize, R: DeserializeOwned>(&self, subject: String, query: &Q) -> R {

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use proto_schemas::TaskNumber;
 use proto_schemas::events::TaskEvent;
 use proto_schemas::tasks::{
@@ -97,15 +99,15 @@ impl From<TaskError> for ToolOutput {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Task {
     title: String,
     description: String,
     completed: bool,
 }
 
-/// One user's task list, as folded from their stream.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// One user's task list, as folded from their stream. Also its snapshot (serde).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskList {
     tasks: BTreeMap<TaskNumber, Task>,
     /// The highest number ever given out. Deleting a task does not lower it, so a
@@ -253,6 +255,24 @@ pub fn decide(list: &TaskList, call: &ToolCall) -> Result<Vec<TaskEvent>, TaskEr
     }
 }
 
+impl eventlog::Aggregate for TaskList {
+    type Event = TaskEvent;
+    const SNAPSHOT_SCHEMA: &'static str = "task-list/1";
+
+    fn apply(&mut self, event: &TaskEvent) {
+        TaskList::apply(self, event);
+    }
+
+    fn weight(&self) -> u64 {
+        let text: usize = self
+            .tasks
+            .values()
+            .map(|task| task.title.len() + task.description.len())
+            .sum();
+        (64 + text + 64 * self.tasks.len()) as u64
+    }
+}
+
 /// What `call` answers, given the list before it and the events it added.
 ///
 /// Used both right after a decision and when a retried command is answered from the
@@ -317,6 +337,42 @@ pub fn execute(list: &TaskList, call: &ToolCall) -> (Vec<TaskEvent>, ToolOutput)
 mod tests {
     use proto_schemas::tasks::ListTasksArgs;
     use serde_json::json;
+
+    #[test]
+    fn a_list_survives_its_snapshot() {
+        let mut list = TaskList::default();
+        for (n, title) in [(1, "Milk"), (2, "Bread"), (3, "Eggs")] {
+            list.apply(&TaskEvent::TaskAdded {
+                task_id: TaskNumber(n),
+                title: title.into(),
+                description: "d".into(),
+            });
+        }
+        list.apply(&TaskEvent::TaskCompleted {
+            task_id: TaskNumber(2),
+        });
+        list.apply(&TaskEvent::TaskDeleted {
+            task_id: TaskNumber(3),
+        });
+        let snapshot = serde_json::to_value(&list).unwrap();
+        let restored: TaskList = serde_json::from_value(snapshot).unwrap();
+        assert_eq!(restored, list);
+        // The next number is still 4: a deleted task's number is never reused.
+        let (events, _) = execute(
+            &restored,
+            &ToolCall::AddTask(AddTaskArgs {
+                title: "Tea".into(),
+                description: String::new(),
+            }),
+        );
+        assert!(matches!(
+            events[..],
+            [TaskEvent::TaskAdded {
+                task_id: TaskNumber(4),
+                ..
+            }]
+        ));
+    }
 
     use super::*;
 

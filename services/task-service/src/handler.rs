@@ -1,33 +1,28 @@
-//! The one command handler behind both NATS and MCP: loads a user's task list from the
-//! event log, decides, appends with the expected stream version, and answers.
+//! The one command handler behind both NATS and MCP: decides a command on the user's
+//! task list and appends the decision, through the event log's typed core
+//! ([`eventlog::Repository`]: a cached list, checked by the expected version of the
+//! append, docs/ARCHITECTURE.md invariant 5).
 //!
 //! Idempotency (invariant 2): every event a command appends has an id derived from
-//! the command id, and a command whose events are already stored is answered from
-//! those events without deciding again. Concurrency (invariant 5): appends name the
-//! version they were decided on; a conflict re-reads the list and decides again.
+//! the command id. A command whose events are stored already is answered from those
+//! events, without deciding again: a re-decision that produces events finds their ids
+//! stored on append; one that produces none (a refusal, a no-op) looks its command up
+//! before answering.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::time::Duration;
 
 use eventlog::{
-    AppendError, EventMetadata, EventStore, ExpectedVersion, NewEvent, StoreError, StoredEvent,
+    EventMetadata, EventStore, Executed, Repository, RepositoryError, RepositoryOptions,
+    StoreError, StoredEvent,
 };
-use proto_schemas::events::{DecodeError, EventsAppended, TaskEvent, task_stream};
+use proto_schemas::events::{EventsAppended, StreamId};
 use proto_schemas::tasks::{TaskCommand, TaskCommandReply, ToolCall, ToolError, ToolOutput};
 use proto_schemas::{EventId, Subjects};
 use tokio::sync::{Mutex, MutexGuard};
 use tracing::Instrument as _;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::domain::{self, TaskList};
-
-/// How many times a command is decided again after losing a race for its stream.
-/// Commands for one user are serialised within a replica (see [`CommandHandler::lock`]),
-/// so only other replicas can win those races; this bound is far above what N
-/// replicas hammering one user need.
-pub const MAX_ATTEMPTS: u32 = 30;
 
 /// Lock stripes for per-stream serialisation within one replica.
 const LOCK_STRIPES: usize = 256;
@@ -44,24 +39,18 @@ pub const COMMAND_ID_REUSED: &str = "This command id was already used for a diff
 pub enum HandleError {
     #[error("event store failed")]
     Store(#[from] StoreError),
-    #[error("append to the event store failed")]
-    Append(#[source] AppendError),
-    #[error("stored event {event_id} cannot be read")]
-    Decode {
-        event_id: EventId,
-        #[source]
-        source: DecodeError,
-    },
-    #[error("task list {stream} kept changing: gave up after {attempts} attempts")]
-    Contended { stream: String, attempts: u32 },
+    #[error("task list failed to load or change")]
+    Repository(#[from] RepositoryError),
 }
 
 impl HandleError {
     /// What the client is told: no internals, and whether waiting helps.
     pub fn public_reason(&self) -> &'static str {
         match self {
-            Self::Contended { .. } => "The task list is busy right now; please try again",
-            Self::Store(_) | Self::Append(_) | Self::Decode { .. } => {
+            Self::Repository(RepositoryError::Contended { .. }) => {
+                "The task list is busy right now; please try again"
+            }
+            Self::Store(_) | Self::Repository(_) => {
                 "Task storage is unavailable right now; please try again"
             }
         }
@@ -76,7 +65,7 @@ pub struct CommandHandler {
 
 #[derive(Debug)]
 struct Inner {
-    store: EventStore,
+    lists: Repository<TaskList>,
     bus: async_nats::Client,
     subjects: Subjects,
     /// Serialises commands on one stream inside this replica, so concurrent commands
@@ -92,7 +81,7 @@ impl CommandHandler {
         let stripes = (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect();
         Self {
             inner: Arc::new(Inner {
-                store,
+                lists: Repository::new(store, RepositoryOptions::default()),
                 bus,
                 subjects,
                 stripes,
@@ -118,7 +107,7 @@ impl CommandHandler {
                     TaskCommandReply::Applied { output }
                 }
                 Err(error) => {
-                    tracing::error!(error = %error_chain(&error), "task command failed");
+                    tracing::error!(error = %platform::error_chain(&error), "task command failed");
                     TaskCommandReply::Unavailable {
                         reason: error.public_reason().to_owned(),
                     }
@@ -130,87 +119,81 @@ impl CommandHandler {
     }
 
     async fn execute(&self, command: &TaskCommand) -> Result<ToolOutput, HandleError> {
-        let stream = task_stream(&command.user_id);
+        let lists = &self.inner.lists;
+        let stream = StreamId::Tasks(command.user_id.clone());
         // Reads change nothing, so they need neither the lock nor the replay check.
         if let ToolCall::ListTasks(args) = &command.call {
-            let (list, _) = fold(&self.inner.store.read_stream(&stream).await?)?;
-            return Ok(ToolOutput::Listing(list.list(args.status)));
+            let list = lists.load(&stream).await?;
+            return Ok(ToolOutput::Listing(list.state.list(args.status)));
         }
 
         let _serialised = self.lock(&stream).await;
         let cause = command.command_id.as_uuid();
-        let caused = self.inner.store.find_by_causation(cause).await?;
-        if !caused.is_empty() {
-            tracing::info!(
-                events = caused.len(),
-                "command seen before, answering from its events"
-            );
-            return self.replay(command, &stream, &caused).await;
-        }
-
-        let metadata = metadata_for(command);
-        for attempt in 1..=MAX_ATTEMPTS {
-            let (list, version) = fold(&self.inner.store.read_stream(&stream).await?)?;
-            let (events, output) = domain::execute(&list, &command.call);
-            if events.is_empty() {
-                return Ok(output);
+        let metadata = EventMetadata::traced(
+            Some(cause),
+            command.correlation_id,
+            Some(command.user_id.to_string()),
+        );
+        let executed = lists
+            .execute(&stream, &metadata, |list| {
+                let (events, output) = domain::execute(list, &command.call);
+                let events = (0u32..)
+                    .zip(events)
+                    .map(|(index, event)| (EventId::derived(cause, EVENT_LABEL, index), event))
+                    .collect();
+                (events, output)
+            })
+            .await?;
+        match executed {
+            Executed::Decided {
+                output,
+                appended: Some(outcome),
+            } => {
+                let notice = EventsAppended {
+                    stream: stream.to_string(),
+                    last_position: outcome.last_position,
+                };
+                platform::bus::notify_appended(&self.inner.bus, &self.inner.subjects, &notice)
+                    .await;
+                Ok(output)
             }
-            let batch: Vec<NewEvent> = (0u32..)
-                .zip(&events)
-                .map(|(index, event)| {
-                    let id = EventId::derived(cause, EVENT_LABEL, index);
-                    NewEvent::new(id, event, metadata.clone())
-                })
-                .collect();
-            match self
-                .inner
-                .store
-                .append(&stream, ExpectedVersion::Exact(version), &batch)
-                .await
-            {
-                // A duplicate of this command, handled by another replica, got there first.
-                Ok(outcome) if outcome.already_stored => {
+            // A refusal or a no-op: the answer, unless this command ran before and
+            // changed the list then (a retried delete must not answer "not found").
+            Executed::Decided {
+                output,
+                appended: None,
+            } => {
+                let caused = lists.store().find_by_causation(cause).await?;
+                if caused.is_empty() {
+                    Ok(output)
+                } else {
                     tracing::info!(
-                        "a duplicate of this command was stored first, answering from it"
+                        events = caused.len(),
+                        "command seen before, answering from its events"
                     );
-                    let caused = self.inner.store.find_by_causation(cause).await?;
-                    return self.replay(command, &stream, &caused).await;
+                    self.replay(command, &stream, &caused).await
                 }
-                Ok(outcome) => {
-                    let notice = EventsAppended {
-                        stream: stream.clone(),
-                        last_position: outcome.last_position,
-                    };
-                    platform::bus::notify_appended(&self.inner.bus, &self.inner.subjects, &notice)
-                        .await;
-                    return Ok(output);
-                }
-                Err(AppendError::Conflict { actual, .. }) => {
-                    tracing::debug!(
-                        attempt,
-                        expected = version,
-                        actual,
-                        "task list moved, deciding again"
-                    );
-                    tokio::time::sleep(self.backoff(attempt)).await;
-                }
-                Err(error) => return Err(HandleError::Append(error)),
+            }
+            Executed::AlreadyStored(_) => {
+                tracing::info!("command seen before, answering from its events");
+                let caused = lists.store().find_by_causation(cause).await?;
+                self.replay(command, &stream, &caused).await
             }
         }
-        Err(HandleError::Contended {
-            stream,
-            attempts: MAX_ATTEMPTS,
-        })
     }
 
     /// The first answer to a command whose events are stored: the list as it was just
     /// before them, then what the events say.
+    ///
+    /// Reads the stream up to those events: a rare path (a retried command), so it
+    /// does not need a snapshot of the list as it was then.
     async fn replay(
         &self,
         command: &TaskCommand,
-        stream: &str,
+        stream: &StreamId,
         caused: &[StoredEvent],
     ) -> Result<ToolOutput, HandleError> {
+        let stream = stream.to_string();
         let reused = || {
             ToolOutput::Refused(ToolError {
                 error: COMMAND_ID_REUSED.to_owned(),
@@ -226,13 +209,15 @@ impl CommandHandler {
             .map(|event| event.stream_version)
             .min()
             .unwrap_or(0);
-        let history = self.inner.store.read_stream(stream).await?;
-        let before: Vec<StoredEvent> = history
-            .into_iter()
-            .filter(|event| event.stream_version < first)
-            .collect();
-        let (before, _) = fold(&before)?;
-        let events = decode_all(caused)?;
+        let before_count = u32::try_from(first.saturating_sub(1)).unwrap_or(u32::MAX);
+        let before = self
+            .inner
+            .lists
+            .store()
+            .read_stream_after(&stream, 0, Some(before_count))
+            .await?;
+        let before = TaskList::from_events(&Repository::<TaskList>::decode_all(&before)?);
+        let events = Repository::<TaskList>::decode_all(caused)?;
         Ok(
             domain::report(&before, &command.call, &events).unwrap_or_else(|| {
                 tracing::warn!("command id already used for a different call");
@@ -241,79 +226,10 @@ impl CommandHandler {
         )
     }
 
-    async fn lock(&self, stream: &str) -> MutexGuard<'_, ()> {
+    async fn lock(&self, stream: &StreamId) -> MutexGuard<'_, ()> {
         let stripes = &self.inner.stripes;
         let index =
             usize::try_from(self.inner.hasher.hash_one(stream)).unwrap_or(0) % stripes.len();
         stripes[index].lock().await
     }
-
-    /// A short, growing, jittered pause, so replicas that collided do not collide again.
-    fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling_micros = u64::from(attempt.min(20)) * 2_000;
-        let jitter = self
-            .inner
-            .hasher
-            .hash_one((attempt, std::time::Instant::now()))
-            % ceiling_micros;
-        Duration::from_micros(ceiling_micros / 2 + jitter / 2)
-    }
-}
-
-/// The list after `events` and the stream version it is at.
-fn fold(events: &[StoredEvent]) -> Result<(TaskList, u64), HandleError> {
-    let decoded = decode_all(events)?;
-    let version = events.last().map_or(0, |event| event.stream_version);
-    Ok((TaskList::from_events(&decoded), version))
-}
-
-fn decode_all(events: &[StoredEvent]) -> Result<Vec<TaskEvent>, HandleError> {
-    events
-        .iter()
-        .map(|event| {
-            event
-                .decode::<TaskEvent>()
-                .map_err(|source| HandleError::Decode {
-                    event_id: event.event_id,
-                    source,
-                })
-        })
-        .collect()
-}
-
-fn metadata_for(command: &TaskCommand) -> EventMetadata {
-    let (traceparent, tracestate) = current_trace_context();
-    EventMetadata {
-        causation_id: Some(command.command_id.as_uuid()),
-        correlation_id: command.correlation_id,
-        user_id: Some(command.user_id.to_string()),
-        traceparent,
-        tracestate,
-    }
-}
-
-/// The W3C `traceparent` / `tracestate` of the current span, stored with each event so
-/// that a read model's work can be linked back to the command that caused it.
-fn current_trace_context() -> (Option<String>, Option<String>) {
-    let context = tracing::Span::current().context();
-    let mut carrier: HashMap<String, String> = HashMap::new();
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut carrier);
-    });
-    let tracestate = carrier
-        .remove("tracestate")
-        .filter(|state| !state.is_empty());
-    (carrier.remove("traceparent"), tracestate)
-}
-
-/// `error: cause: cause …`, for one log field.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

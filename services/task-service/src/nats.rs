@@ -57,7 +57,7 @@ async fn answer(
             }
         };
         if let Err(error) = platform::bus::reply_json(client, message, &reply).await {
-            tracing::warn!(error = %crate::handler::error_chain(&error), "failed to reply to a task command");
+            tracing::warn!(error = %platform::error_chain(&error), "failed to reply to a task command");
         }
     }
     .instrument(span)

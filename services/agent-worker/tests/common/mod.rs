@@ -15,7 +15,7 @@ use clap::Parser as _;
 use eventlog::EventStore;
 use futures::StreamExt as _;
 use proto_schemas::chat::{ChatOutcome, ChatReply, ChatRequest, ChatStreamChunk};
-use proto_schemas::events::{ConversationEvent, TaskEvent, conversation_stream, task_stream};
+use proto_schemas::events::{ConversationEvent, StreamId, TaskEvent};
 use proto_schemas::tasks::{
     ListTasksArgs, TaskCommand, TaskCommandReply, TaskView, ToolCall, ToolOutput,
 };
@@ -208,7 +208,7 @@ impl Stack {
 
     pub async fn conversation(&self, conversation: ConversationId) -> Vec<ConversationEvent> {
         self.store
-            .read_stream(&conversation_stream(conversation))
+            .read_stream(&StreamId::Conversation(conversation).to_string())
             .await
             .expect("stream read")
             .iter()
@@ -218,7 +218,7 @@ impl Stack {
 
     pub async fn task_events(&self, user: &str) -> Vec<TaskEvent> {
         self.store
-            .read_stream(&task_stream(&user_id(user)))
+            .read_stream(&StreamId::Tasks(user_id(user)).to_string())
             .await
             .expect("stream read")
             .iter()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser as _;
 use eventlog::{EventStore, StoredEvent};
 use platform::auth::JwtKeys;
-use proto_schemas::events::task_stream;
+use proto_schemas::events::StreamId;
 use proto_schemas::tasks::{TaskCommand, TaskCommandReply, ToolCall};
 use proto_schemas::{CommandId, UserId};
 use task_service::{App, Config};
@@ -123,7 +123,7 @@ impl Harness {
 
     pub async fn events(&self, user: &str) -> Vec<StoredEvent> {
         self.store
-            .read_stream(&task_stream(&user_id(user)))
+            .read_stream(&StreamId::Tasks(user_id(user)).to_string())
             .await
             .expect("stream read")
     }

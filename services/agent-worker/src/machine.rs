@@ -1,11 +1,12 @@
-//! The pure core of a chat turn: what the conversation's events say about one
-//! request, what to do next, and what the model is shown.
+//! The turn's state machine, pure: what the log says about one request
+//! ([`TurnState`]), what to do next ([`next_action`]), and what the model is shown.
 //!
-//! A turn is a fold of its events. The worker reads the conversation, folds it into a
-//! [`TurnState`], asks [`next_action`] what to do, does it (one append, possibly after
-//! a model call or a tool command), and folds again. Because the state comes only from
-//! the log, a redelivered request resumes exactly where the last worker stopped:
-//! recorded tool calls are reused, completed ones are not run again (invariant 3).
+//! A turn is a fold of its events. The worker keeps the turn's state (from the
+//! conversation's state, see [`crate::conversation`]), asks [`next_action`] what to do,
+//! does it (a model call, tool commands) and records the outcome with one append.
+//! Because the state comes only from the log, a redelivered request resumes exactly
+//! where the last worker stopped: recorded tool calls are reused, completed ones are
+//! not run again (docs/ARCHITECTURE.md invariant 3).
 
 use std::collections::BTreeMap;
 
@@ -18,32 +19,9 @@ use async_openai::types::chat::{
 };
 use proto_schemas::chat::{ChatErrorCode, ChatRequest, ToolCallRecord};
 use proto_schemas::events::ConversationEvent;
-use proto_schemas::{CommandId, EventId, RequestId, UserId};
+use proto_schemas::{CommandId, EventId, RequestId};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-/// Whether a request may use its conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// The conversation does not exist yet and the request starts it.
-    Start,
-    /// The conversation exists and is the requester's.
-    Continue,
-    /// The conversation does not exist, or it is someone else's: the same answer for
-    /// both, so that nobody learns which conversation ids exist.
-    NotFound,
-}
-
-/// Who may use the conversation holding `events`, for `request`.
-pub fn access(events: &[ConversationEvent], request: &ChatRequest) -> Access {
-    match events.first() {
-        None if request.new_conversation => Access::Start,
-        None => Access::NotFound,
-        Some(ConversationEvent::ConversationStarted { user_id }) if *user_id == request.user_id => {
-            Access::Continue
-        }
-        Some(_) => Access::NotFound,
-    }
-}
 
 /// Most tool calls recorded from one model step; more are dropped (and logged), so a
 /// runaway or prompt-injected model cannot fan one message out into hundreds of
@@ -67,7 +45,7 @@ pub fn invalid_message(request: &ChatRequest) -> Option<String> {
 }
 
 /// One tool call of a turn, as recorded.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallState {
     pub step: u32,
     /// The call's position within its step (part of its command id and event ids).
@@ -91,7 +69,7 @@ impl CallState {
 }
 
 /// How a turn ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Ending {
     Replied(String),
     Failed {
@@ -101,7 +79,7 @@ pub enum Ending {
 }
 
 /// Everything the log says about one request.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TurnState {
     pub user_message: Option<String>,
     /// The turn's tool calls by step, each step's calls in index order.
@@ -117,57 +95,61 @@ impl TurnState {
             .iter()
             .filter(|event| event.request_id() == Some(request))
         {
-            match event {
-                ConversationEvent::UserMessageReceived { text, .. } => {
-                    state.user_message.get_or_insert_with(|| text.clone());
-                }
-                ConversationEvent::ToolCallRequested {
-                    step,
-                    call_id,
-                    name,
-                    arguments,
-                    command_id,
-                    ..
-                } => {
-                    let calls = state.steps.entry(*step).or_default();
-                    let index = u32::try_from(calls.len()).unwrap_or(u32::MAX);
-                    calls.push(CallState {
-                        step: *step,
-                        index,
-                        call_id: call_id.clone(),
-                        name: name.clone(),
-                        arguments: arguments.clone(),
-                        command_id: *command_id,
-                        result: None,
-                    });
-                }
-                ConversationEvent::ToolCallCompleted {
-                    call_id, result, ..
-                } => {
-                    if let Some(call) = state
-                        .steps
-                        .values_mut()
-                        .flatten()
-                        .find(|call| call.call_id == *call_id && call.result.is_none())
-                    {
-                        call.result = Some(result.clone());
-                    }
-                }
-                ConversationEvent::AssistantReplied { text, .. } => {
-                    state
-                        .ending
-                        .get_or_insert_with(|| Ending::Replied(text.clone()));
-                }
-                ConversationEvent::TurnFailed { code, message, .. } => {
-                    state.ending.get_or_insert_with(|| Ending::Failed {
-                        code: *code,
-                        message: message.clone(),
-                    });
-                }
-                ConversationEvent::ConversationStarted { .. } => {}
-            }
+            state.apply(event);
         }
         state
+    }
+
+    /// Folds in one event of this turn.
+    pub fn apply(&mut self, event: &ConversationEvent) {
+        match event {
+            ConversationEvent::UserMessageReceived { text, .. } => {
+                self.user_message.get_or_insert_with(|| text.clone());
+            }
+            ConversationEvent::ToolCallRequested {
+                step,
+                call_id,
+                name,
+                arguments,
+                command_id,
+                ..
+            } => {
+                let calls = self.steps.entry(*step).or_default();
+                let index = u32::try_from(calls.len()).unwrap_or(u32::MAX);
+                calls.push(CallState {
+                    step: *step,
+                    index,
+                    call_id: call_id.clone(),
+                    name: name.clone(),
+                    arguments: arguments.clone(),
+                    command_id: *command_id,
+                    result: None,
+                });
+            }
+            ConversationEvent::ToolCallCompleted {
+                call_id, result, ..
+            } => {
+                if let Some(call) = self
+                    .steps
+                    .values_mut()
+                    .flatten()
+                    .find(|call| call.call_id == *call_id && call.result.is_none())
+                {
+                    call.result = Some(result.clone());
+                }
+            }
+            ConversationEvent::AssistantReplied { text, .. } => {
+                self.ending
+                    .get_or_insert_with(|| Ending::Replied(text.clone()));
+            }
+            ConversationEvent::TurnFailed { code, message, .. } => {
+                self.ending.get_or_insert_with(|| Ending::Failed {
+                    code: *code,
+                    message: message.clone(),
+                });
+            }
+            ConversationEvent::ConversationStarted { .. } => {}
+        }
     }
 
     pub fn calls(&self) -> impl Iterator<Item = &CallState> {
@@ -195,15 +177,24 @@ impl TurnState {
 pub enum Action {
     /// Record `ConversationStarted` (when `start`) and the user's message.
     RecordUserMessage { start: bool },
-    /// Run a requested tool call that has no result yet (again, after a crash: its
-    /// command id makes that safe).
-    RunTool { step: u32, index: u32 },
+    /// Run the requested calls that have no result yet, in order (again, after a
+    /// crash: their command ids make that safe), then do `next`; the results and
+    /// what `next` decides are recorded with one append.
+    Advance {
+        pending: Vec<(u32, u32)>,
+        next: Next,
+    },
+    /// The turn has ended: (re)publish its reply.
+    Finish(Ending),
+}
+
+/// What a turn does once its tool calls have results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
     /// Ask the model for step `step`.
     CallModel { step: u32 },
     /// The model used every step it may: end with a friendly message.
     GiveUp,
-    /// The turn has ended: (re)publish its reply.
-    Finish(Ending),
 }
 
 /// The next thing to do for a turn, given its state. `start` says the conversation
@@ -215,18 +206,18 @@ pub fn next_action(state: &TurnState, start: bool, max_turns: u32) -> Action {
     if state.user_message.is_none() {
         return Action::RecordUserMessage { start };
     }
-    if let Some(call) = state.calls().find(|call| call.result.is_none()) {
-        return Action::RunTool {
-            step: call.step,
-            index: call.index,
-        };
-    }
+    let pending = state
+        .calls()
+        .filter(|call| call.result.is_none())
+        .map(|call| (call.step, call.index))
+        .collect();
     let step = state.next_step();
-    if step >= max_turns {
-        Action::GiveUp
+    let next = if step >= max_turns {
+        Next::GiveUp
     } else {
-        Action::CallModel { step }
-    }
+        Next::CallModel { step }
+    };
+    Action::Advance { pending, next }
 }
 
 /// Ids of the events a turn records, derived from the request (or the conversation
@@ -312,39 +303,6 @@ pub enum HistoryMessage {
     Assistant(String),
 }
 
-/// The user and assistant messages of the turns before `request`, at most `limit` of
-/// them, newest kept. Earlier turns' tool traffic is left out: their replies already
-/// say what the tools did, and a window cut through a tool exchange would be an
-/// invalid message sequence.
-pub fn history_before(
-    events: &[ConversationEvent],
-    request: RequestId,
-    limit: usize,
-) -> Vec<HistoryMessage> {
-    let mut messages = Vec::new();
-    for event in events {
-        match event {
-            ConversationEvent::UserMessageReceived { request_id, .. } if *request_id == request => {
-                break;
-            }
-            ConversationEvent::UserMessageReceived { text, .. } => {
-                messages.push(HistoryMessage::User(text.clone()));
-            }
-            ConversationEvent::AssistantReplied { request_id, text } if *request_id != request => {
-                messages.push(HistoryMessage::Assistant(text.clone()));
-            }
-            _ => {}
-        }
-    }
-    let skip = messages.len().saturating_sub(limit);
-    let mut window: Vec<HistoryMessage> = messages.into_iter().skip(skip).collect();
-    // Start on something the user said.
-    while matches!(window.first(), Some(HistoryMessage::Assistant(_))) {
-        window.remove(0);
-    }
-    window
-}
-
 /// The messages of the model call for `step`: instructions, earlier turns, this
 /// turn's message and its tool calls and results of the steps before.
 pub fn model_messages(
@@ -419,17 +377,9 @@ fn assistant_text(text: &str) -> ChatCompletionRequestMessage {
     })
 }
 
-/// The user a conversation belongs to, if it has started.
-pub fn owner(events: &[ConversationEvent]) -> Option<&UserId> {
-    match events.first() {
-        Some(ConversationEvent::ConversationStarted { user_id }) => Some(user_id),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use proto_schemas::ConversationId;
+    use proto_schemas::{ConversationId, UserId};
     use serde_json::json;
 
     use super::*;
@@ -517,34 +467,6 @@ mod tests {
     }
 
     #[test]
-    fn access_follows_the_conversation_owner() {
-        let new = request(true);
-        assert_eq!(access(&[], &new), Access::Start);
-        assert_eq!(access(&[], &request(false)), Access::NotFound);
-        assert_eq!(
-            access(&[started("alice")], &request(false)),
-            Access::Continue
-        );
-        // A redelivered first turn finds the conversation it started.
-        assert_eq!(
-            access(&[started("alice"), said(new.request_id, "hi")], &new),
-            Access::Continue
-        );
-        assert_eq!(
-            access(&[started("mallory")], &request(false)),
-            Access::NotFound
-        );
-        assert_eq!(
-            access(&[started("mallory")], &request(true)),
-            Access::NotFound
-        );
-        assert_eq!(
-            access(&[said(RequestId::new(), "orphan")], &request(false)),
-            Access::NotFound
-        );
-    }
-
-    #[test]
     fn a_fresh_turn_records_the_message_then_calls_the_model() {
         let state = TurnState::default();
         assert_eq!(
@@ -555,7 +477,10 @@ mod tests {
         let state = TurnState::from_events(&[started("alice"), said(r, "hi")], r);
         assert_eq!(
             next_action(&state, false, 10),
-            Action::CallModel { step: 0 }
+            Action::Advance {
+                pending: vec![],
+                next: Next::CallModel { step: 0 }
+            }
         );
     }
 
@@ -577,7 +502,10 @@ mod tests {
         let state = TurnState::from_events(&events, r);
         assert_eq!(
             next_action(&state, false, 10),
-            Action::RunTool { step: 0, index: 1 }
+            Action::Advance {
+                pending: vec![(0, 1)],
+                next: Next::CallModel { step: 1 }
+            }
         );
         assert_eq!(
             state.steps[&0][1].command_id,
@@ -594,7 +522,10 @@ mod tests {
         let state = TurnState::from_events(&events, r);
         assert_eq!(
             next_action(&state, false, 10),
-            Action::CallModel { step: 1 }
+            Action::Advance {
+                pending: vec![],
+                next: Next::CallModel { step: 1 }
+            }
         );
         assert_eq!(state.records().len(), 2);
         assert_eq!(state.records()[1].result["error"], "Task not found");
@@ -628,8 +559,20 @@ mod tests {
             ),
         ];
         let state = TurnState::from_events(&events, r);
-        assert_eq!(next_action(&state, false, 2), Action::GiveUp);
-        assert_eq!(next_action(&state, false, 3), Action::CallModel { step: 2 });
+        assert_eq!(
+            next_action(&state, false, 2),
+            Action::Advance {
+                pending: vec![],
+                next: Next::GiveUp
+            }
+        );
+        assert_eq!(
+            next_action(&state, false, 3),
+            Action::Advance {
+                pending: vec![],
+                next: Next::CallModel { step: 2 }
+            }
+        );
     }
 
     #[test]
@@ -666,59 +609,6 @@ mod tests {
         let state = TurnState::from_events(&events, mine);
         assert_eq!(state.user_message.as_deref(), Some("mine"));
         assert!(state.steps.is_empty());
-    }
-
-    #[test]
-    fn history_is_a_bounded_window_of_earlier_turns() {
-        let turns: Vec<RequestId> = (0..4).map(|_| RequestId::new()).collect();
-        let current = RequestId::new();
-        let mut events = vec![started("alice")];
-        for (i, r) in turns.iter().enumerate() {
-            events.push(said(*r, &format!("u{i}")));
-            events.push(requested(*r, 0, 0, "c", "list_tasks", json!({})));
-            events.push(completed(*r, "c", "list_tasks", json!({})));
-            events.push(replied(*r, &format!("a{i}")));
-        }
-        events.push(said(current, "now"));
-        // A turn of the same conversation recorded after this one is not history.
-        let later = RequestId::new();
-        events.push(said(later, "later"));
-        events.push(replied(later, "later reply"));
-
-        let all = history_before(&events, current, 100);
-        assert_eq!(all.len(), 8);
-        assert_eq!(all[0], HistoryMessage::User("u0".into()));
-        assert_eq!(all[7], HistoryMessage::Assistant("a3".into()));
-
-        let window = history_before(&events, current, 3);
-        // The last three are a2, u3, a3; the window starts on a user message.
-        assert_eq!(
-            window,
-            vec![
-                HistoryMessage::User("u3".into()),
-                HistoryMessage::Assistant("a3".into())
-            ]
-        );
-        assert!(history_before(&events, current, 0).is_empty());
-    }
-
-    #[test]
-    fn a_turn_without_a_reply_leaves_its_message_in_the_history() {
-        let failed = RequestId::new();
-        let current = RequestId::new();
-        let events = vec![
-            said(failed, "first"),
-            ConversationEvent::TurnFailed {
-                request_id: failed,
-                code: ChatErrorCode::ModelUnavailable,
-                message: "x".into(),
-            },
-            said(current, "second"),
-        ];
-        assert_eq!(
-            history_before(&events, current, 20),
-            vec![HistoryMessage::User("first".into())]
-        );
     }
 
     #[test]

@@ -1,0 +1,358 @@
+//! A conversation's state as the worker needs it, and no more: whose it is, a bounded
+//! window of its latest messages (what the model is shown), and the state of its
+//! latest turns. A pure fold of the conversation's events ([`eventlog::Aggregate`]),
+//! and also its snapshot, so a turn costs the same at message 1 and at message 10,000
+//! (docs/ARCHITECTURE.md invariant 11): the worker never reads or folds more than
+//! this.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use proto_schemas::chat::ChatRequest;
+use proto_schemas::events::ConversationEvent;
+use proto_schemas::{RequestId, UserId};
+use serde::{Deserialize, Serialize};
+
+use crate::machine::{HistoryMessage, TurnState};
+
+/// The most earlier messages the model can be shown (the ceiling of
+/// `AGENT_HISTORY_MESSAGES`): the window the state keeps.
+pub const MESSAGES_KEPT: usize = 100;
+
+/// Turns whose state is kept. Turns of one conversation rarely overlap, so this only
+/// has to hold the turns in flight and the latest ended ones (a redelivered turn
+/// republishes its reply from here); an older turn is looked up by its request id.
+pub const TURNS_KEPT: usize = 16;
+
+/// Whether a request may use its conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The conversation does not exist yet and the request starts it.
+    Start,
+    /// The conversation exists and is the requester's.
+    Continue,
+    /// The conversation does not exist, or it is someone else's: the same answer for
+    /// both, so that nobody learns which conversation ids exist.
+    NotFound,
+}
+
+/// One message in the window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct WindowMessage {
+    request_id: RequestId,
+    from_user: bool,
+    text: String,
+}
+
+/// The conversation's state; see the module docs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Conversation {
+    /// Any event folded in yet.
+    started: bool,
+    /// Whose it is: set only when its first event is `ConversationStarted`.
+    owner: Option<UserId>,
+    messages: VecDeque<WindowMessage>,
+    turns: BTreeMap<RequestId, TurnState>,
+    /// The newest request id whose turn was dropped from `turns`: a turn at or before
+    /// it may be in the log but not here.
+    forgotten_up_to: Option<RequestId>,
+}
+
+/// What [`Conversation::turn`] knows of a request's turn.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KnownTurn {
+    /// The turn as recorded (the default state: nothing recorded yet).
+    Known(TurnState),
+    /// Dropped from the window: read its events by request id.
+    Forgotten,
+}
+
+impl Conversation {
+    /// Who may use the conversation, for `request`.
+    pub fn access(&self, request: &ChatRequest) -> Access {
+        match &self.owner {
+            _ if !self.started && request.new_conversation => Access::Start,
+            Some(owner) if *owner == request.user_id => Access::Continue,
+            _ => Access::NotFound,
+        }
+    }
+
+    /// The state of `request`'s turn.
+    pub fn turn(&self, request: RequestId) -> KnownTurn {
+        match self.turns.get(&request) {
+            Some(turn) => KnownTurn::Known(turn.clone()),
+            None if self.forgotten_up_to.is_some_and(|last| request <= last) => {
+                KnownTurn::Forgotten
+            }
+            None => KnownTurn::Known(TurnState::default()),
+        }
+    }
+
+    /// The user and assistant messages of the turns before `request`, at most `limit`
+    /// of them, newest kept, starting on something the user said. Earlier turns' tool
+    /// traffic is left out: their replies already say what the tools did, and a
+    /// window cut through a tool exchange would be an invalid message sequence.
+    pub fn history_before(&self, request: RequestId, limit: usize) -> Vec<HistoryMessage> {
+        let end = self
+            .messages
+            .iter()
+            .position(|message| message.from_user && message.request_id == request)
+            .unwrap_or(self.messages.len());
+        let earlier = self
+            .messages
+            .range(..end)
+            .filter(|message| message.request_id != request);
+        let skip = earlier.clone().count().saturating_sub(limit);
+        earlier
+            .skip(skip)
+            .skip_while(|message| !message.from_user)
+            .map(|message| {
+                if message.from_user {
+                    HistoryMessage::User(message.text.clone())
+                } else {
+                    HistoryMessage::Assistant(message.text.clone())
+                }
+            })
+            .collect()
+    }
+
+    fn remember_message(&mut self, request_id: RequestId, from_user: bool, text: &str) {
+        self.messages.push_back(WindowMessage {
+            request_id,
+            from_user,
+            text: text.to_owned(),
+        });
+        while self.messages.len() > MESSAGES_KEPT {
+            self.messages.pop_front();
+        }
+    }
+
+    /// Drops the oldest turn (preferring ended ones) while more than [`TURNS_KEPT`]
+    /// are held.
+    fn forget_old_turns(&mut self) {
+        while self.turns.len() > TURNS_KEPT {
+            let oldest = self
+                .turns
+                .iter()
+                .find(|(_, turn)| turn.ending.is_some())
+                .or_else(|| self.turns.iter().next())
+                .map(|(id, _)| *id)
+                .expect("more than TURNS_KEPT turns");
+            self.turns.remove(&oldest);
+            self.forgotten_up_to = self.forgotten_up_to.max(Some(oldest));
+        }
+    }
+}
+
+impl eventlog::Aggregate for Conversation {
+    type Event = ConversationEvent;
+    const SNAPSHOT_SCHEMA: &'static str = "agent-worker/conversation/1";
+
+    fn apply(&mut self, event: &ConversationEvent) {
+        if !self.started {
+            self.started = true;
+            if let ConversationEvent::ConversationStarted { user_id } = event {
+                self.owner = Some(user_id.clone());
+            }
+        }
+        let Some(request) = event.request_id() else {
+            return;
+        };
+        match event {
+            ConversationEvent::UserMessageReceived { text, .. } => {
+                self.remember_message(request, true, text);
+            }
+            ConversationEvent::AssistantReplied { text, .. } => {
+                self.remember_message(request, false, text);
+            }
+            _ => {}
+        }
+        // Events of a turn dropped from the window stay out of it: a partial turn
+        // here would look like one that never recorded its message.
+        let forgotten = self.forgotten_up_to.is_some_and(|last| request <= last);
+        if forgotten && !self.turns.contains_key(&request) {
+            return;
+        }
+        self.turns.entry(request).or_default().apply(event);
+        self.forget_old_turns();
+    }
+
+    fn weight(&self) -> u64 {
+        let messages: usize = self.messages.iter().map(|m| m.text.len() + 48).sum();
+        // Turns hold tool arguments and results; a rough share per turn.
+        (256 + messages + 1024 * self.turns.len()) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use eventlog::Aggregate as _;
+    use proto_schemas::ConversationId;
+    use proto_schemas::chat::ChatErrorCode;
+
+    use super::*;
+    use crate::machine::Ending;
+
+    fn user(name: &str) -> UserId {
+        UserId::parse(name).unwrap()
+    }
+
+    fn request(new_conversation: bool) -> ChatRequest {
+        ChatRequest {
+            request_id: RequestId::new(),
+            user_id: user("alice"),
+            conversation_id: ConversationId::new(),
+            new_conversation,
+            message: "add a task to buy milk".into(),
+            received_at: chrono::Utc::now(),
+        }
+    }
+
+    fn fold(events: &[ConversationEvent]) -> Conversation {
+        let mut conversation = Conversation::default();
+        for event in events {
+            conversation.apply(event);
+        }
+        conversation
+    }
+
+    fn started(name: &str) -> ConversationEvent {
+        ConversationEvent::ConversationStarted {
+            user_id: user(name),
+        }
+    }
+
+    fn said(request: RequestId, text: &str) -> ConversationEvent {
+        ConversationEvent::UserMessageReceived {
+            request_id: request,
+            text: text.into(),
+        }
+    }
+
+    fn replied(request: RequestId, text: &str) -> ConversationEvent {
+        ConversationEvent::AssistantReplied {
+            request_id: request,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn access_follows_the_conversation_owner() {
+        let new = request(true);
+        assert_eq!(fold(&[]).access(&new), Access::Start);
+        assert_eq!(fold(&[]).access(&request(false)), Access::NotFound);
+        assert_eq!(
+            fold(&[started("alice")]).access(&request(false)),
+            Access::Continue
+        );
+        // A redelivered first turn finds the conversation it started.
+        assert_eq!(
+            fold(&[started("alice"), said(new.request_id, "hi")]).access(&new),
+            Access::Continue
+        );
+        assert_eq!(
+            fold(&[started("mallory")]).access(&request(false)),
+            Access::NotFound
+        );
+        assert_eq!(
+            fold(&[started("mallory")]).access(&request(true)),
+            Access::NotFound
+        );
+        assert_eq!(
+            fold(&[said(RequestId::new(), "orphan"), started("alice")]).access(&request(false)),
+            Access::NotFound
+        );
+    }
+
+    #[test]
+    fn history_is_a_bounded_window_of_earlier_turns() {
+        let turns: Vec<RequestId> = (0..4).map(|_| RequestId::new()).collect();
+        let current = RequestId::new();
+        let mut events = vec![started("alice")];
+        for (i, r) in turns.iter().enumerate() {
+            events.push(said(*r, &format!("u{i}")));
+            events.push(replied(*r, &format!("a{i}")));
+        }
+        events.push(said(current, "now"));
+        // A turn of the same conversation recorded after this one is not history.
+        let later = RequestId::new();
+        events.push(said(later, "later"));
+        events.push(replied(later, "later reply"));
+        let conversation = fold(&events);
+
+        let all = conversation.history_before(current, 100);
+        assert_eq!(all.len(), 8);
+        assert_eq!(all[0], HistoryMessage::User("u0".into()));
+        assert_eq!(all[7], HistoryMessage::Assistant("a3".into()));
+        // The last three are a2, u3, a3; the window starts on a user message.
+        assert_eq!(
+            conversation.history_before(current, 3),
+            vec![
+                HistoryMessage::User("u3".into()),
+                HistoryMessage::Assistant("a3".into())
+            ]
+        );
+        assert!(conversation.history_before(current, 0).is_empty());
+    }
+
+    #[test]
+    fn a_turn_without_a_reply_leaves_its_message_in_the_history() {
+        let failed = RequestId::new();
+        let current = RequestId::new();
+        let conversation = fold(&[
+            started("alice"),
+            said(failed, "first"),
+            ConversationEvent::TurnFailed {
+                request_id: failed,
+                code: ChatErrorCode::ModelUnavailable,
+                message: "x".into(),
+            },
+            said(current, "second"),
+        ]);
+        assert_eq!(
+            conversation.history_before(current, 20),
+            vec![HistoryMessage::User("first".into())]
+        );
+    }
+
+    #[test]
+    fn the_state_stays_bounded_however_long_the_conversation() {
+        let mut conversation = fold(&[started("alice")]);
+        let mut requests = Vec::new();
+        for i in 0..1_000 {
+            let r = RequestId::new();
+            conversation.apply(&said(r, &format!("u{i}")));
+            conversation.apply(&replied(r, &format!("a{i}")));
+            requests.push(r);
+        }
+        assert_eq!(conversation.messages.len(), MESSAGES_KEPT);
+        assert_eq!(conversation.turns.len(), TURNS_KEPT);
+        // The latest turns are known with their endings; an old one is to be looked up.
+        let last = *requests.last().unwrap();
+        assert!(matches!(
+            conversation.turn(last),
+            KnownTurn::Known(TurnState {
+                ending: Some(Ending::Replied(_)),
+                ..
+            })
+        ));
+        assert_eq!(conversation.turn(requests[0]), KnownTurn::Forgotten);
+        // A request never seen is a fresh turn.
+        assert_eq!(
+            conversation.turn(RequestId::new()),
+            KnownTurn::Known(TurnState::default())
+        );
+        // A late event of a forgotten turn does not bring back a partial turn.
+        conversation.apply(&replied(requests[0], "late"));
+        assert_eq!(conversation.turn(requests[0]), KnownTurn::Forgotten);
+        assert_eq!(conversation.history_before(last, 2).len(), 2);
+    }
+
+    #[test]
+    fn the_state_survives_its_snapshot() {
+        let r = RequestId::new();
+        let conversation = fold(&[started("alice"), said(r, "hi"), replied(r, "hello")]);
+        let snapshot = serde_json::to_value(&conversation).unwrap();
+        let restored: Conversation = serde_json::from_value(snapshot).unwrap();
+        assert_eq!(restored, conversation);
+    }
+}
