@@ -10,7 +10,8 @@
 //!   base URL, or the offline-llm stand-in).
 //! - [`transport`] and [`model`]: one streamed model step through async-openai, with
 //!   retries, `Retry-After` and a timeout.
-//! - [`tools`]: the task tools from task-service's MCP `tools/list`, without `user_id`.
+//! - [`tools`]: the task tools compiled into proto-schemas, as the model sees them
+//!   (without `user_id`).
 //! - [`history`]: the pure turn state machine over a conversation's events.
 //! - [`turn`]: running a turn: model calls, task commands, appends, the reply.
 //! - [`consumer`]: the pull consumer, in-progress acks, redelivery and exhausted
@@ -141,9 +142,8 @@ impl App {
         &self.provider
     }
 
-    /// Discovers the task tools (waiting for task-service if need be), then takes chat
-    /// turns until `shutdown` is cancelled; then stops pulling, finishes the turns in
-    /// flight and returns.
+    /// Takes chat turns until `shutdown` is cancelled; then stops pulling, finishes the
+    /// turns in flight and returns.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             config,
@@ -156,13 +156,8 @@ impl App {
             advisories,
             model,
         } = self;
-        let keys = config.auth.keys();
-        let Some(tools) = tools::discover(&config.task_service_mcp_url, &keys, &shutdown).await
-        else {
-            tracing::info!("shut down before task-service answered");
-            return Ok(());
-        };
-        tracing::info!(tools = ?tools.names().collect::<Vec<_>>(), "task tools discovered");
+        let tools = tools::ToolCatalog::builtin();
+        tracing::info!(tools = ?tools.names().collect::<Vec<_>>(), "task tools compiled in");
 
         let worker = Arc::new(Worker {
             replica: replica_name(),
