@@ -6,6 +6,8 @@
 //! - [`subjects`]: every subject, stream, consumer and bucket name, in one place.
 //! - [`chat`]: chat requests, replies and streamed chunks (gateway <-> agent-worker).
 //! - [`tasks`]: task commands sent as tool calls and their results (reference shapes).
+//! - [`tools`]: the task tools' definitions (descriptions and schemas) for MCP and the
+//!   model, generated from [`tasks`].
 //! - [`queries`]: read-model queries answered by the projection.
 //! - [`events`]: the task and conversation events, their type names, schema
 //!   versions and the upcasting hook.
@@ -18,6 +20,7 @@ pub mod queries;
 pub mod schema;
 pub mod subjects;
 pub mod tasks;
+pub mod tools;
 
 pub use ids::{CommandId, ConversationId, EventId, RequestId, TaskNumber, UserId};
 pub use subjects::Subjects;

@@ -48,6 +48,7 @@ pub struct ListTasksArgs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TaskRefArgs {
     /// The task's number as shown in task lists (1, 2, 3 …).
+    #[schemars(range(min = 1))]
     pub task_id: TaskNumber,
 }
 
@@ -55,6 +56,7 @@ pub struct TaskRefArgs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct UpdateTaskArgs {
     /// The task's number as shown in task lists (1, 2, 3 …).
+    #[schemars(range(min = 1))]
     pub task_id: TaskNumber,
     /// The new title, if it changes (1 to 200 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]

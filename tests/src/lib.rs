@@ -180,7 +180,6 @@ impl Stack {
             ("OFFLINE_LLM_LISTEN", format!("127.0.0.1:{llm_port}")),
             ("OFFLINE_LLM_LATENCY_MS", options.llm_latency_ms.to_string()),
             ("TASK_SERVICE_LISTEN", format!("127.0.0.1:{task_port}")),
-            ("TASK_SERVICE_MCP_URL", mcp.clone()),
             ("LLM_BASE_URL", llm.clone()),
             ("LLM_MODEL", "offline-llm".into()),
             ("GATEWAY_LISTEN", format!("127.0.0.1:{gateway_port}")),

@@ -25,7 +25,7 @@ use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use proto_schemas::chat::ChatRequest;
 use proto_schemas::events::ConversationEvent;
-use proto_schemas::{CommandId, RequestId, UserId};
+use proto_schemas::{CommandId, RequestId};
 use serde_json::json;
 
 const SEQUENTIAL_TURNS: usize = 60;
@@ -203,9 +203,7 @@ impl Bench {
 /// The two model steps of an add-task turn, sent straight to offline-llm through the
 /// worker's own model client, with the messages the worker would send.
 async fn model_only(stack: &Stack) -> anyhow::Result<Histogram<u64>> {
-    let keys = platform::auth::JwtKeys::new(common::SECRET.as_bytes());
-    let token = keys.mint(&UserId::parse("bench")?, Duration::from_secs(600));
-    let catalog = agent_worker::tools::discover_once(&stack.mcp_url, &token).await?;
+    let catalog = agent_worker::tools::ToolCatalog::builtin();
     let provider = Provider {
         kind: ProviderKind::Custom,
         base_url: stack.llm_base.clone(),

@@ -1,7 +1,7 @@
 //! Every setting of agent-worker: a flag, an environment variable and a default that
 //! works on a developer machine (`agent-worker --help` lists them).
 
-use platform::config::{AuthConfig, DatabaseConfig, NatsConfig, TelemetryConfig};
+use platform::config::{DatabaseConfig, NatsConfig, TelemetryConfig};
 
 use crate::provider::ProviderArgs;
 
@@ -18,19 +18,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
-    /// The secret task-service verifies the worker's MCP token with.
-    #[command(flatten)]
-    pub auth: AuthConfig,
     #[command(flatten)]
     pub provider: ProviderArgs,
-
-    /// task-service's MCP endpoint, asked for the tool list at start-up.
-    #[arg(
-        long = "task-service-mcp-url",
-        env = "TASK_SERVICE_MCP_URL",
-        default_value = "http://127.0.0.1:8001/mcp"
-    )]
-    pub task_service_mcp_url: String,
 
     /// Chat turns this replica runs at once.
     #[arg(
@@ -177,9 +166,16 @@ mod tests {
             "--gemini-api-key",
             "--llm-base-url",
             "--max-turns",
-            "--task-service-mcp-url",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
+        }
+        // The worker holds no token key: it never mints or verifies a token.
+        for gone in [
+            "--auth-jwt-secret",
+            "AUTH_JWT_SECRET",
+            "--task-service-mcp-url",
+        ] {
+            assert!(!help.contains(gone), "{gone} is still a setting");
         }
         assert!(!help.contains("taskchat-dev-secret-change-me"));
     }

@@ -26,8 +26,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::prompt::DELIVERY_EXHAUSTED_MESSAGE;
-use crate::tools::error_chain;
 use crate::turn::Worker;
+use platform::error_chain;
 
 /// How long one pull request waits on the server for messages. Short, so that a
 /// shutting-down replica hands its slot back quickly.

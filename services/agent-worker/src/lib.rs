@@ -10,7 +10,8 @@
 //!   base URL, or the offline-llm stand-in).
 //! - [`transport`] and [`model`]: one streamed model step through async-openai, with
 //!   retries, `Retry-After` and a timeout.
-//! - [`tools`]: the task tools from task-service's MCP `tools/list`, without `user_id`.
+//! - [`tools`]: the task tools compiled into proto-schemas, as the model sees them
+//!   (without `user_id`).
 //! - [`conversation`]: the conversation's bounded state (owner, message window,
 //!   latest turns), a fold of its events and its snapshot.
 //! - [`machine`]: the pure turn state machine: what to do next, what the model sees.
@@ -144,9 +145,14 @@ impl App {
         &self.provider
     }
 
-    /// Discovers the task tools (waiting for task-service if need be), then takes chat
-    /// turns until `shutdown` is cancelled; then stops pulling, finishes the turns in
-    /// flight and returns.
+    /// A handle on the event store the worker reads and writes; it shares the
+    /// worker's read count ([`EventStore::events_read`]).
+    pub fn event_store(&self) -> EventStore {
+        self.store.clone()
+    }
+
+    /// Takes chat turns until `shutdown` is cancelled; then stops pulling, finishes the
+    /// turns in flight and returns.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             config,
@@ -159,13 +165,8 @@ impl App {
             advisories,
             model,
         } = self;
-        let keys = config.auth.keys();
-        let Some(tools) = tools::discover(&config.task_service_mcp_url, &keys, &shutdown).await
-        else {
-            tracing::info!("shut down before task-service answered");
-            return Ok(());
-        };
-        tracing::info!(tools = ?tools.names().collect::<Vec<_>>(), "task tools discovered");
+        let tools = tools::ToolCatalog::builtin();
+        tracing::info!(tools = ?tools.names().collect::<Vec<_>>(), "task tools compiled in");
 
         let worker = Arc::new(Worker {
             replica: replica_name(),

@@ -3,10 +3,12 @@
 
 mod common;
 
+use agent_worker::conversation::Conversation;
 use common::{ModelStub, Scripted, Stack, answered, watch_chunks};
-use proto_schemas::CommandId;
+use eventlog::{EventMetadata, Repository, RepositoryOptions, Versioned};
 use proto_schemas::chat::{ChatErrorCode, ChatOutcome, ChatStreamChunk};
-use proto_schemas::events::{ConversationEvent, TaskEvent};
+use proto_schemas::events::{ConversationEvent, StreamId, TaskEvent};
+use proto_schemas::{CommandId, ConversationId, EventId, RequestId};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,5 +385,87 @@ async fn shutdown_finishes_the_turns_in_flight() {
         0,
         "the request was acked, not left for redelivery"
     );
+    stack.stop().await;
+}
+
+/// Invariant 11: a turn costs the same at message 1 and message 10,000. Counted, not
+/// timed: the events a worker reads for a turn in a 10,000-event conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_in_a_ten_thousand_event_conversation_reads_a_bounded_number_of_events() {
+    let mut stack = Stack::start(0).await;
+    // The conversation is written as a worker writes it, through the typed core
+    // (which leaves snapshots behind), in 500-event appends to go fast.
+    let conversation = ConversationId::new();
+    let stream = StreamId::Conversation(conversation);
+    let writer = Repository::<Conversation>::new(stack.store.clone(), RepositoryOptions::default());
+    let mut state = Versioned::default();
+    let mut events = vec![(
+        EventId::new(),
+        ConversationEvent::ConversationStarted {
+            user_id: common::user_id("alice"),
+        },
+    )];
+    for turn in 0..5_000 {
+        let request_id = RequestId::new();
+        events.push((
+            EventId::new(),
+            ConversationEvent::UserMessageReceived {
+                request_id,
+                text: format!("message {turn}"),
+            },
+        ));
+        events.push((
+            EventId::new(),
+            ConversationEvent::AssistantReplied {
+                request_id,
+                text: format!("reply {turn}"),
+            },
+        ));
+        if events.len() >= 500 {
+            let appended = writer
+                .append(
+                    &stream,
+                    &mut state,
+                    &std::mem::take(&mut events),
+                    &EventMetadata::default(),
+                )
+                .await
+                .unwrap();
+            assert!(
+                matches!(appended, eventlog::Appended::Written(_)),
+                "{appended:?}"
+            );
+        }
+    }
+    if !events.is_empty() {
+        let _ = writer
+            .append(&stream, &mut state, &events, &EventMetadata::default())
+            .await
+            .unwrap();
+    }
+    assert!(state.version >= 10_000, "{}", state.version);
+
+    // A worker that has never seen the conversation: one snapshot and the events after it.
+    let store = stack.spawn_worker(stack.worker_config()).await;
+    let before = store.events_read();
+    let request = stack.follow_up("alice", conversation, "add a task to buy milk");
+    let reply = stack.chat(&request).await;
+    let (_, calls) = answered(&reply);
+    assert_eq!(calls[0].result["status"], "created");
+    let cold = store.events_read() - before;
+    assert!(
+        cold <= 100,
+        "a cold turn read {cold} events of a 10,001-event conversation"
+    );
+
+    // The next turn on the same worker starts from its cache: it reads nothing back.
+    let before = store.events_read();
+    let request = stack.follow_up("alice", conversation, "show my tasks");
+    let reply = stack.chat(&request).await;
+    let (response, calls) = answered(&reply);
+    assert_eq!(calls[0].result["count"], 1);
+    assert!(response.contains("Buy milk"), "{response}");
+    let warm = store.events_read() - before;
+    assert!(warm <= 5, "a warm turn read {warm} events");
     stack.stop().await;
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-use crate::state::error_chain;
+use platform::error_chain;
 
 pub const HEADER: &str = "idempotency-key";
 

@@ -128,9 +128,9 @@ impl AppState {
 
     /// The idempotency bucket, created on first use if `prepare` could not.
     pub async fn idempotency(&self) -> Result<&kv::Store, ApiError> {
-        self.idempotency_store()
-            .await
-            .map_err(|error| ApiError::unavailable("the message bus", error_chain(&error)))
+        self.idempotency_store().await.map_err(|error| {
+            ApiError::unavailable("the message bus", platform::error_chain(&error))
+        })
     }
 
     async fn idempotency_store(&self) -> Result<&kv::Store, BusError> {
@@ -153,16 +153,4 @@ impl AppState {
             })
             .await
     }
-}
-
-/// An error and its sources on one line, for logs.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -18,7 +18,9 @@ use proto_schemas::{ConversationId, RequestId, UserId};
 use crate::api::ChatBody;
 use crate::error::ApiError;
 use crate::idempotency::{self, Claim, Claimed, IdempotencyKey};
-use crate::state::{AppState, error_chain};
+use platform::error_chain;
+
+use crate::state::AppState;
 
 /// A chat message that passed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]

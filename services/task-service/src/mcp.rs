@@ -1,12 +1,14 @@
 //! The task tools over MCP (rmcp, streamable HTTP): the reference app's five tools
 //! with its argument names and result shapes, run through the same
-//! [`CommandHandler`] as the NATS commands.
+//! [`CommandHandler`] as the NATS commands. What `tools/list` says about them (the
+//! descriptions, input and output schemas and hints) comes from
+//! [`proto_schemas::tools`], the definitions the worker offers the model as well.
 //!
 //! The server is stateless (no MCP session is kept between requests), so any replica
 //! behind a load balancer can answer any request. The user comes from the bearer
-//! token checked by [`crate::http`]; the `user_id` argument is kept for compatibility
-//! with the reference's clients, and a value naming anyone else is refused
-//! (invariant 6).
+//! token checked by [`crate::http`]; the optional `user_id` argument is kept for
+//! compatibility with the reference's clients: left out it means the token's user, and
+//! a value naming anyone else is refused (invariant 6).
 
 use std::sync::Arc;
 
@@ -15,17 +17,16 @@ use proto_schemas::tasks::{
     AddTaskArgs, ListTasksArgs, TaskChange, TaskCommand, TaskCommandReply, TaskListing,
     TaskRefArgs, ToolCall, ToolError, ToolOutput, UpdateTaskArgs,
 };
+use proto_schemas::tools::{self, McpArguments, ToolDefinition};
 use proto_schemas::{CommandId, UserId};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::{Extension, IntoCallToolResult};
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
     CallToolResponse, CallToolResult, ContentBlock, Implementation, ServerCapabilities,
-    ServerConfig,
+    ServerConfig, Tool, ToolAnnotations,
 };
 use rmcp::{Json, ServerHandler, tool, tool_handler, tool_router};
-use schemars::JsonSchema;
-use serde::Deserialize;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -37,43 +38,7 @@ pub const USER_MISMATCH: &str = "user_id does not match the signed-in user";
 /// What the server tells the model about itself at initialisation.
 const INSTRUCTIONS: &str = "Manages the signed-in user's todo list. Tasks are referred to by \
 their number (task_id), as returned by add_task and list_tasks; numbers are never reused. \
-Pass the signed-in user's id as user_id.";
-
-/// Arguments of `add_task`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-pub struct AddTaskInput {
-    /// The signed-in user's id. Tasks of other users cannot be accessed.
-    pub user_id: String,
-    #[serde(flatten)]
-    pub args: AddTaskArgs,
-}
-
-/// Arguments of `list_tasks`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-pub struct ListTasksInput {
-    /// The signed-in user's id. Tasks of other users cannot be accessed.
-    pub user_id: String,
-    #[serde(flatten)]
-    pub args: ListTasksArgs,
-}
-
-/// Arguments of `complete_task` and `delete_task`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-pub struct TaskRefInput {
-    /// The signed-in user's id. Tasks of other users cannot be accessed.
-    pub user_id: String,
-    #[serde(flatten)]
-    pub args: TaskRefArgs,
-}
-
-/// Arguments of `update_task`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-pub struct UpdateTaskInput {
-    /// The signed-in user's id. Tasks of other users cannot be accessed.
-    pub user_id: String,
-    #[serde(flatten)]
-    pub args: UpdateTaskArgs,
-}
+user_id is optional: leave it out to act for the signed-in user.";
 
 /// A tool call that did not do what was asked: a domain refusal ("Task not found"),
 /// a wrong `user_id`, or storage being unavailable. Sent as a tool error (`isError`)
@@ -114,15 +79,29 @@ impl TaskTools {
     pub fn new(handler: CommandHandler) -> Self {
         Self {
             handler,
-            tool_router: Arc::new(Self::tool_router()),
+            tool_router: Arc::new(Self::router()),
         }
+    }
+
+    /// The handlers of [`Self::tool_router`], each listed as its compiled
+    /// [`ToolDefinition`] says.
+    fn router() -> ToolRouter<Self> {
+        let mut router = Self::tool_router();
+        for definition in tools::definitions() {
+            let route = router
+                .map
+                .get_mut(definition.name)
+                .unwrap_or_else(|| panic!("no handler for the tool {}", definition.name));
+            route.attr = mcp_tool(definition);
+        }
+        router
     }
 
     /// Checks the caller, then runs `call` as a new command for the token's user.
     async fn run(
         &self,
         parts: &Parts,
-        claimed_user: &str,
+        claimed_user: Option<&str>,
         call: ToolCall,
     ) -> Result<ToolOutput, ToolFailure> {
         let span = tracing::info_span!("mcp_tool_call", tool = call.name());
@@ -142,7 +121,9 @@ impl TaskTools {
                 tracing::error!("mcp request reached a tool without an authenticated user");
                 return Err(ToolFailure::new("Not authenticated"));
             };
-            if claimed_user != user.as_str() {
+            if let Some(claimed_user) = claimed_user
+                && claimed_user != user.as_str()
+            {
                 tracing::warn!(%user, claimed_user, "mcp tool call names another user, refused");
                 return Err(ToolFailure::new(USER_MISMATCH));
             }
@@ -167,7 +148,7 @@ impl TaskTools {
     async fn change(
         &self,
         parts: &Parts,
-        user: &str,
+        user: Option<&str>,
         call: ToolCall,
     ) -> Result<Json<TaskChange>, ToolFailure> {
         match self.run(parts, user, call).await? {
@@ -185,47 +166,55 @@ fn unexpected(output: &ToolOutput) -> ToolFailure {
     ToolFailure::new("Unexpected result from the task service")
 }
 
+/// The tool as `tools/list` shows it.
+fn mcp_tool(definition: &ToolDefinition) -> Tool {
+    let hints = definition.hints;
+    Tool::new(
+        definition.name,
+        definition.description,
+        Arc::new(definition.input_schema.clone()),
+    )
+    .with_title(definition.title)
+    .with_raw_output_schema(Arc::new(definition.output_schema.clone()))
+    .with_annotations(ToolAnnotations::from_raw(
+        Some(definition.title.to_owned()),
+        Some(hints.read_only),
+        Some(hints.destructive),
+        Some(hints.idempotent),
+        Some(hints.open_world),
+    ))
+}
+
+// The handlers only: names, descriptions, schemas and hints come from
+// `proto_schemas::tools` (see `TaskTools::router`).
 #[tool_router]
 impl TaskTools {
-    #[tool(
-        description = "Add a new task to the user's todo list. Returns the new task's number \
-                       (task_id), status \"created\" and its title.",
-        annotations(
-            title = "Add task",
-            read_only_hint = false,
-            destructive_hint = false,
-            idempotent_hint = false,
-            open_world_hint = false
-        )
-    )]
+    #[tool]
     async fn add_task(
         &self,
-        Parameters(input): Parameters<AddTaskInput>,
+        Parameters(input): Parameters<McpArguments<AddTaskArgs>>,
         Extension(parts): Extension<Parts>,
     ) -> Result<Json<TaskChange>, ToolFailure> {
-        self.change(&parts, &input.user_id, ToolCall::AddTask(input.args))
-            .await
+        self.change(
+            &parts,
+            input.user_id.as_deref(),
+            ToolCall::AddTask(input.args),
+        )
+        .await
     }
 
-    #[tool(
-        description = "List the user's tasks, optionally only the pending or only the \
-                       completed ones. Returns the tasks (id, title, description, completed), \
-                       their count and the filter used.",
-        annotations(
-            title = "List tasks",
-            read_only_hint = true,
-            destructive_hint = false,
-            idempotent_hint = true,
-            open_world_hint = false
-        )
-    )]
+    #[tool]
     async fn list_tasks(
         &self,
-        Parameters(input): Parameters<ListTasksInput>,
+        Parameters(input): Parameters<McpArguments<ListTasksArgs>>,
         Extension(parts): Extension<Parts>,
     ) -> Result<Json<TaskListing>, ToolFailure> {
         match self
-            .run(&parts, &input.user_id, ToolCall::ListTasks(input.args))
+            .run(
+                &parts,
+                input.user_id.as_deref(),
+                ToolCall::ListTasks(input.args),
+            )
             .await?
         {
             ToolOutput::Listing(listing) => Ok(Json(listing)),
@@ -233,63 +222,46 @@ impl TaskTools {
         }
     }
 
-    #[tool(
-        description = "Mark a task as completed. Completing a task that is already completed \
-                       succeeds and changes nothing.",
-        annotations(
-            title = "Complete task",
-            read_only_hint = false,
-            destructive_hint = false,
-            idempotent_hint = true,
-            open_world_hint = false
-        )
-    )]
+    #[tool]
     async fn complete_task(
         &self,
-        Parameters(input): Parameters<TaskRefInput>,
+        Parameters(input): Parameters<McpArguments<TaskRefArgs>>,
         Extension(parts): Extension<Parts>,
     ) -> Result<Json<TaskChange>, ToolFailure> {
-        self.change(&parts, &input.user_id, ToolCall::CompleteTask(input.args))
-            .await
+        self.change(
+            &parts,
+            input.user_id.as_deref(),
+            ToolCall::CompleteTask(input.args),
+        )
+        .await
     }
 
-    #[tool(
-        description = "Delete a task from the user's list for good. Its number is not reused.",
-        annotations(
-            title = "Delete task",
-            read_only_hint = false,
-            destructive_hint = true,
-            idempotent_hint = true,
-            open_world_hint = false
-        )
-    )]
+    #[tool]
     async fn delete_task(
         &self,
-        Parameters(input): Parameters<TaskRefInput>,
+        Parameters(input): Parameters<McpArguments<TaskRefArgs>>,
         Extension(parts): Extension<Parts>,
     ) -> Result<Json<TaskChange>, ToolFailure> {
-        self.change(&parts, &input.user_id, ToolCall::DeleteTask(input.args))
-            .await
+        self.change(
+            &parts,
+            input.user_id.as_deref(),
+            ToolCall::DeleteTask(input.args),
+        )
+        .await
     }
 
-    #[tool(
-        description = "Change a task's title and/or description. Give at least one of them; \
-                       the other keeps its current value.",
-        annotations(
-            title = "Update task",
-            read_only_hint = false,
-            destructive_hint = true,
-            idempotent_hint = true,
-            open_world_hint = false
-        )
-    )]
+    #[tool]
     async fn update_task(
         &self,
-        Parameters(input): Parameters<UpdateTaskInput>,
+        Parameters(input): Parameters<McpArguments<UpdateTaskArgs>>,
         Extension(parts): Extension<Parts>,
     ) -> Result<Json<TaskChange>, ToolFailure> {
-        self.change(&parts, &input.user_id, ToolCall::UpdateTask(input.args))
-            .await
+        self.change(
+            &parts,
+            input.user_id.as_deref(),
+            ToolCall::UpdateTask(input.args),
+        )
+        .await
     }
 }
 
@@ -314,5 +286,23 @@ impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_compiled_tool_is_listed_with_its_definition() {
+        let router = TaskTools::router();
+        let listed = router.list_all();
+        assert_eq!(listed.len(), tools::definitions().len());
+        for definition in tools::definitions() {
+            let tool = router.get(definition.name).expect("listed");
+            assert_eq!(*tool, mcp_tool(definition));
+            assert_eq!(tool.description.as_deref(), Some(definition.description));
+            assert_eq!(*tool.input_schema, definition.input_schema);
+        }
     }
 }

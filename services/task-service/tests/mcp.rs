@@ -132,12 +132,13 @@ async fn initialize_and_tools_list_describe_the_five_tools() {
     assert_eq!(listed, names(&TOOL_NAMES));
 
     // (tool, input properties, required inputs, output properties,
-    //  read-only, destructive, idempotent)
+    //  read-only, destructive, idempotent); `user_id` is offered but never required
+    // (invariant 6).
     let expected = [
         (
             "add_task",
             &["user_id", "title", "description"][..],
-            &["user_id", "title"][..],
+            &["title"][..],
             &["task_id", "status", "title"][..],
             false,
             false,
@@ -146,7 +147,7 @@ async fn initialize_and_tools_list_describe_the_five_tools() {
         (
             "list_tasks",
             &["user_id", "status"],
-            &["user_id"],
+            &[],
             &["tasks", "count", "filter"],
             true,
             false,
@@ -155,7 +156,7 @@ async fn initialize_and_tools_list_describe_the_five_tools() {
         (
             "complete_task",
             &["user_id", "task_id"],
-            &["user_id", "task_id"],
+            &["task_id"],
             &["task_id", "status", "title"],
             false,
             false,
@@ -164,7 +165,7 @@ async fn initialize_and_tools_list_describe_the_five_tools() {
         (
             "delete_task",
             &["user_id", "task_id"],
-            &["user_id", "task_id"],
+            &["task_id"],
             &["task_id", "status", "title"],
             false,
             true,
@@ -173,7 +174,7 @@ async fn initialize_and_tools_list_describe_the_five_tools() {
         (
             "update_task",
             &["user_id", "task_id", "title", "description"],
-            &["user_id", "task_id"],
+            &["task_id"],
             &["task_id", "status", "title"],
             false,
             true,
@@ -221,6 +222,104 @@ async fn initialize_and_tools_list_describe_the_five_tools() {
         assert_eq!(hints.idempotent_hint, Some(idempotent), "{name} idempotent");
         assert_eq!(hints.open_world_hint, Some(false), "{name} open-world");
     }
+    client.cancel().await.unwrap();
+    h.stop().await;
+}
+
+/// Every subschema of `value`, depth first.
+fn subschemas<'a>(value: &'a Value, found: &mut Vec<&'a serde_json::Map<String, Value>>) {
+    match value {
+        Value::Object(object) => {
+            found.push(object);
+            object.values().for_each(|field| subschemas(field, found));
+        }
+        Value::Array(items) => items.iter().for_each(|item| subschemas(item, found)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn listed_schemas_are_self_contained_and_the_user_is_optional() {
+    let h = Harness::start(1).await;
+    let client = connect(h.replicas[0].mcp_url(), &h.token("alice")).await;
+    for tool in client.list_all_tools().await.unwrap() {
+        let name = &tool.name;
+        let output = tool.output_schema.clone().expect("an output schema");
+        for (view, schema) in [("input", tool.input_schema.clone()), ("output", output)] {
+            let schema = Value::Object((*schema).clone());
+            let text = schema.to_string();
+            assert!(
+                !text.contains("$ref") && !text.contains("$defs"),
+                "{name} {view}: {text}"
+            );
+            let mut found = Vec::new();
+            subschemas(&schema, &mut found);
+            for subschema in found {
+                let format = subschema.get("format").and_then(Value::as_str);
+                assert!(
+                    !matches!(format, Some(f) if f.starts_with("int") || f.starts_with("uint")),
+                    "{name} {view} uses the nonstandard format {format:?}"
+                );
+            }
+        }
+        let user = &tool.input_schema["properties"]["user_id"];
+        assert_eq!(user["type"], "string", "{name}: {user}");
+        assert!(
+            !required(&tool.input_schema).contains("user_id"),
+            "{name} requires user_id"
+        );
+    }
+    client.cancel().await.unwrap();
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn calls_without_user_id_act_for_the_tokens_user() {
+    let h = Harness::start(1).await;
+    h.output("bob", call("add_task", json!({"title": "Bob's task"})))
+        .await;
+    let client = connect(h.replicas[0].mcp_url(), &h.token("alice")).await;
+
+    let added = call_tool(&client, "add_task", json!({"title": "Buy milk"})).await;
+    assert_eq!(
+        structured(&added),
+        json!({"task_id": 1, "status": "created", "title": "Buy milk"})
+    );
+    // The token's own id is accepted as well, as before.
+    let named = call_tool(
+        &client,
+        "add_task",
+        json!({"user_id": "alice", "title": "Call mum"}),
+    )
+    .await;
+    assert_eq!(structured(&named)["task_id"], 2);
+    let completed = call_tool(&client, "complete_task", json!({"task_id": 1})).await;
+    assert_eq!(structured(&completed)["status"], "completed");
+    let updated = call_tool(
+        &client,
+        "update_task",
+        json!({"task_id": 2, "title": "Call dad"}),
+    )
+    .await;
+    assert_eq!(structured(&updated)["title"], "Call dad");
+    let listed = call_tool(&client, "list_tasks", json!({})).await;
+    assert_eq!(
+        structured(&listed),
+        json!({
+            "tasks": [
+                {"id": 1, "title": "Buy milk", "description": "", "completed": true},
+                {"id": 2, "title": "Call dad", "description": "", "completed": false}
+            ],
+            "count": 2,
+            "filter": "all"
+        })
+    );
+    let deleted = call_tool(&client, "delete_task", json!({"task_id": 2})).await;
+    assert_eq!(structured(&deleted)["status"], "deleted");
+
+    // Alice's calls went to her list only; Bob's is untouched.
+    assert_eq!(h.events("alice").await.len(), 5);
+    assert_eq!(h.events("bob").await.len(), 1);
     client.cancel().await.unwrap();
     h.stop().await;
 }

@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,7 +81,6 @@ pub async fn offline_llm(latency_ms: u64) -> (String, Running) {
 /// A database, a NATS prefix, task-service and offline-llm, and the workers started on them.
 pub struct Stack {
     pub llm_base: String,
-    pub mcp_url: String,
     pub store: EventStore,
     pub workers: Vec<Running>,
     pub services: Vec<Running>,
@@ -101,7 +99,7 @@ impl Stack {
     pub async fn start_quietly(latency_ms: u64) -> Self {
         let db = TestDatabase::create().await.expect("test database");
         let bus = TestBus::new().await.expect("test bus");
-        let (task_service, mcp_url) = task_service(&db, bus.nats_config()).await;
+        let task_service = task_service(&db, bus.nats_config()).await;
         let (llm_base, llm) = offline_llm(latency_ms).await;
         let store = EventStore::connect(&db.url, 5).await.expect("event store");
         // The gateway's side: requests can be published before any worker runs.
@@ -110,7 +108,6 @@ impl Stack {
             .expect("chat streams");
         Self {
             llm_base,
-            mcp_url,
             store,
             workers: Vec::new(),
             services: vec![task_service, llm],
@@ -122,11 +119,9 @@ impl Stack {
     /// Worker settings for this stack: offline-llm as an OpenAI-compatible server,
     /// short redelivery delays and retries so that tests run quickly.
     pub fn worker_config(&self) -> Config {
-        let mut config = Config::try_parse_from(["agent-worker", "--auth-jwt-secret", SECRET])
-            .expect("defaults parse");
+        let mut config = Config::try_parse_from(["agent-worker"]).expect("defaults parse");
         config.nats = self.bus.nats_config();
         config.database = self.db.database_config();
-        config.task_service_mcp_url = self.mcp_url.clone();
         config.provider.openai_api_key = None;
         config.provider.gemini_api_key = None;
         config.provider.model = None;
@@ -139,9 +134,12 @@ impl Stack {
         config
     }
 
-    pub async fn spawn_worker(&mut self, config: Config) {
+    /// Starts an in-process worker; the handle shares its event store's read count.
+    pub async fn spawn_worker(&mut self, config: Config) -> EventStore {
         let app = App::build(config).await.expect("agent-worker builds");
+        let store = app.event_store();
         self.workers.push(Running::spawn(|token| app.run(token)));
+        store
     }
 
     /// A first message in a new conversation.
@@ -287,11 +285,8 @@ pub async fn publish_request(
         .expect("the requests stream stored the request");
 }
 
-/// task-service in-process on a free port; its MCP URL.
-pub async fn task_service(
-    db: &TestDatabase,
-    nats: platform::config::NatsConfig,
-) -> (Running, String) {
+/// task-service in-process (its MCP endpoint on a free port).
+pub async fn task_service(db: &TestDatabase, nats: platform::config::NatsConfig) -> Running {
     let mut config =
         task_service::Config::try_parse_from(["task-service", "--auth-jwt-secret", SECRET])
             .expect("task-service defaults parse");
@@ -301,11 +296,7 @@ pub async fn task_service(
     let app = task_service::App::build(config)
         .await
         .expect("task-service builds");
-    let addr: SocketAddr = app.local_addr();
-    (
-        Running::spawn(|token| app.run(token)),
-        format!("http://{addr}/mcp"),
-    )
+    Running::spawn(|token| app.run(token))
 }
 
 pub fn user_id(user: &str) -> UserId {

@@ -9,7 +9,9 @@ use proto_schemas::queries::ProjectionHealth;
 
 use crate::api::{Health, Readiness};
 use crate::error::{ApiError, ErrorBody};
-use crate::state::{AppState, error_chain};
+use platform::error_chain;
+
+use crate::state::AppState;
 
 /// The longest `/readyz` waits for the projection: probes have short timeouts.
 const READY_QUERY_TIMEOUT: Duration = Duration::from_secs(2);

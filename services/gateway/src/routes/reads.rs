@@ -18,7 +18,9 @@ use crate::api::{
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiQuery, AuthUser};
-use crate::state::{AppState, error_chain};
+use platform::error_chain;
+
+use crate::state::AppState;
 
 /// The user's tasks.
 #[utoipa::path(
