@@ -5,7 +5,9 @@
 #   make bench-task-service  add_task over NATS and MCP at 1 and 32 clients
 #   make bench-agent-worker  worker turns/s, overhead per turn, scaling over replicas
 #   make bench-projection    projection replay rate over 1,000,000 events
-#   make bench-gateway       POST /api/{user}/chat turns/s and p50/p99, whole stack
+#   make bench-gateway       POST /api/{user}/chat, whole stack: turns/s and p50/p90/p99 at 1
+#                            and 64 users, CPU ms and SQL statements per turn, a 1,000-turn
+#                            conversation's first turns against its last
 #   make replay / verify     rebuild the read models / check them against the log
 #   make lint             rustfmt check and clippy with warnings as errors
 #   make schemas          regenerate proto-schemas/schemas/*.json from the Rust types

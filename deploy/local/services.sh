@@ -3,6 +3,8 @@
 # machine without them, installing) what is missing, then creates the project database:
 #   - PostgreSQL on 127.0.0.1:5432 (trust auth, user postgres)
 #   - NATS with JetStream on 127.0.0.1:4222 (nats-server 2.9 or newer)
+#   - pg_stat_statements preloaded in PostgreSQL (the chat bench counts SQL statements
+#     per turn with it); turning it on restarts the cluster once
 # Used by `make` and by .ci/run. Safe to run again: it only acts on what is missing.
 set -euo pipefail
 
@@ -59,6 +61,33 @@ ensure_postgres() {
   wait_for "PostgreSQL on $PGHOST:$PGPORT" postgres_ready
 }
 
+# pg_stat_statements only counts when it is in shared_preload_libraries, which takes a
+# server restart. Done once per machine; other libraries already preloaded are kept.
+ensure_pg_stat_statements() {
+  local psql_su=(psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -tAc)
+  local preload
+  preload=$("${psql_su[@]}" "SHOW shared_preload_libraries")
+  case ",${preload// /}," in *,pg_stat_statements,*) return ;; esac
+  local version
+  version=$("${psql_su[@]}" "SHOW server_version_num")
+  version=$((version / 10000))
+  if [ ! -e "$(pg_config_libdir "$version")/pg_stat_statements.so" ]; then
+    apt_install "postgresql-contrib"
+  fi
+  log "adding pg_stat_statements to shared_preload_libraries (restarts PostgreSQL $version)"
+  "${psql_su[@]}" "ALTER SYSTEM SET shared_preload_libraries = '${preload:+$preload,}pg_stat_statements'" >/dev/null
+  pg_ctlcluster --skip-systemctl-redirect "$version" main restart
+  wait_for "PostgreSQL on $PGHOST:$PGPORT" postgres_ready
+}
+
+pg_config_libdir() { # major version
+  if [ -d "/usr/lib/postgresql/$1/lib" ]; then
+    echo "/usr/lib/postgresql/$1/lib"
+  else
+    pg_config --pkglibdir 2>/dev/null || echo /nonexistent
+  fi
+}
+
 ensure_nats() {
   if port_open "$NATS_HOST" "$NATS_PORT"; then return; fi
   if [ ! -x /usr/sbin/nats-server ]; then
@@ -82,6 +111,7 @@ ensure_database() {
 }
 
 ensure_postgres
+ensure_pg_stat_statements
 ensure_nats
 ensure_database
 log "PostgreSQL on $PGHOST:$PGPORT (database $DATABASE_NAME) and NATS on $NATS_HOST:$NATS_PORT are up"

@@ -278,6 +278,15 @@ impl Stack {
             .await?)
     }
 
+    /// The process id of each running service, by service name (`gateway`,
+    /// `agent-worker-0`, …): for measuring what each process costs.
+    pub fn pids(&self) -> BTreeMap<String, u32> {
+        self.services
+            .iter()
+            .filter_map(|(name, service)| Some((name.clone(), service.child.id()?)))
+            .collect()
+    }
+
     /// The environment the stack's services run with.
     pub fn env(&self) -> &BTreeMap<String, String> {
         &self.env

@@ -2,13 +2,22 @@
 //! NATS and Postgres (offline-llm answering at once), driven only through the public
 //! `POST /api/{user}/chat`.
 //!
-//! Each client is its own user and keeps one conversation going, alternating
-//! "add a task to buy milk N" with "show my tasks", one turn after the other, for a
-//! bounded time. Every answer is checked (status 200, the same conversation, the
-//! expected tool call and, for the list, as many tasks as the user added), so a fast
-//! but wrong stack cannot pass: any failed turn is counted, quoted and fails the bench.
-//! The run at one client is the baseline latency; the run at many clients gives the
-//! throughput.
+//! Each client is its own user and keeps one conversation going, one turn after the
+//! other. Every answer is checked (status 200, the same conversation, the expected tool
+//! call and its result: the task number an add created, or as many tasks as the user
+//! added for a list), so a fast but wrong stack cannot pass: any failed turn is counted,
+//! quoted and fails the bench. It measures:
+//!
+//! - **baseline**: one client for a while, alternating "add a task to buy milk N" and
+//!   "show my tasks": turn latency with nothing else going on;
+//! - **concurrent**: `BENCH_USERS` clients doing the same at once: turns/s and
+//!   p50/p90/p99, and over that run the CPU milliseconds per turn of each process
+//!   (the services, Postgres, NATS; see `cpu`) and the SQL statements per turn of all
+//!   services together with the most frequent ones (see `sql`);
+//! - **long conversation**: one client sending `BENCH_LONG_TURNS` adds in one
+//!   conversation, comparing the latency of its first 50 turns with its last 50: a
+//!   turn should cost the same at the 1,000th turn as at the first. Adds only, so that
+//!   each answer stays the same size and only the conversation grows.
 //!
 //! The services are the binaries next to this bench (target/release/), so build them
 //! first:
@@ -19,8 +28,12 @@
 //! ```
 //!
 //! Settings (environment): `BENCH_WORKERS` agent-worker replicas (2), `BENCH_USERS`
-//! concurrent clients (32), `BENCH_SECONDS` of each measured run (20),
-//! `BENCH_WARMUP_SECONDS` of load before measuring (3).
+//! concurrent clients (64), `BENCH_SECONDS` of the baseline and concurrent runs (20),
+//! `BENCH_WARMUP_SECONDS` of load before measuring (3), `BENCH_LONG_TURNS` turns of the
+//! long conversation (1000; 0 skips it).
+
+mod cpu;
+mod sql;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -42,6 +55,8 @@ const SERVICES: [&str; 5] = [
 const REPLY_TIMEOUT_SECS: u64 = 30;
 /// Error answers quoted in full when a run fails.
 const QUOTED_ERRORS: usize = 5;
+/// The turns at each end of a run of a fixed number of turns whose latency is compared.
+const EDGE_TURNS: u64 = 50;
 
 fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
@@ -58,23 +73,25 @@ struct Settings {
     users: usize,
     seconds: u64,
     warmup_seconds: u64,
+    long_turns: u64,
 }
 
 impl Settings {
     fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
             workers: env_number("BENCH_WORKERS", 2, 1)?,
-            users: env_number("BENCH_USERS", 32, 1)?,
+            users: env_number("BENCH_USERS", 64, 1)?,
             seconds: env_number("BENCH_SECONDS", 20, 1)?,
             warmup_seconds: env_number("BENCH_WARMUP_SECONDS", 3, 0)?,
+            long_turns: env_number("BENCH_LONG_TURNS", 1000, 0)?,
         })
     }
 
     fn command(&self) -> String {
         format!(
             "BENCH_WORKERS={} BENCH_USERS={} BENCH_SECONDS={} BENCH_WARMUP_SECONDS={} \
-             cargo bench -p system-tests --bench chat",
-            self.workers, self.users, self.seconds, self.warmup_seconds
+             BENCH_LONG_TURNS={} cargo bench -p system-tests --bench chat",
+            self.workers, self.users, self.seconds, self.warmup_seconds, self.long_turns
         )
     }
 }
@@ -131,12 +148,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         std::thread::available_parallelism()?.get(),
         settings.workers
     );
-    println!(
-        "each client is one user in one conversation, alternating \"add a task to buy milk N\" \
-         and \"show my tasks\""
-    );
+    println!("command: {}", settings.command());
     // The stack shares the cores with the client and whatever else runs here.
-    println!("load average at the start: {}\n", load_average());
+    println!("load average at the start: {}", load_average());
     let stack = Stack::start_with(StackOptions {
         workers: settings.workers,
         llm_latency_ms: 0,
@@ -144,6 +158,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         reply_timeout_secs: REPLY_TIMEOUT_SECS,
     })
     .await?;
+    println!("service logs: {}\n", stack.logs().display());
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(REPLY_TIMEOUT_SECS + 10))
         .pool_max_idle_per_host(settings.users.max(1))
@@ -154,9 +169,19 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         http: &http,
     };
 
+    println!(
+        "baseline and concurrent runs: each client is one user in one conversation, \
+         alternating \"add a task to buy milk N\" and \"show my tasks\""
+    );
+    let timed = Length::Seconds(settings.seconds);
     if settings.warmup_seconds > 0 {
         let warmup = bench
-            .drive("warmup", settings.users, settings.warmup_seconds)
+            .drive(
+                "warmup",
+                settings.users,
+                Length::Seconds(settings.warmup_seconds),
+                Script::AddAndList,
+            )
             .await?;
         println!(
             "warm-up: {} turns in {:.1} s at {} clients",
@@ -166,12 +191,62 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         );
         warmup.check(&stack)?;
     }
-    let baseline = bench.drive("solo", 1, settings.seconds).await?;
+    let baseline = bench.drive("solo", 1, timed, Script::AddAndList).await?;
+
+    // What the concurrent run costs: CPU of every process, statements in the database.
+    let processes = cpu::Processes::of(&stack);
+    let statements = sql::Statements::start(&stack.db.url).await;
+    let cpu_before = processes.sample();
     let concurrent = bench
-        .drive("bench", settings.users, settings.seconds)
+        .drive("bench", settings.users, timed, Script::AddAndList)
         .await?;
+    let cpu_after = processes.sample();
+    let statements = match statements {
+        Ok(statements) => statements.read().await,
+        Err(error) => Err(error),
+    };
 
     println!();
+    report_runs(
+        settings,
+        &[("baseline", &baseline), ("concurrent", &concurrent)],
+    );
+    println!();
+    processes.report(
+        &cpu_before,
+        &cpu_after,
+        concurrent.tally.turns,
+        concurrent.elapsed,
+    );
+    println!();
+    match statements {
+        Ok(counts) => counts.report(concurrent.tally.turns),
+        Err(error) => println!("SQL statements per turn: not counted: {error:#}"),
+    }
+    baseline.check(&stack)?;
+    concurrent.check(&stack)?;
+
+    if settings.long_turns > 0 {
+        println!();
+        println!(
+            "long conversation: one user sending {} adds in one conversation...",
+            settings.long_turns
+        );
+        let long = bench
+            .drive("long", 1, Length::Turns(settings.long_turns), Script::Adds)
+            .await?;
+        report_long(&long);
+        long.check(&stack)?;
+    }
+
+    println!();
+    println!("load average at the end: {}", load_average());
+    println!("benchmark ran for {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Turns/s and latency of timed runs, then how latency moved within each run.
+fn report_runs(settings: Settings, runs: &[(&str, &RunResult)]) {
     println!(
         "{:<12} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
         "run",
@@ -186,9 +261,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         "max ms",
         "errors"
     );
-    for (name, result) in [("baseline", &baseline), ("concurrent", &concurrent)] {
+    for (name, result) in runs {
         let latency = &result.tally.latency.all;
-        let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
         println!(
             "{:<12} {:>7} {:>7} {:>7} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7}",
             name,
@@ -197,32 +271,70 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             result.tally.turns,
             result.elapsed.as_secs_f64(),
             result.turns_per_second(),
-            ms(0.5),
-            ms(0.9),
-            ms(0.99),
+            ms(latency, 0.5),
+            ms(latency, 0.9),
+            ms(latency, 0.99),
             latency.max() as f64 / 1000.0,
             result.tally.errors,
         );
     }
     println!();
-    for (name, result) in [("baseline", &baseline), ("concurrent", &concurrent)] {
+    for (name, result) in runs {
         let latency = &result.tally.latency;
-        let p50 = |histogram: &Histogram<u64>| histogram.value_at_quantile(0.5) as f64 / 1000.0;
+        let (first, last) = result.span.part_names();
         println!(
-            "{name}: {:.0} turns per conversation; p50 {:.1} ms in the first quarter of the \
-             run, {:.1} ms in the last",
+            "{name}: {:.0} turns per conversation; p50 {:.1} ms in {first}, {:.1} ms in {last}",
             result.tally.turns as f64 / result.clients as f64,
-            p50(&latency.first_quarter),
-            p50(&latency.last_quarter),
+            ms(&latency.first, 0.5),
+            ms(&latency.last, 0.5),
         );
     }
-    println!("load average at the end: {}", load_average());
-    println!("command: {}", settings.command());
-    println!("service logs: {}", stack.logs().display());
-    println!("benchmark ran for {:.0} s", started.elapsed().as_secs_f64());
-    baseline.check(&stack)?;
-    concurrent.check(&stack)?;
-    Ok(())
+}
+
+/// The first turns of the long conversation against its last ones.
+fn report_long(long: &RunResult) {
+    let latency = &long.tally.latency;
+    println!(
+        "long conversation: {} turns answered in {:.1} s ({:.1} turns/s), {} errors; \
+         p50 {:.1} ms over all turns",
+        long.tally.turns,
+        long.elapsed.as_secs_f64(),
+        long.turns_per_second(),
+        long.tally.errors,
+        ms(&latency.all, 0.5),
+    );
+    let (first, last) = long.span.part_names();
+    println!(
+        "  {:<16} {:>6} {:>8} {:>8}",
+        "turns", "count", "p50 ms", "p90 ms"
+    );
+    for (name, histogram) in [(&first, &latency.first), (&last, &latency.last)] {
+        println!(
+            "  {:<16} {:>6} {:>8.1} {:>8.1}",
+            name,
+            histogram.len(),
+            ms(histogram, 0.5),
+            ms(histogram, 0.9)
+        );
+    }
+    let ratio = |q: f64| {
+        let (first, last) = (ms(&latency.first, q), ms(&latency.last, q));
+        if first > 0.0 {
+            format!("{:.2}x", last / first)
+        } else {
+            "n/a".to_owned()
+        }
+    };
+    println!(
+        "  {last} against {first}: p50 {}, p90 {}",
+        ratio(0.5),
+        ratio(0.9)
+    );
+}
+
+/// The latency at quantile `q` in milliseconds (histograms hold microseconds).
+fn ms(histogram: &Histogram<u64>, q: f64) -> f64 {
+    histogram.value_at_quantile(q) as f64 / 1000.0
 }
 
 /// The 1, 5 and 15 minute load averages, where the system has them.
@@ -241,58 +353,140 @@ struct Bench<'a> {
     http: &'a reqwest::Client,
 }
 
-/// The time a run is driven for. Turns are sent until `deadline`; those in flight then
-/// finish and count.
+/// How long each client of a run chats.
 #[derive(Debug, Clone, Copy)]
-struct Window {
-    started: Instant,
-    deadline: Instant,
+enum Length {
+    Seconds(u64),
+    Turns(u64),
 }
 
-impl Window {
-    fn quarter(&self) -> Duration {
-        (self.deadline - self.started) / 4
+/// A started run's length, and which of its turns make its first and its last part:
+/// their latencies tell whether turns get slower as the conversations grow.
+#[derive(Debug, Clone, Copy)]
+enum Span {
+    /// Turns are sent until `deadline`; those in flight then finish and count. The parts
+    /// are the first and the last quarter of the time.
+    Timed { started: Instant, deadline: Instant },
+    /// Each client sends `turns` turns; the parts are its first and its last `edge`.
+    Counted { turns: u64, edge: u64 },
+}
+
+impl Span {
+    fn start(length: Length) -> Self {
+        match length {
+            Length::Seconds(seconds) => {
+                let started = Instant::now();
+                Self::Timed {
+                    started,
+                    deadline: started + Duration::from_secs(seconds),
+                }
+            }
+            Length::Turns(turns) => Self::Counted {
+                turns,
+                edge: EDGE_TURNS.min(turns / 2).max(1),
+            },
+        }
+    }
+
+    /// Whether a client that has sent `sent` turns sends another.
+    fn goes_on(&self, sent: u64) -> bool {
+        match *self {
+            Self::Timed { deadline, .. } => Instant::now() < deadline,
+            Self::Counted { turns, .. } => sent < turns,
+        }
+    }
+
+    /// Whether a client's turn number `turn` (from 1), sent at `sent`, is in the first
+    /// part and whether it is in the last.
+    fn parts_of(&self, turn: u64, sent: Instant) -> (bool, bool) {
+        match *self {
+            Self::Timed { started, deadline } => {
+                let quarter = (deadline - started) / 4;
+                (sent < started + quarter, sent >= deadline - quarter)
+            }
+            Self::Counted { turns, edge } => (turn <= edge, turn > turns.saturating_sub(edge)),
+        }
+    }
+
+    /// What the first and the last part are, for the report.
+    fn part_names(&self) -> (String, String) {
+        match *self {
+            Self::Timed { .. } => (
+                "the first quarter of the run".to_owned(),
+                "the last".to_owned(),
+            ),
+            Self::Counted { turns, edge } => (
+                format!("turns 1-{edge}"),
+                format!("turns {}-{turns}", turns - edge + 1),
+            ),
+        }
+    }
+}
+
+/// What each client says, turn after turn.
+#[derive(Debug, Clone, Copy)]
+enum Script {
+    /// "add a task to buy milk N" and "show my tasks" in turn.
+    AddAndList,
+    /// "add a task to buy milk N" only: every answer the same size, whatever the
+    /// conversation's length.
+    Adds,
+}
+
+impl Script {
+    /// Turn `step` (from 0): `Some(n)` adds the script's n-th task, `None` lists the tasks.
+    fn turn(self, step: u64) -> Option<u64> {
+        match self {
+            Self::AddAndList if !step.is_multiple_of(2) => None,
+            Self::AddAndList => Some(step / 2 + 1),
+            Self::Adds => Some(step + 1),
+        }
     }
 }
 
 /// Turn latency in microseconds, answered turns only: over the whole run, and over its
-/// first and last quarter, since every turn rereads its whole conversation and the
-/// conversations only grow.
+/// first and its last part (see [`Span`]).
 struct Latency {
     all: Histogram<u64>,
-    first_quarter: Histogram<u64>,
-    last_quarter: Histogram<u64>,
+    first: Histogram<u64>,
+    last: Histogram<u64>,
 }
 
 impl Latency {
     fn new() -> anyhow::Result<Self> {
         Ok(Self {
             all: Histogram::new(3)?,
-            first_quarter: Histogram::new(3)?,
-            last_quarter: Histogram::new(3)?,
+            first: Histogram::new(3)?,
+            last: Histogram::new(3)?,
         })
     }
 
-    fn record(&mut self, window: Window, sent: Instant, latency: Duration) -> anyhow::Result<()> {
+    fn record(
+        &mut self,
+        span: &Span,
+        turn: u64,
+        sent: Instant,
+        latency: Duration,
+    ) -> anyhow::Result<()> {
         let micros = latency.as_micros() as u64;
         self.all.record(micros)?;
-        if sent < window.started + window.quarter() {
-            self.first_quarter.record(micros)?;
+        let (first, last) = span.parts_of(turn, sent);
+        if first {
+            self.first.record(micros)?;
         }
-        if sent >= window.deadline - window.quarter() {
-            self.last_quarter.record(micros)?;
+        if last {
+            self.last.record(micros)?;
         }
         Ok(())
     }
 
     fn add(&mut self, other: &Self) -> anyhow::Result<()> {
         self.all.add(&other.all)?;
-        self.first_quarter.add(&other.first_quarter)?;
-        self.last_quarter.add(&other.last_quarter)?;
+        self.first.add(&other.first)?;
+        self.last.add(&other.last)?;
         Ok(())
     }
 }
-
 /// What one or more clients saw.
 struct Tally {
     turns: u64,
@@ -326,6 +520,7 @@ impl Tally {
 struct RunResult {
     label: &'static str,
     clients: usize,
+    span: Span,
     tally: Tally,
     /// From the first request to the last answer.
     elapsed: Duration,
@@ -357,20 +552,18 @@ impl RunResult {
 
 impl Bench<'_> {
     /// `clients` users, each with its own conversation, chatting one turn after the
-    /// other until `seconds` have passed.
+    /// other for `length`.
     async fn drive(
         &self,
         label: &'static str,
         clients: usize,
-        seconds: u64,
+        length: Length,
+        script: Script,
     ) -> anyhow::Result<RunResult> {
         let started = Instant::now();
-        let window = Window {
-            started,
-            deadline: started + Duration::from_secs(seconds),
-        };
+        let span = Span::start(length);
         let tallies = futures::future::join_all(
-            (0..clients).map(|client| self.client(format!("{label}-{client}"), window)),
+            (0..clients).map(|client| self.client(format!("{label}-{client}"), span, script)),
         )
         .await;
         let elapsed = started.elapsed();
@@ -381,12 +574,13 @@ impl Bench<'_> {
         Ok(RunResult {
             label,
             clients,
+            span,
             tally,
             elapsed,
         })
     }
 
-    async fn client(&self, user: String, window: Window) -> anyhow::Result<Tally> {
+    async fn client(&self, user: String, span: Span, script: Script) -> anyhow::Result<Tally> {
         let url = format!("{}/api/{user}/chat", self.stack.gateway);
         let token = self.stack.token(&user);
         let mut tally = Tally::new()?;
@@ -395,15 +589,13 @@ impl Bench<'_> {
         // the next answer says.
         let mut added: Option<u64> = Some(0);
         let mut step: u64 = 0;
-        while Instant::now() < window.deadline {
-            let expected = if step.is_multiple_of(2) {
-                Expect::Added(added.map(|n| n + 1))
-            } else {
-                Expect::Listed(added)
-            };
-            let message = match expected {
-                Expect::Added(_) => format!("add a task to buy milk {}", step / 2 + 1),
-                Expect::Listed(_) => "show my tasks".to_owned(),
+        while span.goes_on(step) {
+            let (message, expected) = match script.turn(step) {
+                Some(n) => (
+                    format!("add a task to buy milk {n}"),
+                    Expect::Added(added.map(|n| n + 1)),
+                ),
+                None => ("show my tasks".to_owned(), Expect::Listed(added)),
             };
             step += 1;
             let mut body = json!({ "message": message });
@@ -423,7 +615,7 @@ impl Bench<'_> {
             match verdict {
                 Ok((answer, tasks)) => {
                     tally.turns += 1;
-                    tally.latency.record(window, sent, latency)?;
+                    tally.latency.record(&span, step, sent, latency)?;
                     if conversation.is_none() {
                         conversation = answer["conversation_id"].as_str().map(str::to_owned);
                     }
