@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt as _, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -107,6 +107,9 @@ async fn tail(
             () = tokio::time::sleep(wait) => {}
             woken = wakeups.next() => match woken {
                 Some(()) => {
+                    // Notices that queued up meanwhile all say "look again": one read
+                    // answers them all.
+                    while let Some(Some(())) = wakeups.next().now_or_never() {}
                     settle = options.settle_delays.clone();
                     settle.reverse();
                 }
