@@ -203,7 +203,7 @@ async fn handle(
             .record("request_id", tracing::field::display(request.request_id))
             .record("conversation_id", tracing::field::display(request.conversation_id));
         let started = std::time::Instant::now();
-        match keep_alive(&message, limits.progress, worker.run_turn(&request, delivered > 1)).await {
+        match keep_alive(&message, limits.progress, worker.run_turn(&request)).await {
             Ok(reply) => {
                 tracing::info!(
                     elapsed_ms = started.elapsed().as_millis() as u64,

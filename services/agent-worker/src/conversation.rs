@@ -6,6 +6,7 @@
 //! this.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use proto_schemas::chat::ChatRequest;
 use proto_schemas::events::ConversationEvent;
@@ -40,10 +41,13 @@ pub enum Access {
 struct WindowMessage {
     request_id: RequestId,
     from_user: bool,
-    text: String,
+    text: Arc<str>,
 }
 
 /// The conversation's state; see the module docs.
+///
+/// Texts and turns are shared (`Arc`), so that the copies the cache and each turn
+/// take cost reference counts, not the conversation's text again.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Conversation {
     /// Any event folded in yet.
@@ -51,7 +55,7 @@ pub struct Conversation {
     /// Whose it is: set only when its first event is `ConversationStarted`.
     owner: Option<UserId>,
     messages: VecDeque<WindowMessage>,
-    turns: BTreeMap<RequestId, TurnState>,
+    turns: BTreeMap<RequestId, Arc<TurnState>>,
     /// The newest request id whose turn was dropped from `turns`: a turn at or before
     /// it may be in the log but not here.
     forgotten_up_to: Option<RequestId>,
@@ -79,7 +83,7 @@ impl Conversation {
     /// The state of `request`'s turn.
     pub fn turn(&self, request: RequestId) -> KnownTurn {
         match self.turns.get(&request) {
-            Some(turn) => KnownTurn::Known(turn.clone()),
+            Some(turn) => KnownTurn::Known(TurnState::clone(turn)),
             None if self.forgotten_up_to.is_some_and(|last| request <= last) => {
                 KnownTurn::Forgotten
             }
@@ -106,10 +110,11 @@ impl Conversation {
             .skip(skip)
             .skip_while(|message| !message.from_user)
             .map(|message| {
+                let text = message.text.to_string();
                 if message.from_user {
-                    HistoryMessage::User(message.text.clone())
+                    HistoryMessage::User(text)
                 } else {
-                    HistoryMessage::Assistant(message.text.clone())
+                    HistoryMessage::Assistant(text)
                 }
             })
             .collect()
@@ -119,7 +124,7 @@ impl Conversation {
         self.messages.push_back(WindowMessage {
             request_id,
             from_user,
-            text: text.to_owned(),
+            text: text.into(),
         });
         while self.messages.len() > MESSAGES_KEPT {
             self.messages.pop_front();
@@ -172,7 +177,7 @@ impl eventlog::Aggregate for Conversation {
         if forgotten && !self.turns.contains_key(&request) {
             return;
         }
-        self.turns.entry(request).or_default().apply(event);
+        Arc::make_mut(self.turns.entry(request).or_default()).apply(event);
         self.forget_old_turns();
     }
 

@@ -1,6 +1,9 @@
 //! The agent-worker binary: settings from flags and the environment, telemetry, and
 //! the app until SIGTERM or SIGINT.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use agent_worker::{App, Config, SERVICE_NAME};
 use clap::Parser as _;
 

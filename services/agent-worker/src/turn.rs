@@ -90,23 +90,18 @@ struct Turn<'r> {
 
 impl Worker {
     /// Runs (or resumes) the turn of `request` to its end and publishes its reply.
-    /// `redelivered` says another attempt may have recorded part of it already.
     ///
     /// Model failures end the turn (a friendly error reply and a `TurnFailed` event);
     /// `Err` means the store, the bus or task-service failed, and the turn can be
     /// resumed later from what it recorded.
-    pub async fn run_turn(
-        &self,
-        request: &ChatRequest,
-        redelivered: bool,
-    ) -> Result<ChatReply, TurnError> {
+    pub async fn run_turn(&self, request: &ChatRequest) -> Result<ChatReply, TurnError> {
         if let Some(reason) = machine::invalid_message(request) {
             tracing::warn!(%reason, "chat request refused");
             let reply = failed(request, ChatErrorCode::Internal, &reason);
             self.publish_reply(&reply).await?;
             return Ok(reply);
         }
-        let mut turn = self.open(request, redelivered).await?;
+        let mut turn = self.open(request).await?;
         loop {
             if turn.conversation.state.access(request) == Access::NotFound {
                 return self.not_found(request).await;
@@ -138,7 +133,7 @@ impl Worker {
         message: &str,
     ) -> ChatReply {
         let recorded = async {
-            let mut turn = self.open(request, true).await?;
+            let mut turn = self.open(request).await?;
             loop {
                 if turn.conversation.state.access(request) == Access::NotFound {
                     return Ok(failed(
@@ -177,27 +172,15 @@ impl Worker {
         reply
     }
 
-    /// The conversation and the turn's state. A first delivery trusts this replica's
-    /// cache (the next append checks it); a redelivery reads what other attempts
-    /// recorded.
-    async fn open<'r>(
-        &self,
-        request: &'r ChatRequest,
-        redelivered: bool,
-    ) -> Result<Turn<'r>, TurnError> {
+    /// The conversation and the turn's state, read as the store has them now: this
+    /// replica's cached state plus the events after it (usually none, or the last
+    /// turn's when another replica ran it), a snapshot and the events after it when
+    /// nothing is cached. Replicas take turns of one conversation in any order, so a
+    /// cached state is often one turn behind; one short read here is cheaper than the
+    /// conflicted append (and its look-ups and retry) that trusting it would cost.
+    async fn open<'r>(&self, request: &'r ChatRequest) -> Result<Turn<'r>, TurnError> {
         let stream = StreamId::Conversation(request.conversation_id);
-        let mut conversation = if redelivered {
-            self.conversations.load(&stream).await?
-        } else {
-            self.conversations.load_cached(&stream).await?
-        };
-        // A conversation this replica has not seen change may exist by now: never
-        // answer "not found" from the cache.
-        if !redelivered && conversation.state.access(request) == Access::NotFound {
-            self.conversations
-                .refresh(&stream, &mut conversation)
-                .await?;
-        }
+        let conversation = self.conversations.load(&stream).await?;
         let state = self
             .turn_state(&stream, &conversation, request.request_id)
             .await?;

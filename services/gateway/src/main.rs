@@ -1,6 +1,9 @@
 //! The gateway binary: `gateway [serve]` runs the HTTP API until SIGTERM or SIGINT;
 //! `gateway token --user <id>` prints a bearer token signed with the configured secret.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser as _;
 use gateway::{App, Cli, Command, SERVICE_NAME};
 

@@ -1,5 +1,8 @@
 //! The offline-llm binary: parse settings, start telemetry, serve until SIGTERM/SIGINT.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context as _;
 use clap::Parser;
 use platform::config::TelemetryConfig;

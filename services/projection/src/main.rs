@@ -2,6 +2,9 @@
 //! or SIGINT; `projection replay` rebuilds the read models; `projection verify` checks
 //! them against the log (exit 0 identical, 1 different, 2 could not check).
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use anyhow::Context as _;

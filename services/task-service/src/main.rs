@@ -1,6 +1,9 @@
 //! The task-service binary: settings from flags and the environment, telemetry, and
 //! the app until SIGTERM or SIGINT.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser as _;
 use task_service::{App, Config, SERVICE_NAME};
 
