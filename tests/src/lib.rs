@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use platform::auth::JwtKeys;
-use proto_schemas::UserId;
 use testkit::{TestBus, TestDatabase, free_port};
 use tokio::process::{Child, Command};
 
@@ -328,8 +327,8 @@ impl Stack {
 
     /// A bearer token for `user`, valid for an hour.
     pub fn token(&self, user: &str) -> String {
-        let user = UserId::parse(user).expect("a valid user id");
-        self.keys.mint(&user, Duration::from_secs(3600))
+        self.keys
+            .mint(&testkit::user_id(user), Duration::from_secs(3600))
     }
 
     pub fn http(&self) -> &reqwest::Client {

@@ -18,51 +18,13 @@ use proto_schemas::events::{ConversationEvent, StreamId, TaskEvent};
 use proto_schemas::tasks::{
     ListTasksArgs, TaskCommand, TaskCommandReply, TaskView, ToolCall, ToolOutput,
 };
-use proto_schemas::{CommandId, ConversationId, RequestId, UserId};
-use testkit::{TestBus, TestDatabase};
+use proto_schemas::{CommandId, ConversationId, RequestId};
+use testkit::{Running, TestBus, TestDatabase, user_id};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "agent-worker-test-secret";
 /// Generous: the machine is small and shared.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Something running in-process until stopped or dropped.
-pub struct Running {
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Running {
-    pub fn spawn<F>(run: impl FnOnce(CancellationToken) -> F) -> Self
-    where
-        F: Future<Output = anyhow::Result<()>> + Send + 'static,
-    {
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(shutdown.clone()));
-        Self {
-            shutdown,
-            task: Some(task),
-        }
-    }
-
-    /// Cancels and waits until it has stopped cleanly.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        let task = self.task.take().expect("stopped once");
-        tokio::time::timeout(Duration::from_secs(30), task)
-            .await
-            .expect("did not stop in time")
-            .expect("panicked")
-            .expect("failed");
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
 
 /// An offline-llm in-process.
 pub async fn offline_llm(latency_ms: u64) -> (String, Running) {
@@ -73,8 +35,7 @@ pub async fn offline_llm(latency_ms: u64) -> (String, Running) {
     .await
     .expect("offline-llm binds");
     let base = app.api_base();
-    let running =
-        Running::spawn(|token| async move { app.run(token).await.map_err(anyhow::Error::from) });
+    let running = Running::spawn(|token| app.run(token));
     (base, running)
 }
 
@@ -299,10 +260,6 @@ pub async fn task_service(db: &TestDatabase, nats: platform::config::NatsConfig)
     Running::spawn(|token| app.run(token))
 }
 
-pub fn user_id(user: &str) -> UserId {
-    UserId::parse(user).expect("valid user id")
-}
-
 /// The answered text and tool calls of a reply; panics on a failure.
 pub fn answered(reply: &ChatReply) -> (&str, &[proto_schemas::chat::ToolCallRecord]) {
     match &reply.outcome {
@@ -372,149 +329,4 @@ pub async fn watch_chunks(bus: &TestBus, request: RequestId) -> Arc<Mutex<Vec<Ch
         }
     });
     chunks
-}
-
-/// What a scripted model server does with one call.
-#[derive(Debug, Clone)]
-pub enum Scripted {
-    /// Fails with this status (and a `Retry-After` in seconds, if given).
-    Status(u16, Option<u64>),
-    /// Streams a text answer.
-    Text(String),
-    /// Streams tool calls: (id, name, raw arguments).
-    ToolCalls(Vec<(String, String, String)>),
-    /// Passes the call on to the upstream server (offline-llm) unchanged.
-    Proxy,
-}
-
-/// A tiny OpenAI-compatible server whose answers follow a script, for failures and
-/// model behaviour offline-llm never shows.
-pub struct ModelStub {
-    pub base: String,
-    /// Every request body received, with the time it arrived.
-    pub requests: Arc<Mutex<Vec<(std::time::Instant, serde_json::Value)>>>,
-    pub running: Running,
-}
-
-impl ModelStub {
-    pub async fn start(
-        upstream: Option<String>,
-        script: impl Fn(usize) -> Scripted + Send + Sync + 'static,
-    ) -> Self {
-        use axum::extract::State;
-        use axum::http::{StatusCode, header};
-        use axum::response::IntoResponse;
-
-        #[derive(Clone)]
-        struct Stub {
-            upstream: Option<String>,
-            script: Arc<dyn Fn(usize) -> Scripted + Send + Sync>,
-            requests: Arc<Mutex<Vec<(std::time::Instant, serde_json::Value)>>>,
-            http: reqwest::Client,
-        }
-
-        async fn completions(
-            State(stub): State<Stub>,
-            body: axum::body::Bytes,
-        ) -> axum::response::Response {
-            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let call = {
-                let mut requests = stub.requests.lock().unwrap();
-                requests.push((std::time::Instant::now(), json));
-                requests.len() - 1
-            };
-            match (stub.script)(call) {
-                Scripted::Status(code, retry_after) => {
-                    let status = StatusCode::from_u16(code).unwrap();
-                    let body = serde_json::json!({"error": {"message": "scripted failure", "type": "server_error", "param": null, "code": null}});
-                    let mut response = (status, axum::Json(body)).into_response();
-                    if let Some(secs) = retry_after {
-                        response.headers_mut().insert(header::RETRY_AFTER, secs.to_string().parse().unwrap());
-                    }
-                    response
-                }
-                Scripted::Text(text) => sse(vec![
-                    serde_json::json!({"role": "assistant", "content": text}),
-                ]),
-                Scripted::ToolCalls(calls) => sse(
-                    calls
-                        .into_iter()
-                        .enumerate()
-                        .map(|(index, (id, name, arguments))| {
-                            serde_json::json!({"tool_calls": [{"index": index, "id": id, "type": "function",
-                                "function": {"name": name, "arguments": arguments}}]})
-                        })
-                        .collect(),
-                ),
-                Scripted::Proxy => {
-                    let upstream = stub.upstream.as_deref().expect("an upstream to proxy to");
-                    let answer = stub
-                        .http
-                        .post(format!("{upstream}/chat/completions"))
-                        .header(header::CONTENT_TYPE, "application/json")
-                        .body(body)
-                        .send()
-                        .await
-                        .expect("upstream answers");
-                    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap();
-                    let content_type = answer
-                        .headers()
-                        .get(header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("application/json")
-                        .to_owned();
-                    let bytes = answer.bytes().await.expect("upstream body");
-                    (status, [(header::CONTENT_TYPE, content_type)], bytes).into_response()
-                }
-            }
-        }
-
-        fn sse(deltas: Vec<serde_json::Value>) -> axum::response::Response {
-            let mut body = String::new();
-            let chunk = |delta: serde_json::Value, finish: Option<&str>| {
-                serde_json::json!({"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 0,
-                    "model": "stub", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-            };
-            for delta in deltas {
-                body.push_str(&format!("data: {}\n\n", chunk(delta, None)));
-            }
-            body.push_str(&format!(
-                "data: {}\n\ndata: [DONE]\n\n",
-                chunk(serde_json::json!({}), Some("stop"))
-            ));
-            ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
-        }
-
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let stub = Stub {
-            upstream,
-            script: Arc::new(script),
-            requests: Arc::clone(&requests),
-            http: reqwest::Client::new(),
-        };
-        let router = axum::Router::new()
-            .route("/v1/chat/completions", axum::routing::post(completions))
-            .with_state(stub);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}/v1", listener.local_addr().unwrap());
-        let running = Running::spawn(|token| async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await?;
-            Ok(())
-        });
-        Self {
-            base,
-            requests,
-            running,
-        }
-    }
-
-    pub fn calls(&self) -> usize {
-        self.requests.lock().unwrap().len()
-    }
-
-    pub fn request(&self, index: usize) -> serde_json::Value {
-        self.requests.lock().unwrap()[index].1.clone()
-    }
 }

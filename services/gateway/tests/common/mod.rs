@@ -1,7 +1,7 @@
 //! Shared set-up of the gateway's integration tests: a gateway in-process on a free
 //! port under a unique NATS prefix, a fake agent-worker that consumes the real
-//! requests stream and answers as a test scripts it, a fake projection answering
-//! queries, and a small SSE reader.
+//! requests stream and answers as a test scripts it, and a fake projection answering
+//! queries.
 
 #![allow(dead_code)]
 
@@ -14,11 +14,10 @@ use async_nats::jetstream::consumer::{AckPolicy, pull};
 use futures::StreamExt as _;
 use gateway::{App, Cli, Command, Config};
 use platform::auth::JwtKeys;
+use proto_schemas::Subjects;
 use proto_schemas::chat::{ChatOutcome, ChatReply, ChatRequest, ChatStreamChunk};
-use proto_schemas::{Subjects, UserId};
-use testkit::TestBus;
+use testkit::{Running, TestBus, user_id};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "gateway-test-secret";
 
@@ -28,8 +27,7 @@ pub struct Gateway {
     pub keys: JwtKeys,
     pub bus: TestBus,
     pub http: reqwest::Client,
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    running: Running,
 }
 
 /// Test settings of a gateway.
@@ -83,15 +81,12 @@ impl Gateway {
             .await
             .expect("gateway builds");
         let addr = app.local_addr();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(app.run(shutdown.clone()));
         Self {
             addr,
             keys: JwtKeys::new(SECRET.as_bytes()),
             bus,
             http: reqwest::Client::new(),
-            shutdown,
-            task: Some(task),
+            running: Running::spawn(|token| app.run(token)),
         }
     }
 
@@ -100,8 +95,7 @@ impl Gateway {
     }
 
     pub fn token(&self, user: &str) -> String {
-        self.keys
-            .mint(&UserId::parse(user).unwrap(), Duration::from_secs(600))
+        self.keys.mint(&user_id(user), Duration::from_secs(600))
     }
 
     pub fn subjects(&self) -> &Subjects {
@@ -121,24 +115,12 @@ impl Gateway {
     }
 
     /// Cancels the gateway and waits until it has stopped.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        let task = self.task.take().expect("stopped once");
-        tokio::time::timeout(Duration::from_secs(15), task)
-            .await
-            .expect("gateway did not stop in time")
-            .expect("gateway panicked")
-            .expect("gateway failed");
+    pub async fn stop(self) {
+        self.running.stop().await;
     }
 
     pub fn begin_shutdown(&self) {
-        self.shutdown.cancel();
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+        self.running.cancel();
     }
 }
 
@@ -319,49 +301,4 @@ pub async fn registered(client: &async_nats::Client) {
         .await
         .expect("nats echoed in time")
         .expect("echo subscription open");
-}
-
-/// One Server-Sent Event.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SseEvent {
-    pub event: String,
-    pub data: serde_json::Value,
-}
-
-/// Reads events from an SSE response until a `final` or `error` event (inclusive).
-pub async fn read_events(response: reqwest::Response) -> Vec<SseEvent> {
-    let mut body = response.bytes_stream();
-    let mut buffer = String::new();
-    let mut events = Vec::new();
-    let reading = async {
-        while let Some(chunk) = body.next().await {
-            buffer.push_str(&String::from_utf8_lossy(&chunk.expect("stream chunk")));
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
-                let mut event = None;
-                let mut data = String::new();
-                for line in block.lines() {
-                    if let Some(name) = line.strip_prefix("event:") {
-                        event = Some(name.trim().to_owned());
-                    } else if let Some(chunk) = line.strip_prefix("data:") {
-                        data.push_str(chunk.strip_prefix(' ').unwrap_or(chunk));
-                    }
-                }
-                // Keep-alive comments have neither.
-                let Some(event) = event else { continue };
-                let done = event == "final" || event == "error";
-                events.push(SseEvent {
-                    event,
-                    data: serde_json::from_str(&data).expect("json event data"),
-                });
-                if done {
-                    return;
-                }
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), reading)
-        .await
-        .expect("the stream ended in time");
-    events
 }

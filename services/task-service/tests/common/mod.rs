@@ -9,13 +9,11 @@ use std::time::Duration;
 use clap::Parser as _;
 use eventlog::{EventStore, StoredEvent};
 use platform::auth::JwtKeys;
+use proto_schemas::CommandId;
 use proto_schemas::events::StreamId;
 use proto_schemas::tasks::{TaskCommand, TaskCommandReply, ToolCall};
-use proto_schemas::{CommandId, UserId};
 use task_service::{App, Config};
-use testkit::{TestBus, TestDatabase};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use testkit::{Running, TestBus, TestDatabase, user_id};
 
 pub const SECRET: &str = "task-service-test-secret";
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,8 +21,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// One running replica.
 pub struct Replica {
     pub addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    running: Running,
 }
 
 impl Replica {
@@ -33,20 +30,8 @@ impl Replica {
     }
 
     /// Cancels the replica and waits until it has stopped cleanly.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        let task = self.task.take().expect("stopped once");
-        tokio::time::timeout(Duration::from_secs(15), task)
-            .await
-            .expect("replica did not stop in time")
-            .expect("replica panicked")
-            .expect("replica failed");
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+    pub async fn stop(self) {
+        self.running.stop().await;
     }
 }
 
@@ -71,12 +56,9 @@ pub fn config(db: &TestDatabase, bus: &TestBus) -> Config {
 pub async fn spawn(config: Config) -> Replica {
     let app = App::build(config).await.expect("task-service builds");
     let addr = app.local_addr();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(app.run(shutdown.clone()));
     Replica {
         addr,
-        shutdown,
-        task: Some(task),
+        running: Running::spawn(|token| app.run(token)),
     }
 }
 
@@ -137,10 +119,6 @@ impl Harness {
             replica.stop().await;
         }
     }
-}
-
-pub fn user_id(user: &str) -> UserId {
-    UserId::parse(user).expect("valid user id")
 }
 
 pub fn command(user: &str, call: ToolCall) -> TaskCommand {
