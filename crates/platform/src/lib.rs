@@ -10,6 +10,7 @@
 //! - [`shutdown`]: a `CancellationToken` cancelled on SIGTERM or SIGINT.
 //! - [`bus`]: JSON publish / request / reply over NATS with `traceparent` headers,
 //!   and the `events.appended` wake-ups that tail the event log.
+//! - [`trace`]: the W3C trace context of incoming HTTP requests.
 //! - [`streams`]: the JetStream streams of a chat turn (requests, replies).
 //! - [`auth`]: HS256 JWTs whose `sub` is the user id.
 
@@ -19,6 +20,7 @@ pub mod config;
 pub mod shutdown;
 pub mod streams;
 pub mod telemetry;
+pub mod trace;
 
 pub use bus::BusError;
 

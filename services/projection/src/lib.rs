@@ -241,15 +241,7 @@ impl App {
             .context("failed to subscribe to the queries")?;
         // Once the server has the subscriptions, a query sent after build() returns
         // reaches this replica.
-        match tokio::time::timeout(NATS_READY_TIMEOUT, bus.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "nats flush failed, queries wait for the connection")
-            }
-            Err(_) => {
-                tracing::warn!(url = %config.nats.nats_url, "nats not reachable yet, queries wait for the connection")
-            }
-        }
+        platform::bus::await_subscriptions(&bus, NATS_READY_TIMEOUT, "queries").await;
         Ok(Self {
             config,
             store,

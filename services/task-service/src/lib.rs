@@ -79,22 +79,6 @@ pub struct Config {
     pub command_concurrency: u16,
 }
 
-/// Returns once the NATS server has processed everything this client sent before,
-/// so that the command subscription is registered and a command sent from any
-/// connection after [`App::build`] returns reaches this replica.
-///
-/// A flush only writes to the socket; the server handles one connection's messages
-/// in order, so seeing a message to ourselves come back is the round trip that proves it.
-async fn round_trip(bus: &async_nats::Client) -> Result<(), async_nats::Error> {
-    use futures::StreamExt as _;
-
-    let inbox = bus.new_inbox();
-    let mut echo = bus.subscribe(inbox.clone()).await?;
-    bus.publish(inbox, "".into()).await?;
-    echo.next().await.ok_or("the nats connection closed")?;
-    Ok(())
-}
-
 /// A built, not yet serving, task-service.
 #[derive(Debug)]
 pub struct App {
@@ -132,16 +116,9 @@ impl App {
             )
             .await
             .context("failed to subscribe to task commands")?;
-        match tokio::time::timeout(NATS_READY_TIMEOUT, round_trip(&bus)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "nats round trip failed, commands wait for the connection")
-            }
-            Err(_) => {
-                let url = &config.nats.nats_url;
-                tracing::warn!(%url, "nats not reachable yet, commands wait for the connection")
-            }
-        }
+        // Once the server has the subscription, a command sent from any connection
+        // after build() returns reaches this replica.
+        platform::bus::await_subscriptions(&bus, NATS_READY_TIMEOUT, "commands").await;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("failed to listen on {}", config.listen))?;

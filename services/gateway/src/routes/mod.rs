@@ -12,7 +12,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderMap, Method, Uri, header};
+use axum::http::{Method, Uri, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -182,17 +182,6 @@ fn request_span(request: &Request<Body>) -> tracing::Span {
         path = %request.uri().path(),
         request_id = tracing::field::Empty,
     );
-    platform::bus::follow_trace(&span, incoming_trace(request.headers()).as_ref());
+    platform::trace::follow_http_trace(&span, request.headers());
     span
-}
-
-/// The trace context headers of an HTTP request in the shape the bus helpers read.
-fn incoming_trace(headers: &HeaderMap) -> Option<async_nats::HeaderMap> {
-    let mut trace = async_nats::HeaderMap::new();
-    for name in ["traceparent", "tracestate"] {
-        if let Some(value) = headers.get(name).and_then(|value| value.to_str().ok()) {
-            trace.insert(name, value);
-        }
-    }
-    trace.get("traceparent").is_some().then_some(trace)
 }

@@ -289,15 +289,10 @@ impl Drop for FakeProjection {
     }
 }
 
-/// Returns once the server has processed everything `client` sent before.
-///
-/// `Client::flush` only empties the socket buffer; a message the server echoes back
-/// proves that it has read (and so registered) the subscriptions sent before it.
+/// Returns once the server has processed (and so registered) the subscriptions
+/// `client` sent before.
 pub async fn registered(client: &async_nats::Client) {
-    let inbox = client.new_inbox();
-    let mut echo = client.subscribe(inbox.clone()).await.unwrap();
-    client.publish(inbox, "ping".into()).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), echo.next())
+    tokio::time::timeout(Duration::from_secs(5), platform::bus::round_trip(client))
         .await
         .expect("nats echoed in time")
         .expect("echo subscription open");
