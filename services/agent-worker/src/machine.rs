@@ -17,7 +17,9 @@ use async_openai::types::chat::{
     ChatCompletionRequestToolMessage, ChatCompletionRequestToolMessageContent,
     ChatCompletionRequestUserMessage, FunctionCall,
 };
-use proto_schemas::chat::{ChatErrorCode, ChatRequest, ToolCallRecord};
+use proto_schemas::chat::{
+    ChatErrorCode, ChatMessage, ChatRequest, InvalidChatMessage, MESSAGE_MAX_CHARS, ToolCallRecord,
+};
 use proto_schemas::events::ConversationEvent;
 use proto_schemas::{CommandId, EventId, RequestId};
 use serde::{Deserialize, Serialize};
@@ -31,16 +33,12 @@ pub const MAX_CALLS_PER_STEP: usize = 16;
 /// Why a request is refused before anything is recorded (the gateway checks the same;
 /// the worker does not trust the queue to hold only what the gateway let through).
 pub fn invalid_message(request: &ChatRequest) -> Option<String> {
-    let chars = request.message.chars().count();
-    if request.message.trim().is_empty() {
-        Some("The message is empty.".to_owned())
-    } else if chars > proto_schemas::chat::MESSAGE_MAX_CHARS {
-        Some(format!(
-            "The message is too long: {chars} characters, at most {} are accepted.",
-            proto_schemas::chat::MESSAGE_MAX_CHARS
-        ))
-    } else {
-        None
+    match ChatMessage::parse(request.message.as_str()) {
+        Ok(_) => None,
+        Err(InvalidChatMessage::Empty) => Some("The message is empty.".to_owned()),
+        Err(InvalidChatMessage::TooLong { chars }) => Some(format!(
+            "The message is too long: {chars} characters, at most {MESSAGE_MAX_CHARS} are accepted."
+        )),
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use futures::StreamExt as _;
-use proto_schemas::chat::{ChatReply, ChatRequest, MESSAGE_MAX_CHARS};
+use proto_schemas::chat::{ChatMessage, ChatReply, ChatRequest, InvalidChatMessage};
 use proto_schemas::{ConversationId, RequestId, UserId};
 
 use crate::api::ChatBody;
@@ -31,22 +31,17 @@ pub struct ChatInput {
 }
 
 impl ChatInput {
-    /// Empty or whitespace-only messages, messages over [`MESSAGE_MAX_CHARS`]
-    /// characters and conversation ids that are not UUIDs → 422.
+    /// Messages [`ChatMessage::parse`] refuses (blank, or over
+    /// [`MESSAGE_MAX_CHARS`](proto_schemas::chat::MESSAGE_MAX_CHARS) characters) and
+    /// conversation ids that are not UUIDs → 422.
     pub fn parse(body: ChatBody) -> Result<Self, ApiError> {
-        if body.message.trim().is_empty() {
-            return Err(ApiError::invalid(
-                "empty_message",
-                "message must not be empty",
-            ));
-        }
-        let chars = body.message.chars().count();
-        if chars > MESSAGE_MAX_CHARS {
-            return Err(ApiError::invalid(
-                "message_too_long",
-                format!("message must be at most {MESSAGE_MAX_CHARS} characters (it has {chars})"),
-            ));
-        }
+        let message = ChatMessage::parse(body.message).map_err(|error| {
+            let code = match error {
+                InvalidChatMessage::Empty => "empty_message",
+                InvalidChatMessage::TooLong { .. } => "message_too_long",
+            };
+            ApiError::invalid(code, error.to_string())
+        })?;
         let conversation = match body.conversation_id.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(raw) => Some(raw.parse::<ConversationId>().map_err(|_| {
@@ -57,7 +52,7 @@ impl ChatInput {
             })?),
         };
         Ok(Self {
-            message: body.message,
+            message: message.into_inner(),
             conversation,
         })
     }
@@ -275,6 +270,8 @@ pub fn wait_error(
 
 #[cfg(test)]
 mod tests {
+    use proto_schemas::chat::MESSAGE_MAX_CHARS;
+
     use super::*;
 
     fn body(message: &str, conversation_id: Option<&str>) -> ChatBody {
