@@ -23,16 +23,16 @@
 //! [`App::build`] connects and prepares; [`App::run`] works until a shutdown token
 //! is cancelled. `main` and the tests drive it the same way.
 
-pub mod config;
-pub mod consumer;
+mod config;
+mod consumer;
 pub mod conversation;
 pub mod machine;
 pub mod model;
 pub mod prompt;
-pub mod provider;
+mod provider;
 pub mod tools;
 pub mod transport;
-pub mod turn;
+mod turn;
 
 use std::sync::Arc;
 use std::time::Duration;

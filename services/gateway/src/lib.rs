@@ -18,15 +18,15 @@
 //! [`App::build`] connects and binds; [`App::run`] serves until a shutdown token is
 //! cancelled. `main` and the tests drive it the same way.
 
-pub mod api;
-pub mod config;
-pub mod error;
-pub mod extract;
-pub mod idempotency;
-pub mod routes;
-pub mod state;
-pub mod turn;
-pub mod web;
+mod api;
+mod config;
+mod error;
+mod extract;
+mod idempotency;
+mod routes;
+mod state;
+mod turn;
+mod web;
 
 use std::net::SocketAddr;
 

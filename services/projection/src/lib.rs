@@ -17,11 +17,11 @@
 //! shutdown token is cancelled. [`replay()`] and [`verify()`] are what the `replay` and
 //! `verify` subcommands run. `main` and the tests drive all of them the same way.
 
-pub mod cursor;
-pub mod error;
-pub mod model;
+mod cursor;
+mod error;
+mod model;
 pub mod progress;
-pub mod projector;
+mod projector;
 pub mod queries;
 pub mod replay;
 pub mod schema;

@@ -13,11 +13,11 @@
 //! [`App::build`] connects and binds; [`App::run`] serves until a shutdown token is
 //! cancelled. `main` and the tests drive it the same way.
 
-pub mod domain;
-pub mod handler;
-pub mod http;
+mod domain;
+mod handler;
+mod http;
 pub mod mcp;
-pub mod nats;
+mod nats;
 
 use std::net::SocketAddr;
 use std::time::Duration;

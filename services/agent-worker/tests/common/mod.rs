@@ -22,12 +22,12 @@ use proto_schemas::{CommandId, ConversationId, RequestId};
 use testkit::{Running, TestBus, TestDatabase, user_id};
 use tokio::task::JoinHandle;
 
-pub const SECRET: &str = "agent-worker-test-secret";
+pub(crate) const SECRET: &str = "agent-worker-test-secret";
 /// Generous: the machine is small and shared.
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An offline-llm in-process.
-pub async fn offline_llm(latency_ms: u64) -> (String, Running) {
+pub(crate) async fn offline_llm(latency_ms: u64) -> (String, Running) {
     let app = offline_llm::App::build(offline_llm::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         latency_ms,
@@ -40,7 +40,7 @@ pub async fn offline_llm(latency_ms: u64) -> (String, Running) {
 }
 
 /// A database, a NATS prefix, task-service and offline-llm, and the workers started on them.
-pub struct Stack {
+pub(crate) struct Stack {
     pub llm_base: String,
     pub store: EventStore,
     pub workers: Vec<Running>,
@@ -51,13 +51,13 @@ pub struct Stack {
 
 impl Stack {
     /// Starts everything but the workers; offline-llm answers after `latency_ms`.
-    pub async fn start(latency_ms: u64) -> Self {
+    pub(crate) async fn start(latency_ms: u64) -> Self {
         platform::telemetry::init_for_tests();
         Self::start_quietly(latency_ms).await
     }
 
     /// [`Self::start`] without installing the test log subscriber (for benchmarks).
-    pub async fn start_quietly(latency_ms: u64) -> Self {
+    pub(crate) async fn start_quietly(latency_ms: u64) -> Self {
         let db = TestDatabase::create().await.expect("test database");
         let bus = TestBus::new().await.expect("test bus");
         let task_service = task_service(&db, bus.nats_config()).await;
@@ -79,7 +79,7 @@ impl Stack {
 
     /// Worker settings for this stack: offline-llm as an OpenAI-compatible server,
     /// short redelivery delays and retries so that tests run quickly.
-    pub fn worker_config(&self) -> Config {
+    pub(crate) fn worker_config(&self) -> Config {
         let mut config = Config::try_parse_from(["agent-worker"]).expect("defaults parse");
         config.nats = self.bus.nats_config();
         config.database = self.db.database_config();
@@ -96,7 +96,7 @@ impl Stack {
     }
 
     /// Starts an in-process worker; the handle shares its event store's read count.
-    pub async fn spawn_worker(&mut self, config: Config) -> EventStore {
+    pub(crate) async fn spawn_worker(&mut self, config: Config) -> EventStore {
         let app = App::build(config).await.expect("agent-worker builds");
         let store = app.event_store();
         self.workers.push(Running::spawn(|token| app.run(token)));
@@ -104,7 +104,7 @@ impl Stack {
     }
 
     /// A first message in a new conversation.
-    pub fn new_chat(&self, user: &str, message: &str) -> ChatRequest {
+    pub(crate) fn new_chat(&self, user: &str, message: &str) -> ChatRequest {
         ChatRequest {
             request_id: RequestId::new(),
             user_id: user_id(user),
@@ -116,7 +116,7 @@ impl Stack {
     }
 
     /// A follow-up message in an existing conversation.
-    pub fn follow_up(
+    pub(crate) fn follow_up(
         &self,
         user: &str,
         conversation: ConversationId,
@@ -129,17 +129,17 @@ impl Stack {
         }
     }
 
-    pub fn jetstream(&self) -> jetstream::Context {
+    pub(crate) fn jetstream(&self) -> jetstream::Context {
         self.bus.jetstream()
     }
 
     /// Publishes a chat request as the gateway does (message id = request id).
-    pub async fn publish(&self, request: &ChatRequest) {
+    pub(crate) async fn publish(&self, request: &ChatRequest) {
         publish_request(&self.jetstream(), &self.bus.subjects, request).await;
     }
 
     /// The reply to `request`, read from the replies stream (as a late reader would).
-    pub async fn reply(&self, request: RequestId) -> ChatReply {
+    pub(crate) async fn reply(&self, request: RequestId) -> ChatReply {
         let jetstream = self.jetstream();
         let subject = self.bus.subjects.chat_reply(request);
         let stream_name = self.bus.subjects.chat_replies_stream();
@@ -160,12 +160,15 @@ impl Stack {
     }
 
     /// Sends `request` and waits for its reply.
-    pub async fn chat(&self, request: &ChatRequest) -> ChatReply {
+    pub(crate) async fn chat(&self, request: &ChatRequest) -> ChatReply {
         self.publish(request).await;
         self.reply(request.request_id).await
     }
 
-    pub async fn conversation(&self, conversation: ConversationId) -> Vec<ConversationEvent> {
+    pub(crate) async fn conversation(
+        &self,
+        conversation: ConversationId,
+    ) -> Vec<ConversationEvent> {
         self.store
             .read_stream(&StreamId::Conversation(conversation).to_string())
             .await
@@ -175,7 +178,7 @@ impl Stack {
             .collect()
     }
 
-    pub async fn task_events(&self, user: &str) -> Vec<TaskEvent> {
+    pub(crate) async fn task_events(&self, user: &str) -> Vec<TaskEvent> {
         self.store
             .read_stream(&StreamId::Tasks(user_id(user)).to_string())
             .await
@@ -186,7 +189,7 @@ impl Stack {
     }
 
     /// The user's tasks, asked of task-service over NATS.
-    pub async fn tasks(&self, user: &str) -> Vec<TaskView> {
+    pub(crate) async fn tasks(&self, user: &str) -> Vec<TaskView> {
         let command = TaskCommand {
             command_id: CommandId::new(),
             user_id: user_id(user),
@@ -210,7 +213,7 @@ impl Stack {
     }
 
     /// How many chat requests are still in the work queue.
-    pub async fn pending_requests(&self) -> u64 {
+    pub(crate) async fn pending_requests(&self) -> u64 {
         let mut stream = self
             .jetstream()
             .get_stream(self.bus.subjects.chat_requests_stream())
@@ -220,7 +223,7 @@ impl Stack {
     }
 
     /// Stops the workers, then the services.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         for worker in self.workers.drain(..) {
             worker.stop().await;
         }
@@ -230,7 +233,7 @@ impl Stack {
     }
 }
 
-pub async fn publish_request(
+pub(crate) async fn publish_request(
     jetstream: &jetstream::Context,
     subjects: &proto_schemas::Subjects,
     request: &ChatRequest,
@@ -247,7 +250,7 @@ pub async fn publish_request(
 }
 
 /// task-service in-process (its MCP endpoint on a free port).
-pub async fn task_service(db: &TestDatabase, nats: platform::config::NatsConfig) -> Running {
+pub(crate) async fn task_service(db: &TestDatabase, nats: platform::config::NatsConfig) -> Running {
     let mut config =
         task_service::Config::try_parse_from(["task-service", "--auth-jwt-secret", SECRET])
             .expect("task-service defaults parse");
@@ -261,7 +264,7 @@ pub async fn task_service(db: &TestDatabase, nats: platform::config::NatsConfig)
 }
 
 /// The answered text and tool calls of a reply; panics on a failure.
-pub fn answered(reply: &ChatReply) -> (&str, &[proto_schemas::chat::ToolCallRecord]) {
+pub(crate) fn answered(reply: &ChatReply) -> (&str, &[proto_schemas::chat::ToolCallRecord]) {
     match &reply.outcome {
         ChatOutcome::Answered {
             response,
@@ -273,13 +276,13 @@ pub fn answered(reply: &ChatReply) -> (&str, &[proto_schemas::chat::ToolCallReco
 
 /// Counts every reply published under the prefix (core NATS sees each publish, so a
 /// turn answered twice shows up twice here).
-pub struct ReplyCounter {
+pub(crate) struct ReplyCounter {
     counts: Arc<Mutex<HashMap<String, usize>>>,
     task: JoinHandle<()>,
 }
 
 impl ReplyCounter {
-    pub async fn start(bus: &TestBus) -> Self {
+    pub(crate) async fn start(bus: &TestBus) -> Self {
         let mut subscriber = bus
             .client
             .subscribe(bus.subjects.chat_replies_wildcard())
@@ -300,7 +303,7 @@ impl ReplyCounter {
         Self { counts, task }
     }
 
-    pub fn counts(&self) -> HashMap<String, usize> {
+    pub(crate) fn counts(&self) -> HashMap<String, usize> {
         self.counts.lock().unwrap().clone()
     }
 }
@@ -312,7 +315,10 @@ impl Drop for ReplyCounter {
 }
 
 /// Collects the live chunks of one request.
-pub async fn watch_chunks(bus: &TestBus, request: RequestId) -> Arc<Mutex<Vec<ChatStreamChunk>>> {
+pub(crate) async fn watch_chunks(
+    bus: &TestBus,
+    request: RequestId,
+) -> Arc<Mutex<Vec<ChatStreamChunk>>> {
     let mut subscriber = bus
         .client
         .subscribe(bus.subjects.chat_stream(request))

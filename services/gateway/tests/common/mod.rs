@@ -19,10 +19,10 @@ use proto_schemas::chat::{ChatOutcome, ChatReply, ChatRequest, ChatStreamChunk};
 use testkit::{Running, TestBus, user_id};
 use tokio::task::JoinHandle;
 
-pub const SECRET: &str = "gateway-test-secret";
+pub(crate) const SECRET: &str = "gateway-test-secret";
 
 /// A running gateway and the bus it is on.
-pub struct Gateway {
+pub(crate) struct Gateway {
     pub addr: SocketAddr,
     pub keys: JwtKeys,
     pub bus: TestBus,
@@ -32,7 +32,7 @@ pub struct Gateway {
 
 /// Test settings of a gateway.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     pub reply_timeout_secs: u64,
     pub dev_login: bool,
 }
@@ -46,7 +46,7 @@ impl Default for Options {
     }
 }
 
-pub fn config(bus: &TestBus, options: &Options) -> Config {
+pub(crate) fn config(bus: &TestBus, options: &Options) -> Config {
     let mut args = vec![
         "gateway".to_owned(),
         "--auth-jwt-secret".to_owned(),
@@ -70,11 +70,11 @@ pub fn config(bus: &TestBus, options: &Options) -> Config {
 }
 
 impl Gateway {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_with(Options::default()).await
     }
 
-    pub async fn start_with(options: Options) -> Self {
+    pub(crate) async fn start_with(options: Options) -> Self {
         platform::telemetry::init_for_tests();
         let bus = TestBus::new().await.expect("nats is reachable");
         let app = App::build(config(&bus, &options))
@@ -90,43 +90,43 @@ impl Gateway {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    pub fn token(&self, user: &str) -> String {
+    pub(crate) fn token(&self, user: &str) -> String {
         self.keys.mint(&user_id(user), Duration::from_secs(600))
     }
 
-    pub fn subjects(&self) -> &Subjects {
+    pub(crate) fn subjects(&self) -> &Subjects {
         &self.bus.subjects
     }
 
     /// `POST /api/{user}/chat` with `body` as the user's own token.
-    pub fn chat(&self, user: &str, body: serde_json::Value) -> reqwest::RequestBuilder {
+    pub(crate) fn chat(&self, user: &str, body: serde_json::Value) -> reqwest::RequestBuilder {
         self.http
             .post(self.url(&format!("/api/{user}/chat")))
             .bearer_auth(self.token(user))
             .json(&body)
     }
 
-    pub fn get(&self, user: &str, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn get(&self, user: &str, path: &str) -> reqwest::RequestBuilder {
         self.http.get(self.url(path)).bearer_auth(self.token(user))
     }
 
     /// Cancels the gateway and waits until it has stopped.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.running.stop().await;
     }
 
-    pub fn begin_shutdown(&self) {
+    pub(crate) fn begin_shutdown(&self) {
         self.running.cancel();
     }
 }
 
 /// What the fake worker does with one request.
 #[derive(Debug, Clone, Default)]
-pub struct Script {
+pub(crate) struct Script {
     /// Waited before anything is sent.
     pub delay: Duration,
     /// Sent on the request's stream subject, in order, before the reply.
@@ -137,20 +137,20 @@ pub struct Script {
 
 /// One request as the fake worker received it.
 #[derive(Debug, Clone)]
-pub struct Received {
+pub(crate) struct Received {
     pub request: ChatRequest,
     pub headers: HeaderMap,
 }
 
 /// A stand-in agent-worker: a pull consumer on the real requests stream that answers
 /// each request as its script says and records what it received.
-pub struct FakeWorker {
+pub(crate) struct FakeWorker {
     pub received: Arc<Mutex<Vec<Received>>>,
     task: JoinHandle<()>,
 }
 
 impl FakeWorker {
-    pub async fn start<F>(gateway: &Gateway, script: F) -> Self
+    pub(crate) async fn start<F>(gateway: &Gateway, script: F) -> Self
     where
         F: Fn(&ChatRequest) -> Script + Send + Sync + 'static,
     {
@@ -219,7 +219,7 @@ impl FakeWorker {
         Self { received, task }
     }
 
-    pub fn received(&self) -> Vec<Received> {
+    pub(crate) fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 }
@@ -231,7 +231,7 @@ impl Drop for FakeWorker {
 }
 
 /// An answered outcome with one add_task call.
-pub fn added(title: &str) -> ChatOutcome {
+pub(crate) fn added(title: &str) -> ChatOutcome {
     ChatOutcome::Answered {
         response: format!("I've added \"{title}\" to your list."),
         tool_calls: vec![proto_schemas::chat::ToolCallRecord {
@@ -244,13 +244,13 @@ pub fn added(title: &str) -> ChatOutcome {
 
 /// A stand-in projection: answers one query subject with what `answer` returns for
 /// each query, and records the queries.
-pub struct FakeProjection {
+pub(crate) struct FakeProjection {
     pub queries: Arc<Mutex<Vec<serde_json::Value>>>,
     task: JoinHandle<()>,
 }
 
 impl FakeProjection {
-    pub async fn start<F>(gateway: &Gateway, subject: String, answer: F) -> Self
+    pub(crate) async fn start<F>(gateway: &Gateway, subject: String, answer: F) -> Self
     where
         F: Fn(&serde_json::Value) -> serde_json::Value + Send + Sync + 'static,
     {
@@ -278,7 +278,7 @@ impl FakeProjection {
         Self { queries, task }
     }
 
-    pub fn queries(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn queries(&self) -> Vec<serde_json::Value> {
         self.queries.lock().unwrap().clone()
     }
 }
@@ -291,7 +291,7 @@ impl Drop for FakeProjection {
 
 /// Returns once the server has processed (and so registered) the subscriptions
 /// `client` sent before.
-pub async fn registered(client: &async_nats::Client) {
+pub(crate) async fn registered(client: &async_nats::Client) {
     tokio::time::timeout(Duration::from_secs(5), platform::bus::round_trip(client))
         .await
         .expect("nats echoed in time")
