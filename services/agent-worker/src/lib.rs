@@ -177,7 +177,7 @@ impl App {
             model,
             tools,
             settings: TurnSettings {
-                max_model_steps: config.max_turns,
+                max_model_steps: config.max_model_steps,
                 history_messages: config.history_messages,
                 system_prompt: config
                     .system_prompt

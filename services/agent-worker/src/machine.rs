@@ -197,7 +197,7 @@ pub enum Next {
 
 /// The next thing to do for a turn, given its state. `start` says the conversation
 /// has no events yet.
-pub fn next_action(state: &TurnState, start: bool, max_turns: u32) -> Action {
+pub fn next_action(state: &TurnState, start: bool, max_model_steps: u32) -> Action {
     if let Some(ending) = &state.ending {
         return Action::Finish(ending.clone());
     }
@@ -210,7 +210,7 @@ pub fn next_action(state: &TurnState, start: bool, max_turns: u32) -> Action {
         .map(|call| (call.step, call.index))
         .collect();
     let step = state.next_step();
-    let next = if step >= max_turns {
+    let next = if step >= max_model_steps {
         Next::GiveUp
     } else {
         Next::CallModel { step }

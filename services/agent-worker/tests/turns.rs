@@ -282,7 +282,7 @@ async fn a_model_that_never_stops_calling_tools_gets_a_friendly_ending() {
     .await;
     let mut config = stack.worker_config();
     config.provider.llm_base_url = Some(model.base.clone());
-    config.max_turns = 3;
+    config.max_model_steps = 3;
     stack.spawn_worker(config).await;
 
     let request = stack.new_chat("alice", "keep going");
