@@ -381,6 +381,8 @@ mod tests {
     use super::*;
     use opentelemetry::trace::TraceContextExt as _;
 
+    use crate::trace::sample::{TRACEPARENT, assert_is_the_sample, with_propagator};
+
     #[test]
     fn json_round_trips_and_rejects_garbage() {
         let bytes = encode_json(&serde_json::json!({"a": 1})).unwrap();
@@ -394,9 +396,7 @@ mod tests {
 
     #[test]
     fn no_span_means_no_trace_headers() {
-        opentelemetry::global::set_text_map_propagator(
-            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-        );
+        with_propagator();
         let headers = traced_headers();
         assert!(headers.get("traceparent").is_none());
         let context = extract_context(Some(&headers));
@@ -405,23 +405,9 @@ mod tests {
 
     #[test]
     fn extracts_a_well_formed_traceparent() {
-        opentelemetry::global::set_text_map_propagator(
-            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-        );
+        with_propagator();
         let mut headers = HeaderMap::new();
-        headers.insert(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        );
-        let context = extract_context(Some(&headers));
-        let span = context.span();
-        let span_context = span.span_context();
-        assert!(span_context.is_valid());
-        assert!(span_context.is_remote());
-        assert_eq!(
-            span_context.trace_id().to_string(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
-        );
-        assert_eq!(span_context.span_id().to_string(), "00f067aa0ba902b7");
+        headers.insert("traceparent", TRACEPARENT);
+        assert_is_the_sample(&extract_context(Some(&headers)));
     }
 }

@@ -24,6 +24,22 @@ pub mod trace;
 
 pub use bus::BusError;
 
+/// Binds a service's HTTP listener; returns it with the address it got (port 0 picks
+/// a free one).
+pub async fn bind_http(
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
+    use anyhow::Context as _;
+
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("failed to listen on {addr}"))?;
+    let local_addr = listener
+        .local_addr()
+        .context("failed to read the bound address")?;
+    Ok((listener, local_addr))
+}
+
 /// `error: cause: cause …`: an error and its sources as one log field.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();

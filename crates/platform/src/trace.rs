@@ -45,27 +45,23 @@ pub(crate) fn follow_context(span: &tracing::Span, context: opentelemetry::Conte
     }
 }
 
+/// A W3C `traceparent` and the checks that a context was read from it, for the tests
+/// of both kinds of headers.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod sample {
+    use opentelemetry::trace::TraceContextExt as _;
 
-    fn with_propagator() {
+    pub(crate) const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// Installs the propagator the services use.
+    pub(crate) fn with_propagator() {
         opentelemetry::global::set_text_map_propagator(
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
         );
     }
 
-    #[test]
-    fn extracts_a_well_formed_traceparent_from_http_headers() {
-        with_propagator();
-        let mut headers = http::HeaderMap::new();
-        headers.insert(
-            "traceparent",
-            http::HeaderValue::from_static(
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            ),
-        );
-        let context = extract_http_context(&headers);
+    /// `context` is the remote parent [`TRACEPARENT`] names.
+    pub(crate) fn assert_is_the_sample(context: &opentelemetry::Context) {
         let span = context.span();
         let span_context = span.span_context();
         assert!(span_context.is_valid());
@@ -75,6 +71,20 @@ mod tests {
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
         assert_eq!(span_context.span_id().to_string(), "00f067aa0ba902b7");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample::{TRACEPARENT, assert_is_the_sample, with_propagator};
+    use super::*;
+
+    #[test]
+    fn extracts_a_well_formed_traceparent_from_http_headers() {
+        with_propagator();
+        let mut headers = http::HeaderMap::new();
+        headers.insert("traceparent", http::HeaderValue::from_static(TRACEPARENT));
+        assert_is_the_sample(&extract_http_context(&headers));
     }
 
     #[test]

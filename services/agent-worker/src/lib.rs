@@ -26,6 +26,8 @@
 mod config;
 mod consumer;
 pub mod conversation;
+#[cfg(test)]
+mod fixtures;
 pub mod machine;
 pub mod model;
 pub mod prompt;
@@ -85,15 +87,7 @@ impl App {
             );
         }
 
-        let store = EventStore::open(
-            config
-                .database
-                .connect()
-                .await
-                .context("failed to connect to postgres")?,
-        )
-        .await
-        .context("failed to open the event store")?;
+        let store = config.database.open_event_store().await?;
         let bus = config
             .nats
             .connect(SERVICE_NAME)

@@ -377,77 +377,10 @@ fn assistant_text(text: &str) -> ChatCompletionRequestMessage {
 
 #[cfg(test)]
 mod tests {
-    use proto_schemas::{ConversationId, UserId};
     use serde_json::json;
 
     use super::*;
-
-    fn alice() -> UserId {
-        UserId::parse("alice").unwrap()
-    }
-
-    fn request(new_conversation: bool) -> ChatRequest {
-        ChatRequest {
-            request_id: RequestId::new(),
-            user_id: alice(),
-            conversation_id: ConversationId::new(),
-            new_conversation,
-            message: "add a task to buy milk".into(),
-            received_at: chrono::Utc::now(),
-        }
-    }
-
-    fn started(user: &str) -> ConversationEvent {
-        ConversationEvent::ConversationStarted {
-            user_id: UserId::parse(user).unwrap(),
-        }
-    }
-
-    fn said(request: RequestId, text: &str) -> ConversationEvent {
-        ConversationEvent::UserMessageReceived {
-            request_id: request,
-            text: text.into(),
-        }
-    }
-
-    fn replied(request: RequestId, text: &str) -> ConversationEvent {
-        ConversationEvent::AssistantReplied {
-            request_id: request,
-            text: text.into(),
-        }
-    }
-
-    fn requested(
-        request: RequestId,
-        step: u32,
-        index: u32,
-        call_id: &str,
-        name: &str,
-        arguments: Value,
-    ) -> ConversationEvent {
-        ConversationEvent::ToolCallRequested {
-            request_id: request,
-            step,
-            call_id: call_id.into(),
-            name: name.into(),
-            arguments,
-            command_id: CommandId::for_tool_call(request, step, index),
-        }
-    }
-
-    fn completed(
-        request: RequestId,
-        call_id: &str,
-        name: &str,
-        result: Value,
-    ) -> ConversationEvent {
-        ConversationEvent::ToolCallCompleted {
-            request_id: request,
-            call_id: call_id.into(),
-            name: name.into(),
-            result,
-        }
-    }
+    use crate::fixtures::{completed, replied, request, requested, said, started};
 
     #[test]
     fn blank_and_oversized_messages_are_refused() {

@@ -74,12 +74,7 @@ impl App {
                 config.nats.nats_url
             )
         })?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("failed to listen on {}", config.listen))?;
-        let local_addr = listener
-            .local_addr()
-            .context("failed to read the bound address")?;
+        let (listener, local_addr) = platform::bind_http(config.listen).await?;
         Ok(Self {
             state,
             listener,

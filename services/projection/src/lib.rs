@@ -215,15 +215,7 @@ impl App {
     /// Connects to Postgres (running the event log's migrations and creating the live
     /// read model tables if missing) and NATS, and subscribes to the queries.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = EventStore::open(
-            config
-                .database
-                .connect()
-                .await
-                .context("failed to connect to postgres")?,
-        )
-        .await
-        .context("failed to open the event store")?;
+        let store = config.database.open_event_store().await?;
         ensure_live_tables(store.pool())
             .await
             .context("failed to create the read model tables")?;

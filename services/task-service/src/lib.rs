@@ -23,7 +23,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use eventlog::EventStore;
 use platform::config::{AuthConfig, DatabaseConfig, NatsConfig, TelemetryConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -94,15 +93,7 @@ impl App {
     /// Connects to Postgres (running the event log's migrations) and NATS, subscribes
     /// to the task commands and binds the HTTP listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = EventStore::open(
-            config
-                .database
-                .connect()
-                .await
-                .context("failed to connect to postgres")?,
-        )
-        .await
-        .context("failed to open the event store")?;
+        let store = config.database.open_event_store().await?;
         let bus = config
             .nats
             .connect(SERVICE_NAME)
@@ -119,12 +110,7 @@ impl App {
         // Once the server has the subscription, a command sent from any connection
         // after build() returns reaches this replica.
         platform::bus::await_subscriptions(&bus, NATS_READY_TIMEOUT, "commands").await;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("failed to listen on {}", config.listen))?;
-        let local_addr = listener
-            .local_addr()
-            .context("failed to read the bound address")?;
+        let (listener, local_addr) = platform::bind_http(config.listen).await?;
         let handler = CommandHandler::new(store, bus.clone(), subjects);
         Ok(Self {
             config,
