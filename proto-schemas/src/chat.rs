@@ -10,6 +10,45 @@ use crate::ids::{ConversationId, RequestId, UserId};
 /// The longest chat message accepted, in characters.
 pub const MESSAGE_MAX_CHARS: usize = 4_000;
 
+/// A chat message as a person wrote it: not blank, at most [`MESSAGE_MAX_CHARS`]
+/// characters (not bytes). Kept as written, not trimmed.
+///
+/// The gateway checks it where it enters, and the agent-worker again before recording
+/// it: the queue is not trusted to hold only what the gateway let through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage(String);
+
+/// Why a chat message is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidChatMessage {
+    #[error("message must not be empty")]
+    Empty,
+    #[error("message must be at most {MESSAGE_MAX_CHARS} characters (it has {chars})")]
+    TooLong { chars: usize },
+}
+
+impl ChatMessage {
+    pub fn parse(raw: impl Into<String>) -> Result<Self, InvalidChatMessage> {
+        let raw = raw.into();
+        if raw.trim().is_empty() {
+            return Err(InvalidChatMessage::Empty);
+        }
+        let chars = raw.chars().count();
+        if chars > MESSAGE_MAX_CHARS {
+            return Err(InvalidChatMessage::TooLong { chars });
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
 /// One chat turn to run (JetStream `chat.requests`, message id = `request_id`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ChatRequest {
@@ -91,4 +130,47 @@ pub enum ChatStreamChunk {
         arguments: serde_json::Value,
         result: serde_json::Value,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_kept_as_written() {
+        let message = ChatMessage::parse("  add a task to buy milk \n").unwrap();
+        assert_eq!(message.as_str(), "  add a task to buy milk \n");
+        assert_eq!(message.into_inner(), "  add a task to buy milk \n");
+    }
+
+    #[test]
+    fn blank_messages_are_refused() {
+        for blank in ["", " ", "\n\t ", "\u{3000}"] {
+            assert_eq!(ChatMessage::parse(blank), Err(InvalidChatMessage::Empty));
+        }
+        assert_eq!(
+            InvalidChatMessage::Empty.to_string(),
+            "message must not be empty"
+        );
+    }
+
+    #[test]
+    fn the_limit_counts_characters_and_is_named_in_the_refusal() {
+        let longest = "é".repeat(MESSAGE_MAX_CHARS);
+        assert!(
+            ChatMessage::parse(longest.as_str()).is_ok(),
+            "characters, not bytes"
+        );
+        let error = ChatMessage::parse(format!("{longest}x")).unwrap_err();
+        assert_eq!(
+            error,
+            InvalidChatMessage::TooLong {
+                chars: MESSAGE_MAX_CHARS + 1
+            }
+        );
+        assert_eq!(
+            error.to_string(),
+            "message must be at most 4000 characters (it has 4001)"
+        );
+    }
 }

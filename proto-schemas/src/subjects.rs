@@ -109,10 +109,6 @@ impl Subjects {
         format!("{}.queries.health", self.prefix)
     }
 
-    pub fn queries_wildcard(&self) -> String {
-        format!("{}.queries.>", self.prefix)
-    }
-
     pub fn projection_queue_group(&self) -> String {
         "projection".to_owned()
     }

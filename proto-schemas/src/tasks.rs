@@ -109,11 +109,6 @@ impl ToolCall {
             Self::UpdateTask(_) => "update_task",
         }
     }
-
-    /// True for calls that only read.
-    pub fn is_read_only(&self) -> bool {
-        matches!(self, Self::ListTasks(_))
-    }
 }
 
 /// A task command on the bus: the tool call plus who asks (from a verified token) and

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use platform::auth::JwtKeys;
-use proto_schemas::UserId;
 use testkit::{TestBus, TestDatabase, free_port};
 use tokio::process::{Child, Command};
 
@@ -337,8 +336,8 @@ impl Stack {
 
     /// A bearer token for `user`, valid for an hour.
     pub fn token(&self, user: &str) -> String {
-        let user = UserId::parse(user).expect("a valid user id");
-        self.keys.mint(&user, Duration::from_secs(3600))
+        self.keys
+            .mint(&testkit::user_id(user), Duration::from_secs(3600))
     }
 
     pub fn http(&self) -> &reqwest::Client {
@@ -361,18 +360,13 @@ impl Stack {
         if let Some(id) = conversation_id {
             body["conversation_id"] = id.into();
         }
-        let response = self
-            .http
-            .post(format!("{}/api/{user}/chat", self.gateway))
-            .bearer_auth(self.token(user))
-            .json(&body)
-            .send()
-            .await?;
-        let status = response.status();
-        let text = response.text().await?;
-        let json = serde_json::from_str(&text)
-            .with_context(|| format!("non-JSON body ({status}): {text}"))?;
-        Ok((status, json))
+        json_answer(
+            self.http
+                .post(format!("{}/api/{user}/chat", self.gateway))
+                .bearer_auth(self.token(user))
+                .json(&body),
+        )
+        .await
     }
 
     /// `GET {path}` on the gateway as `user`; returns the status and the JSON body.
@@ -381,16 +375,24 @@ impl Stack {
         user: &str,
         path: &str,
     ) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.gateway))
-            .bearer_auth(self.token(user))
-            .send()
-            .await?;
-        let status = response.status();
-        let text = response.text().await?;
-        let json = serde_json::from_str(&text)
-            .with_context(|| format!("non-JSON body ({status}): {text}"))?;
-        Ok((status, json))
+        json_answer(
+            self.http
+                .get(format!("{}{path}", self.gateway))
+                .bearer_auth(self.token(user)),
+        )
+        .await
     }
+}
+
+/// Sends `request`; returns the status and the JSON body (an error names a body that
+/// is not JSON).
+async fn json_answer(
+    request: reqwest::RequestBuilder,
+) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
+    let response = request.send().await?;
+    let status = response.status();
+    let text = response.text().await?;
+    let json =
+        serde_json::from_str(&text).with_context(|| format!("non-JSON body ({status}): {text}"))?;
+    Ok((status, json))
 }

@@ -210,23 +210,8 @@ async fn a_turn_streams_as_server_sent_events() {
             .unwrap()
             .starts_with("text/event-stream")
     );
-    let body = response.text().await.unwrap();
-    let events: Vec<(String, Value)> = body
-        .split("\n\n")
-        .filter_map(|block| {
-            let mut name = None;
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("event:") {
-                    name = Some(v.trim().to_owned());
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim_start());
-                }
-            }
-            Some((name?, serde_json::from_str(&data).ok()?))
-        })
-        .collect();
-    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    let events = testkit::read_events(response).await;
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     let position = |wanted: &str| names.iter().position(|n| *n == wanted);
     let started = position("tool_call_started").expect("tool_call_started");
     let finished = position("tool_call_finished").expect("tool_call_finished");
@@ -239,11 +224,11 @@ async fn a_turn_streams_as_server_sent_events() {
     assert_eq!(names[last], "final", "{names:?}");
     let text: String = events
         .iter()
-        .filter(|(n, _)| n == "delta")
-        .map(|(_, d)| d["text"].as_str().unwrap())
+        .filter(|e| e.event == "delta")
+        .map(|e| e.data["text"].as_str().unwrap())
         .collect();
-    assert_eq!(text, events[last].1["response"].as_str().unwrap());
-    assert_eq!(events[finished].1["result"]["status"], "created");
+    assert_eq!(text, events[last].data["response"].as_str().unwrap());
+    assert_eq!(events[finished].data["result"]["status"], "created");
 }
 
 #[tokio::test]

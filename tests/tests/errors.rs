@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use platform::auth::{Claims, JwtKeys};
-use proto_schemas::UserId;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use system_tests::Stack;
@@ -56,8 +55,8 @@ async fn bad_requests_and_bad_tokens_get_clear_errors_and_change_nothing() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_error(&body, "token");
 
-    let wrong_secret = JwtKeys::new(b"another secret")
-        .mint(&UserId::parse("carol").unwrap(), Duration::from_secs(60));
+    let wrong_secret =
+        JwtKeys::new(b"another secret").mint(&testkit::user_id("carol"), Duration::from_secs(60));
     let (status, _) = post_raw(&stack, "carol", Some(&wrong_secret), &good).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 

@@ -8,7 +8,7 @@ use eventlog::{
     Aggregate, EventMetadata, EventStore, Executed, Repository, RepositoryOptions, Versioned,
 };
 use proto_schemas::events::{StreamId, TaskEvent};
-use proto_schemas::{EventId, TaskNumber, UserId};
+use proto_schemas::{EventId, TaskNumber};
 use serde::{Deserialize, Serialize};
 use testkit::TestDatabase;
 use uuid::Uuid;
@@ -74,7 +74,7 @@ fn output<T>(executed: Executed<T>) -> T {
 }
 
 fn stream(user: &str) -> StreamId {
-    StreamId::Tasks(UserId::parse(user).unwrap())
+    StreamId::Tasks(testkit::user_id(user))
 }
 
 async fn repositories(

@@ -15,13 +15,12 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::TraceContextExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -35,6 +34,9 @@ pub enum BusError {
     Subscribe(#[source] async_nats::SubscribeError),
     #[error("failed to flush the nats connection")]
     Flush(#[source] async_nats::client::FlushError),
+    /// The connection closed while waiting for an answer from the server.
+    #[error("the nats connection closed")]
+    Closed,
     #[error("jetstream failed to {operation}")]
     JetStream {
         operation: &'static str,
@@ -108,13 +110,7 @@ pub fn extract_context(headers: Option<&HeaderMap>) -> opentelemetry::Context {
 /// started, its parent can no longer change. Messages without a trace context leave
 /// the span where it is (under its local parent, or a new root).
 pub fn follow_trace(span: &tracing::Span, headers: Option<&HeaderMap>) {
-    let context = extract_context(headers);
-    if !context.span().span_context().is_valid() {
-        return;
-    }
-    if let Err(error) = span.set_parent(context) {
-        tracing::debug!(%error, "could not attach the span to the incoming trace");
-    }
+    crate::trace::follow_context(span, extract_context(headers));
 }
 
 /// A new header map that carries the current trace context.
@@ -275,6 +271,44 @@ pub async fn notify_appended(
     }
 }
 
+/// Returns once the NATS server has processed everything `client` sent before, e.g.
+/// the subscriptions a service just made, so that a message sent from any connection
+/// afterwards reaches them.
+///
+/// `Client::flush` only empties the socket buffer; the server handles one
+/// connection's messages in order, so a message to ourselves coming back is the round
+/// trip that proves it.
+pub async fn round_trip(client: &async_nats::Client) -> Result<(), BusError> {
+    let inbox = client.new_inbox();
+    let mut echo = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(BusError::Subscribe)?;
+    client
+        .publish(inbox, Bytes::new())
+        .await
+        .map_err(BusError::Publish)?;
+    echo.next().await.ok_or(BusError::Closed)?;
+    Ok(())
+}
+
+/// [`round_trip`] at start-up, waiting at most `timeout`: a server that is not
+/// reachable yet is logged, not an error, because the client keeps reconnecting and
+/// registers the subscriptions again once connected. `waiting` names what waits
+/// meanwhile (e.g. "commands").
+pub async fn await_subscriptions(client: &async_nats::Client, timeout: Duration, waiting: &str) {
+    match tokio::time::timeout(timeout, round_trip(client)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, waiting, "nats round trip failed, waiting for the connection")
+        }
+        Err(_) => tracing::warn!(
+            waiting,
+            "nats not reachable yet, waiting for the connection"
+        ),
+    }
+}
+
 /// A stream of () that yields each time an events.appended notice arrives (for eventlog subscriptions' wake-ups). Subscribes before returning.
 ///
 /// "Subscribed" means the server has registered the subscription (the connection is
@@ -345,6 +379,9 @@ pub async fn kv_bucket(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry::trace::TraceContextExt as _;
+
+    use crate::trace::sample::{TRACEPARENT, assert_is_the_sample, with_propagator};
 
     #[test]
     fn json_round_trips_and_rejects_garbage() {
@@ -359,9 +396,7 @@ mod tests {
 
     #[test]
     fn no_span_means_no_trace_headers() {
-        opentelemetry::global::set_text_map_propagator(
-            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-        );
+        with_propagator();
         let headers = traced_headers();
         assert!(headers.get("traceparent").is_none());
         let context = extract_context(Some(&headers));
@@ -370,23 +405,9 @@ mod tests {
 
     #[test]
     fn extracts_a_well_formed_traceparent() {
-        opentelemetry::global::set_text_map_propagator(
-            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-        );
+        with_propagator();
         let mut headers = HeaderMap::new();
-        headers.insert(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        );
-        let context = extract_context(Some(&headers));
-        let span = context.span();
-        let span_context = span.span_context();
-        assert!(span_context.is_valid());
-        assert!(span_context.is_remote());
-        assert_eq!(
-            span_context.trace_id().to_string(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
-        );
-        assert_eq!(span_context.span_id().to_string(), "00f067aa0ba902b7");
+        headers.insert("traceparent", TRACEPARENT);
+        assert_is_the_sample(&extract_context(Some(&headers)));
     }
 }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::PgPoolOptions;
 
@@ -110,6 +111,17 @@ impl DatabaseConfig {
             .acquire_timeout(Self::ACQUIRE_TIMEOUT)
             .connect(&self.database_url)
             .await
+    }
+
+    /// [`Self::connect`], then the event log on that pool (its migrations run).
+    pub async fn open_event_store(&self) -> anyhow::Result<eventlog::EventStore> {
+        let pool = self
+            .connect()
+            .await
+            .context("failed to connect to postgres")?;
+        eventlog::EventStore::open(pool)
+            .await
+            .context("failed to open the event store")
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`shutdown`]: a `CancellationToken` cancelled on SIGTERM or SIGINT.
 //! - [`bus`]: JSON publish / request / reply over NATS with `traceparent` headers,
 //!   and the `events.appended` wake-ups that tail the event log.
+//! - [`trace`]: the W3C trace context of incoming HTTP requests.
 //! - [`streams`]: the JetStream streams of a chat turn (requests, replies).
 //! - [`auth`]: HS256 JWTs whose `sub` is the user id.
 
@@ -19,8 +20,25 @@ pub mod config;
 pub mod shutdown;
 pub mod streams;
 pub mod telemetry;
+pub mod trace;
 
 pub use bus::BusError;
+
+/// Binds a service's HTTP listener; returns it with the address it got (port 0 picks
+/// a free one).
+pub async fn bind_http(
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
+    use anyhow::Context as _;
+
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("failed to listen on {addr}"))?;
+    let local_addr = listener
+        .local_addr()
+        .context("failed to read the bound address")?;
+    Ok((listener, local_addr))
+}
 
 /// `error: cause: cause …`: an error and its sources as one log field.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

@@ -3,6 +3,9 @@
 //! parallel without seeing each other's messages), polling until something becomes
 //! true, and free ports for services under test.
 //!
+//! Services and stubs run in-process as a [`Running`] task; [`ModelStub`] is a scripted
+//! OpenAI-compatible server and [`read_events`] reads a Server-Sent Events response.
+//!
 //! Both fixtures clean up after themselves when dropped, best effort: a test that
 //! crashes the process can leave a `test_…` database or `T…` streams behind, which
 //! are safe to delete at any time.
@@ -13,6 +16,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::TryStreamExt;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+mod model_stub;
+mod running;
+mod sse;
+
+pub use model_stub::{ModelStub, Requests, Scripted};
+pub use running::Running;
+pub use sse::{SseEvent, read_events};
 
 /// The Postgres server tests create their databases on; overridable by env
 /// `TEST_POSTGRES_ADMIN_URL` (see [`postgres_admin_url`]).
@@ -270,6 +281,11 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A user id tests write as a literal; panics when it is not a valid one.
+pub fn user_id(user: &str) -> proto_schemas::UserId {
+    proto_schemas::UserId::parse(user).expect("valid user id")
 }
 
 /// A free TCP port on 127.0.0.1.

@@ -3,6 +3,7 @@
 
 use platform::config::{DatabaseConfig, NatsConfig, TelemetryConfig};
 
+use crate::conversation::MESSAGES_KEPT;
 use crate::provider::ProviderArgs;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -58,19 +59,22 @@ pub struct Config {
     )]
     pub redelivery_backoff_ms: Vec<u64>,
 
-    /// Model calls one turn may make before it ends with a friendly message.
+    /// Model steps (calls) one turn may take before it ends with a friendly message.
     #[arg(
-        long = "max-turns",
-        env = "AGENT_MAX_TURNS",
+        long = "max-model-steps",
+        env = "AGENT_MAX_MODEL_STEPS",
         default_value_t = 10,
         value_parser = clap::value_parser!(u32).range(1..)
     )]
-    pub max_turns: u32,
-    /// Earlier user and assistant messages of the conversation shown to the model.
+    pub max_model_steps: u32,
+    /// Earlier user and assistant messages of the conversation shown to the model, at
+    /// most the 100 the worker keeps per conversation.
     #[arg(
         long = "history-messages",
         env = "AGENT_HISTORY_MESSAGES",
-        default_value_t = 20
+        default_value_t = 20,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
+            .range(..=MESSAGES_KEPT as u64)
     )]
     pub history_messages: usize,
     /// Instructions for the model, replacing the built-in task-assistant prompt.
@@ -148,7 +152,8 @@ mod tests {
         for bad in [
             ["--concurrency", "0"],
             ["--max-deliver", "0"],
-            ["--max-turns", "0"],
+            ["--max-model-steps", "0"],
+            ["--history-messages", "101"],
         ] {
             let mut args = vec!["agent-worker"];
             args.extend(bad);
@@ -165,7 +170,8 @@ mod tests {
             "--openai-api-key",
             "--gemini-api-key",
             "--llm-base-url",
-            "--max-turns",
+            "--max-model-steps",
+            "AGENT_MAX_MODEL_STEPS",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }
@@ -174,9 +180,25 @@ mod tests {
             "--auth-jwt-secret",
             "AUTH_JWT_SECRET",
             "--task-service-mcp-url",
+            "--max-turns",
+            "AGENT_MAX_TURNS",
         ] {
             assert!(!help.contains(gone), "{gone} is still a setting");
         }
         assert!(!help.contains("taskchat-dev-secret-change-me"));
+    }
+
+    #[test]
+    fn history_is_capped_at_what_the_worker_keeps() {
+        let parse = |value: &str| {
+            Config::try_parse_from(["agent-worker", "--history-messages", value])
+                .map(|config| config.history_messages)
+        };
+        assert_eq!(parse("0").unwrap(), 0);
+        assert_eq!(parse(&MESSAGES_KEPT.to_string()).unwrap(), MESSAGES_KEPT);
+        let error = parse(&(MESSAGES_KEPT + 1).to_string()).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(error.to_string().contains("--history-messages"), "{error}");
+        assert!(error.to_string().contains("100"), "{error}");
     }
 }

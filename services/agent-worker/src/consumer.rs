@@ -31,14 +31,14 @@ use platform::error_chain;
 
 /// How long one pull request waits on the server for messages. Short, so that a
 /// shutting-down replica hands its slot back quickly.
-pub const PULL_EXPIRY: Duration = Duration::from_secs(2);
+pub(crate) const PULL_EXPIRY: Duration = Duration::from_secs(2);
 
 /// The queue group in which one replica handles each max-deliveries advisory.
-pub const ADVISORY_QUEUE_GROUP: &str = "agent-workers";
+pub(crate) const ADVISORY_QUEUE_GROUP: &str = "agent-workers";
 
 /// Consumer-side settings.
 #[derive(Debug, Clone)]
-pub struct ConsumerSettings {
+pub(crate) struct ConsumerSettings {
     /// Turns one replica runs at once.
     pub concurrency: usize,
     /// Delay before attempt n+1 after attempt n failed (the last entry repeats).
@@ -47,7 +47,7 @@ pub struct ConsumerSettings {
 
 /// The consumer configuration every replica asks for (the first replica creates it;
 /// later ones use the consumer as it is).
-pub fn consumer_config(
+pub(crate) fn consumer_config(
     subjects: &proto_schemas::Subjects,
     ack_wait: Duration,
     max_deliver: i64,
@@ -65,7 +65,7 @@ pub fn consumer_config(
 }
 
 /// The delay before the attempt after failed attempt `delivered` (1-based).
-pub fn redelivery_delay(backoff: &[Duration], delivered: i64) -> Duration {
+pub(crate) fn redelivery_delay(backoff: &[Duration], delivered: i64) -> Duration {
     let index = usize::try_from(delivered.saturating_sub(1)).unwrap_or(0);
     backoff
         .get(index)
@@ -75,18 +75,18 @@ pub fn redelivery_delay(backoff: &[Duration], delivered: i64) -> Duration {
 }
 
 /// How often a running turn tells the server it is alive: well within `ack_wait`.
-pub fn progress_interval(ack_wait: Duration) -> Duration {
+pub(crate) fn progress_interval(ack_wait: Duration) -> Duration {
     (ack_wait / 3).max(Duration::from_millis(100))
 }
 
 /// Whether this delivery is the last the consumer allows (`max_deliver` ≤ 0 means
 /// unlimited).
-pub fn is_last_delivery(delivered: i64, max_deliver: i64) -> bool {
+pub(crate) fn is_last_delivery(delivered: i64, max_deliver: i64) -> bool {
     max_deliver > 0 && delivered >= max_deliver
 }
 
 /// Pulls and runs chat turns until `shutdown`, then lets the turns in flight finish.
-pub async fn run(
+pub(crate) async fn run(
     worker: Arc<Worker>,
     consumer: PullConsumer,
     settings: ConsumerSettings,
@@ -283,7 +283,7 @@ struct MaxDeliveriesAdvisory {
 }
 
 /// The advisory subject for the chat consumer.
-pub fn max_deliveries_subject(stream: &str, consumer: &str) -> String {
+pub(crate) fn max_deliveries_subject(stream: &str, consumer: &str) -> String {
     format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}")
 }
 
@@ -291,7 +291,7 @@ pub fn max_deliveries_subject(stream: &str, consumer: &str) -> String {
 /// last delivery leaves no one to say so): the request is read back from the stream,
 /// its turn ends with a failure reply and a `TurnFailed` event (unless it had ended),
 /// and the message is deleted so that it does not sit in the work queue.
-pub async fn answer_exhausted(
+pub(crate) async fn answer_exhausted(
     worker: Arc<Worker>,
     requests: jetstream::stream::Stream,
     mut advisories: async_nats::Subscriber,

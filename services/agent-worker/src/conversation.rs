@@ -191,26 +191,11 @@ impl eventlog::Aggregate for Conversation {
 #[cfg(test)]
 mod tests {
     use eventlog::Aggregate as _;
-    use proto_schemas::ConversationId;
     use proto_schemas::chat::ChatErrorCode;
 
     use super::*;
+    use crate::fixtures::{replied, request, said, started};
     use crate::machine::Ending;
-
-    fn user(name: &str) -> UserId {
-        UserId::parse(name).unwrap()
-    }
-
-    fn request(new_conversation: bool) -> ChatRequest {
-        ChatRequest {
-            request_id: RequestId::new(),
-            user_id: user("alice"),
-            conversation_id: ConversationId::new(),
-            new_conversation,
-            message: "add a task to buy milk".into(),
-            received_at: chrono::Utc::now(),
-        }
-    }
 
     fn fold(events: &[ConversationEvent]) -> Conversation {
         let mut conversation = Conversation::default();
@@ -218,26 +203,6 @@ mod tests {
             conversation.apply(event);
         }
         conversation
-    }
-
-    fn started(name: &str) -> ConversationEvent {
-        ConversationEvent::ConversationStarted {
-            user_id: user(name),
-        }
-    }
-
-    fn said(request: RequestId, text: &str) -> ConversationEvent {
-        ConversationEvent::UserMessageReceived {
-            request_id: request,
-            text: text.into(),
-        }
-    }
-
-    fn replied(request: RequestId, text: &str) -> ConversationEvent {
-        ConversationEvent::AssistantReplied {
-            request_id: request,
-            text: text.into(),
-        }
     }
 
     #[test]

@@ -23,16 +23,18 @@
 //! [`App::build`] connects and prepares; [`App::run`] works until a shutdown token
 //! is cancelled. `main` and the tests drive it the same way.
 
-pub mod config;
-pub mod consumer;
+mod config;
+mod consumer;
 pub mod conversation;
+#[cfg(test)]
+mod fixtures;
 pub mod machine;
 pub mod model;
 pub mod prompt;
-pub mod provider;
+mod provider;
 pub mod tools;
 pub mod transport;
-pub mod turn;
+mod turn;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,15 +87,7 @@ impl App {
             );
         }
 
-        let store = EventStore::open(
-            config
-                .database
-                .connect()
-                .await
-                .context("failed to connect to postgres")?,
-        )
-        .await
-        .context("failed to open the event store")?;
+        let store = config.database.open_event_store().await?;
         let bus = config
             .nats
             .connect(SERVICE_NAME)
@@ -177,7 +171,7 @@ impl App {
             model,
             tools,
             settings: TurnSettings {
-                max_model_steps: config.max_turns,
+                max_model_steps: config.max_model_steps,
                 history_messages: config.history_messages,
                 system_prompt: config
                     .system_prompt

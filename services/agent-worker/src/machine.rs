@@ -17,7 +17,9 @@ use async_openai::types::chat::{
     ChatCompletionRequestToolMessage, ChatCompletionRequestToolMessageContent,
     ChatCompletionRequestUserMessage, FunctionCall,
 };
-use proto_schemas::chat::{ChatErrorCode, ChatRequest, ToolCallRecord};
+use proto_schemas::chat::{
+    ChatErrorCode, ChatMessage, ChatRequest, InvalidChatMessage, MESSAGE_MAX_CHARS, ToolCallRecord,
+};
 use proto_schemas::events::ConversationEvent;
 use proto_schemas::{CommandId, EventId, RequestId};
 use serde::{Deserialize, Serialize};
@@ -31,16 +33,12 @@ pub const MAX_CALLS_PER_STEP: usize = 16;
 /// Why a request is refused before anything is recorded (the gateway checks the same;
 /// the worker does not trust the queue to hold only what the gateway let through).
 pub fn invalid_message(request: &ChatRequest) -> Option<String> {
-    let chars = request.message.chars().count();
-    if request.message.trim().is_empty() {
-        Some("The message is empty.".to_owned())
-    } else if chars > proto_schemas::chat::MESSAGE_MAX_CHARS {
-        Some(format!(
-            "The message is too long: {chars} characters, at most {} are accepted.",
-            proto_schemas::chat::MESSAGE_MAX_CHARS
-        ))
-    } else {
-        None
+    match ChatMessage::parse(request.message.as_str()) {
+        Ok(_) => None,
+        Err(InvalidChatMessage::Empty) => Some("The message is empty.".to_owned()),
+        Err(InvalidChatMessage::TooLong { chars }) => Some(format!(
+            "The message is too long: {chars} characters, at most {MESSAGE_MAX_CHARS} are accepted."
+        )),
     }
 }
 
@@ -199,7 +197,7 @@ pub enum Next {
 
 /// The next thing to do for a turn, given its state. `start` says the conversation
 /// has no events yet.
-pub fn next_action(state: &TurnState, start: bool, max_turns: u32) -> Action {
+pub fn next_action(state: &TurnState, start: bool, max_model_steps: u32) -> Action {
     if let Some(ending) = &state.ending {
         return Action::Finish(ending.clone());
     }
@@ -212,7 +210,7 @@ pub fn next_action(state: &TurnState, start: bool, max_turns: u32) -> Action {
         .map(|call| (call.step, call.index))
         .collect();
     let step = state.next_step();
-    let next = if step >= max_turns {
+    let next = if step >= max_model_steps {
         Next::GiveUp
     } else {
         Next::CallModel { step }
@@ -379,77 +377,10 @@ fn assistant_text(text: &str) -> ChatCompletionRequestMessage {
 
 #[cfg(test)]
 mod tests {
-    use proto_schemas::{ConversationId, UserId};
     use serde_json::json;
 
     use super::*;
-
-    fn alice() -> UserId {
-        UserId::parse("alice").unwrap()
-    }
-
-    fn request(new_conversation: bool) -> ChatRequest {
-        ChatRequest {
-            request_id: RequestId::new(),
-            user_id: alice(),
-            conversation_id: ConversationId::new(),
-            new_conversation,
-            message: "add a task to buy milk".into(),
-            received_at: chrono::Utc::now(),
-        }
-    }
-
-    fn started(user: &str) -> ConversationEvent {
-        ConversationEvent::ConversationStarted {
-            user_id: UserId::parse(user).unwrap(),
-        }
-    }
-
-    fn said(request: RequestId, text: &str) -> ConversationEvent {
-        ConversationEvent::UserMessageReceived {
-            request_id: request,
-            text: text.into(),
-        }
-    }
-
-    fn replied(request: RequestId, text: &str) -> ConversationEvent {
-        ConversationEvent::AssistantReplied {
-            request_id: request,
-            text: text.into(),
-        }
-    }
-
-    fn requested(
-        request: RequestId,
-        step: u32,
-        index: u32,
-        call_id: &str,
-        name: &str,
-        arguments: Value,
-    ) -> ConversationEvent {
-        ConversationEvent::ToolCallRequested {
-            request_id: request,
-            step,
-            call_id: call_id.into(),
-            name: name.into(),
-            arguments,
-            command_id: CommandId::for_tool_call(request, step, index),
-        }
-    }
-
-    fn completed(
-        request: RequestId,
-        call_id: &str,
-        name: &str,
-        result: Value,
-    ) -> ConversationEvent {
-        ConversationEvent::ToolCallCompleted {
-            request_id: request,
-            call_id: call_id.into(),
-            name: name.into(),
-            result,
-        }
-    }
+    use crate::fixtures::{completed, replied, request, requested, said, started};
 
     #[test]
     fn blank_and_oversized_messages_are_refused() {

@@ -11,15 +11,15 @@ use std::fmt;
 use secrecy::SecretString;
 
 /// OpenAI's API.
-pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+pub(crate) const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 /// Gemini's OpenAI-compatible endpoint.
-pub const GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta/openai/";
+pub(crate) const GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta/openai/";
 /// Where offline-llm listens by default.
-pub const OFFLINE_BASE_URL: &str = "http://127.0.0.1:8089/v1";
+pub(crate) const OFFLINE_BASE_URL: &str = "http://127.0.0.1:8089/v1";
 /// The model name offline-llm reports (it accepts any).
-pub const OFFLINE_MODEL: &str = "offline-llm";
-pub const DEFAULT_OPENAI_MODEL: &str = "gpt-4.1-mini";
-pub const DEFAULT_GEMINI_MODEL: &str = "gemini-2.0-flash";
+pub(crate) const OFFLINE_MODEL: &str = "offline-llm";
+pub(crate) const DEFAULT_OPENAI_MODEL: &str = "gpt-4.1-mini";
+pub(crate) const DEFAULT_GEMINI_MODEL: &str = "gemini-2.0-flash";
 
 /// The model provider settings, as flags and environment variables.
 #[derive(clap::Args, Debug, Clone)]

@@ -35,7 +35,7 @@ const MAX_APPEND_ATTEMPTS: u32 = 20;
 
 /// Settings of the turn loop.
 #[derive(Debug, Clone)]
-pub struct TurnSettings {
+pub(crate) struct TurnSettings {
     /// Model calls one turn may make.
     pub max_model_steps: u32,
     /// Earlier user and assistant messages shown to the model.
@@ -49,7 +49,7 @@ pub struct TurnSettings {
 
 /// Why a turn could not finish now; the request is redelivered and resumes.
 #[derive(Debug, thiserror::Error)]
-pub enum TurnError {
+pub(crate) enum TurnError {
     #[error("the conversation failed to load or change")]
     Conversation(#[from] RepositoryError),
     #[error("conversation {stream} kept changing under the turn")]
@@ -68,7 +68,7 @@ impl From<eventlog::StoreError> for TurnError {
 
 /// Everything a turn needs; shared by all turns of a replica.
 #[derive(Debug)]
-pub struct Worker {
+pub(crate) struct Worker {
     /// A short name for this replica in logs (which replica ran which turn).
     pub replica: String,
     pub conversations: Repository<Conversation>,
@@ -94,7 +94,7 @@ impl Worker {
     /// Model failures end the turn (a friendly error reply and a `TurnFailed` event);
     /// `Err` means the store, the bus or task-service failed, and the turn can be
     /// resumed later from what it recorded.
-    pub async fn run_turn(&self, request: &ChatRequest) -> Result<ChatReply, TurnError> {
+    pub(crate) async fn run_turn(&self, request: &ChatRequest) -> Result<ChatReply, TurnError> {
         if let Some(reason) = machine::invalid_message(request) {
             tracing::warn!(%reason, "chat request refused");
             let reply = failed(request, ChatErrorCode::Internal, &reason);
@@ -126,7 +126,7 @@ impl Worker {
     /// Ends the turn of `request` with a failure, unless it has ended already (then
     /// that ending stands), and publishes the reply. Best effort: when the store is
     /// down the failure is still published, just not recorded.
-    pub async fn end_with_failure(
+    pub(crate) async fn end_with_failure(
         &self,
         request: &ChatRequest,
         code: ChatErrorCode,
@@ -512,7 +512,7 @@ impl Worker {
 
     /// Publishes the final reply to the replies stream, where the gateway (or a retried
     /// HTTP request) finds it. The message id makes a republish a no-op.
-    pub async fn publish_reply(&self, reply: &ChatReply) -> Result<(), TurnError> {
+    pub(crate) async fn publish_reply(&self, reply: &ChatReply) -> Result<(), TurnError> {
         let payload = platform::bus::encode_json(reply)
             .map_err(|error| TurnError::Publish(Box::new(error)))?;
         let publish = jetstream::message::PublishMessage::build()
@@ -543,7 +543,7 @@ impl Worker {
 /// The task command for a recorded tool call, or the error result the model gets
 /// instead when the call cannot be run. The user is always the request's: a
 /// `user_id` the model made up is ignored (invariant 6).
-pub fn tool_command(
+pub(crate) fn tool_command(
     tools: &ToolCatalog,
     request: &ChatRequest,
     call: &CallState,
@@ -607,7 +607,7 @@ fn ended(request: &ChatRequest, ending: Ending) -> (EventId, ConversationEvent) 
 }
 
 /// The reply a turn's ending gives.
-pub fn reply_for(request: &ChatRequest, state: &TurnState, ending: Ending) -> ChatReply {
+pub(crate) fn reply_for(request: &ChatRequest, state: &TurnState, ending: Ending) -> ChatReply {
     let outcome = match ending {
         Ending::Replied(response) => ChatOutcome::Answered {
             response,

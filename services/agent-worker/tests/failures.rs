@@ -6,9 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ModelStub, Scripted, Stack, answered};
+use common::{Stack, answered};
 use proto_schemas::chat::{ChatErrorCode, ChatOutcome};
 use proto_schemas::events::ConversationEvent;
+use testkit::{ModelStub, Scripted};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_server_failing_twice_with_503_is_retried_and_the_turn_answered() {

@@ -4,12 +4,13 @@
 mod common;
 
 use agent_worker::conversation::Conversation;
-use common::{ModelStub, Scripted, Stack, answered, watch_chunks};
+use common::{Stack, answered, watch_chunks};
 use eventlog::{EventMetadata, Repository, RepositoryOptions, Versioned};
 use proto_schemas::chat::{ChatErrorCode, ChatOutcome, ChatStreamChunk};
 use proto_schemas::events::{ConversationEvent, StreamId, TaskEvent};
 use proto_schemas::{CommandId, ConversationId, EventId, RequestId};
 use serde_json::json;
+use testkit::{ModelStub, Scripted};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chat_request_adds_the_task_and_is_answered() {
@@ -42,7 +43,7 @@ async fn a_chat_request_adds_the_task_and_is_answered() {
     assert_eq!(
         events[0],
         ConversationEvent::ConversationStarted {
-            user_id: common::user_id("alice")
+            user_id: testkit::user_id("alice")
         }
     );
     assert_eq!(
@@ -281,7 +282,7 @@ async fn a_model_that_never_stops_calling_tools_gets_a_friendly_ending() {
     .await;
     let mut config = stack.worker_config();
     config.provider.llm_base_url = Some(model.base.clone());
-    config.max_turns = 3;
+    config.max_model_steps = 3;
     stack.spawn_worker(config).await;
 
     let request = stack.new_chat("alice", "keep going");
@@ -402,7 +403,7 @@ async fn a_turn_in_a_ten_thousand_event_conversation_reads_a_bounded_number_of_e
     let mut events = vec![(
         EventId::new(),
         ConversationEvent::ConversationStarted {
-            user_id: common::user_id("alice"),
+            user_id: testkit::user_id("alice"),
         },
     )];
     for turn in 0..5_000 {

@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 /// A chat message from the user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"message": "Add a task to buy groceries"}))]
-pub struct ChatBody {
+pub(crate) struct ChatBody {
     /// What the user writes, 1 to 4,000 characters.
     pub message: String,
     /// The conversation to continue; omit it to start a new one.
@@ -24,7 +24,7 @@ pub struct ChatBody {
 
 /// One tool call the assistant made during the turn.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct ToolCallOut {
+pub(crate) struct ToolCallOut {
     /// The tool, e.g. `add_task`.
     pub name: String,
     /// The arguments the model chose (the user id is never among them).
@@ -46,7 +46,7 @@ impl From<ToolCallRecord> for ToolCallOut {
 /// The assistant's answer to one chat message (the reference app's shape, plus the
 /// request id of the turn).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct ChatAnswer {
+pub(crate) struct ChatAnswer {
     #[schema(value_type = String, format = Uuid)]
     pub conversation_id: ConversationId,
     /// The assistant's reply text.
@@ -59,13 +59,13 @@ pub struct ChatAnswer {
 
 /// SSE event `delta`: a piece of the assistant's text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct DeltaEvent {
+pub(crate) struct DeltaEvent {
     pub text: String,
 }
 
 /// SSE event `tool_call_started`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct ToolCallStartedEvent {
+pub(crate) struct ToolCallStartedEvent {
     pub call_id: String,
     pub name: String,
     pub arguments: serde_json::Value,
@@ -73,7 +73,7 @@ pub struct ToolCallStartedEvent {
 
 /// SSE event `tool_call_finished`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct ToolCallFinishedEvent {
+pub(crate) struct ToolCallFinishedEvent {
     pub call_id: String,
     pub name: String,
     pub arguments: serde_json::Value,
@@ -81,7 +81,7 @@ pub struct ToolCallFinishedEvent {
 }
 
 /// The SSE event name and JSON data of a progress chunk.
-pub fn chunk_event(chunk: ChatStreamChunk) -> (&'static str, serde_json::Value) {
+pub(crate) fn chunk_event(chunk: ChatStreamChunk) -> (&'static str, serde_json::Value) {
     let (name, data) = match chunk {
         ChatStreamChunk::TextDelta { text } => ("delta", serde_json::to_value(DeltaEvent { text })),
         ChatStreamChunk::ToolCallStarted {
@@ -118,7 +118,7 @@ pub fn chunk_event(chunk: ChatStreamChunk) -> (&'static str, serde_json::Value) 
 /// Which page of a list to return.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct PageParams {
+pub(crate) struct PageParams {
     /// Items per page, 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
@@ -129,7 +129,7 @@ pub struct PageParams {
 /// Which tasks to list.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum TaskStatusParam {
+pub(crate) enum TaskStatusParam {
     #[default]
     All,
     Pending,
@@ -139,7 +139,7 @@ pub enum TaskStatusParam {
 /// The query of `GET /api/{user_id}/tasks`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct TaskListParams {
+pub(crate) struct TaskListParams {
     /// `all` (default), `pending` or `completed`.
     pub status: Option<TaskStatusParam>,
     /// Items per page, 1 to 200 (default 50).
@@ -151,7 +151,7 @@ pub struct TaskListParams {
 
 /// One task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct TaskItem {
+pub(crate) struct TaskItem {
     /// The task's number in the user's list (what to say in chat: "complete 3").
     pub id: u32,
     pub title: String,
@@ -172,7 +172,7 @@ impl From<TaskView> for TaskItem {
 
 /// One conversation of the user, newest activity first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct ConversationItem {
+pub(crate) struct ConversationItem {
     #[schema(value_type = String, format = Uuid)]
     pub conversation_id: ConversationId,
     /// The start of the first message.
@@ -197,7 +197,7 @@ impl From<ConversationSummary> for ConversationItem {
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Role {
+pub(crate) enum Role {
     User,
     Assistant,
     /// A turn that failed; the content says why.
@@ -216,7 +216,7 @@ impl From<MessageRole> for Role {
 
 /// One message of a conversation, oldest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct MessageItem {
+pub(crate) struct MessageItem {
     pub role: Role,
     pub content: String,
     /// The tool calls of the turn (assistant messages only).
@@ -243,7 +243,7 @@ macro_rules! page_type {
     ($(#[$doc:meta])* $name:ident, $item:ty) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-        pub struct $name {
+        pub(crate) struct $name {
             pub items: Vec<$item>,
             /// Pass as `cursor` to get the next page; absent on the last page.
             #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -276,13 +276,13 @@ page_type!(
 
 /// `POST /api/dev/token` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct DevTokenRequest {
+pub(crate) struct DevTokenRequest {
     pub user_id: String,
 }
 
 /// A bearer token for local use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct DevToken {
+pub(crate) struct DevToken {
     /// Send as `Authorization: Bearer <token>`.
     pub token: String,
     /// Always `Bearer`.
@@ -294,7 +294,7 @@ pub struct DevToken {
 
 /// `/healthz`: the process is alive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Health {
+pub(crate) struct Health {
     pub status: String,
     /// Always `gateway`: tells a health checker which service answered on the port.
     pub service: String,
@@ -302,7 +302,7 @@ pub struct Health {
 
 /// `/readyz`: NATS is connected and the projection answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     pub status: String,
     /// Events the projection has applied to its read models.
     pub projection_events_applied: u64,

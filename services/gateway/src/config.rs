@@ -132,7 +132,7 @@ fn parse_user(raw: &str) -> Result<UserId, String> {
 
 /// Parses a positive duration: plain seconds or a number with one of the suffixes
 /// s, m, h, d.
-pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (digits, unit) = raw.split_at(split);

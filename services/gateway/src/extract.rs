@@ -17,7 +17,7 @@ use crate::state::AppState;
 /// The user a request acts for: the token's `sub`, which must equal the path's
 /// `{user_id}`. Missing, invalid or expired token → 401; another user's path → 403.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthUser(pub UserId);
+pub(crate) struct AuthUser(pub UserId);
 
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
@@ -49,7 +49,7 @@ impl FromRequestParts<AppState> for AuthUser {
 /// A JSON body, with axum's rejections mapped to the API's error shape: not JSON →
 /// 400, JSON of the wrong shape → 422, no JSON content type → 415, too large → 413.
 #[derive(Debug)]
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
@@ -89,7 +89,7 @@ fn json_rejection(rejection: JsonRejection, limit: usize) -> ApiError {
 
 /// A query string; parameters of the wrong shape → 422.
 #[derive(Debug)]
-pub struct ApiQuery<T>(pub T);
+pub(crate) struct ApiQuery<T>(pub T);
 
 impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
     type Rejection = ApiError;

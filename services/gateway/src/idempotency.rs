@@ -15,10 +15,10 @@ use sha2::{Digest, Sha256};
 use crate::error::ApiError;
 use platform::error_chain;
 
-pub const HEADER: &str = "idempotency-key";
+pub(crate) const HEADER: &str = "idempotency-key";
 
 /// The longest key accepted, in characters.
-pub const MAX_KEY_CHARS: usize = 200;
+pub(crate) const MAX_KEY_CHARS: usize = 200;
 
 /// How often a claim is retried when the key vanishes between a failed create and
 /// the read (it expired at that very moment).
@@ -26,11 +26,11 @@ const CLAIM_ATTEMPTS: usize = 3;
 
 /// A validated `Idempotency-Key` header value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotencyKey(String);
+pub(crate) struct IdempotencyKey(String);
 
 impl IdempotencyKey {
     /// The key of a request, if it has one. Empty, over-long or non-ASCII keys → 422.
-    pub fn from_headers(headers: &HeaderMap) -> Result<Option<Self>, ApiError> {
+    pub(crate) fn from_headers(headers: &HeaderMap) -> Result<Option<Self>, ApiError> {
         let Some(value) = headers.get(HEADER) else {
             return Ok(None);
         };
@@ -52,14 +52,14 @@ impl IdempotencyKey {
         Ok(Some(Self(text.to_owned())))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
 
 /// The bucket key of (user, key): hex SHA-256, so any header text makes a valid KV
 /// key and the user's key space is private to them.
-pub fn bucket_key(user: &UserId, key: &IdempotencyKey) -> String {
+pub(crate) fn bucket_key(user: &UserId, key: &IdempotencyKey) -> String {
     let mut hasher = Sha256::new();
     hasher.update(user.as_str().as_bytes());
     hasher.update([0]);
@@ -68,7 +68,7 @@ pub fn bucket_key(user: &UserId, key: &IdempotencyKey) -> String {
 }
 
 /// What a request asked for, so that a key reused for a different request is caught.
-pub fn fingerprint(message: &str, conversation: Option<ConversationId>) -> String {
+pub(crate) fn fingerprint(message: &str, conversation: Option<ConversationId>) -> String {
     let mut hasher = Sha256::new();
     hasher.update(message.as_bytes());
     hasher.update([0]);
@@ -84,7 +84,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The turn a key stands for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claim {
+pub(crate) struct Claim {
     pub request_id: RequestId,
     pub conversation_id: ConversationId,
     pub new_conversation: bool,
@@ -93,7 +93,7 @@ pub struct Claim {
 
 /// Whether this request made the claim or found an earlier one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claimed {
+pub(crate) enum Claimed {
     /// First use of the key: run the turn.
     New(Claim),
     /// A retry: answer with the turn the key already stands for.
@@ -101,7 +101,7 @@ pub enum Claimed {
 }
 
 impl Claimed {
-    pub fn claim(&self) -> &Claim {
+    pub(crate) fn claim(&self) -> &Claim {
         match self {
             Self::New(claim) | Self::Existing(claim) => claim,
         }
@@ -110,7 +110,11 @@ impl Claimed {
 
 /// Claims `key` for `proposed`, or returns the earlier claim of the same request.
 /// The same key with a different message or conversation → 422.
-pub async fn claim(store: &kv::Store, key: &str, proposed: Claim) -> Result<Claimed, ApiError> {
+pub(crate) async fn claim(
+    store: &kv::Store,
+    key: &str,
+    proposed: Claim,
+) -> Result<Claimed, ApiError> {
     let value = serde_json::to_vec(&proposed).map_err(ApiError::internal)?;
     for _ in 0..CLAIM_ATTEMPTS {
         match store.create(key, value.clone().into()).await {

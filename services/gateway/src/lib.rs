@@ -18,15 +18,15 @@
 //! [`App::build`] connects and binds; [`App::run`] serves until a shutdown token is
 //! cancelled. `main` and the tests drive it the same way.
 
-pub mod api;
-pub mod config;
-pub mod error;
-pub mod extract;
-pub mod idempotency;
-pub mod routes;
-pub mod state;
-pub mod turn;
-pub mod web;
+mod api;
+mod config;
+mod error;
+mod extract;
+mod idempotency;
+mod routes;
+mod state;
+mod turn;
+mod web;
 
 use std::net::SocketAddr;
 
@@ -74,12 +74,7 @@ impl App {
                 config.nats.nats_url
             )
         })?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("failed to listen on {}", config.listen))?;
-        let local_addr = listener
-            .local_addr()
-            .context("failed to read the bound address")?;
+        let (listener, local_addr) = platform::bind_http(config.listen).await?;
         Ok(Self {
             state,
             listener,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use futures::StreamExt as _;
-use proto_schemas::chat::{ChatReply, ChatRequest, MESSAGE_MAX_CHARS};
+use proto_schemas::chat::{ChatMessage, ChatReply, ChatRequest, InvalidChatMessage};
 use proto_schemas::{ConversationId, RequestId, UserId};
 
 use crate::api::ChatBody;
@@ -24,29 +24,24 @@ use crate::state::AppState;
 
 /// A chat message that passed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChatInput {
+pub(crate) struct ChatInput {
     pub message: String,
     /// `None` starts a new conversation.
     pub conversation: Option<ConversationId>,
 }
 
 impl ChatInput {
-    /// Empty or whitespace-only messages, messages over [`MESSAGE_MAX_CHARS`]
-    /// characters and conversation ids that are not UUIDs → 422.
-    pub fn parse(body: ChatBody) -> Result<Self, ApiError> {
-        if body.message.trim().is_empty() {
-            return Err(ApiError::invalid(
-                "empty_message",
-                "message must not be empty",
-            ));
-        }
-        let chars = body.message.chars().count();
-        if chars > MESSAGE_MAX_CHARS {
-            return Err(ApiError::invalid(
-                "message_too_long",
-                format!("message must be at most {MESSAGE_MAX_CHARS} characters (it has {chars})"),
-            ));
-        }
+    /// Messages [`ChatMessage::parse`] refuses (blank, or over
+    /// [`MESSAGE_MAX_CHARS`](proto_schemas::chat::MESSAGE_MAX_CHARS) characters) and
+    /// conversation ids that are not UUIDs → 422.
+    pub(crate) fn parse(body: ChatBody) -> Result<Self, ApiError> {
+        let message = ChatMessage::parse(body.message).map_err(|error| {
+            let code = match error {
+                InvalidChatMessage::Empty => "empty_message",
+                InvalidChatMessage::TooLong { .. } => "message_too_long",
+            };
+            ApiError::invalid(code, error.to_string())
+        })?;
         let conversation = match body.conversation_id.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(raw) => Some(raw.parse::<ConversationId>().map_err(|_| {
@@ -57,7 +52,7 @@ impl ChatInput {
             })?),
         };
         Ok(Self {
-            message: body.message,
+            message: message.into_inner(),
             conversation,
         })
     }
@@ -65,7 +60,7 @@ impl ChatInput {
 
 /// A published (or already answered) turn, with its subscriptions open.
 #[derive(Debug)]
-pub struct StartedTurn {
+pub(crate) struct StartedTurn {
     pub request_id: RequestId,
     pub conversation_id: ConversationId,
     /// The reply, when a retried request finds it already stored.
@@ -76,7 +71,7 @@ pub struct StartedTurn {
 }
 
 /// Settles the request id, subscribes and publishes the request.
-pub async fn start(
+pub(crate) async fn start(
     state: &AppState,
     user: UserId,
     input: ChatInput,
@@ -216,7 +211,7 @@ async fn stored_reply(state: &AppState, request_id: RequestId) -> Option<ChatRep
 
 /// Why waiting for a reply ended without one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WaitEnd {
+pub(crate) enum WaitEnd {
     TimedOut,
     ShuttingDown,
     /// The subscription ended (the NATS client was closed).
@@ -225,7 +220,7 @@ pub enum WaitEnd {
 
 /// Waits up to `timeout` for the turn's reply on `replies`. Replies that cannot be
 /// read or name another request are logged and skipped.
-pub async fn next_reply(
+pub(crate) async fn next_reply(
     state: &AppState,
     replies: &mut async_nats::Subscriber,
     request_id: RequestId,
@@ -250,12 +245,12 @@ pub async fn next_reply(
 }
 
 /// The deadline of a turn that starts waiting now.
-pub fn deadline(timeout: Duration) -> tokio::time::Instant {
+pub(crate) fn deadline(timeout: Duration) -> tokio::time::Instant {
     tokio::time::Instant::now() + timeout
 }
 
 /// The error a wait that ended without a reply becomes.
-pub fn wait_error(
+pub(crate) fn wait_error(
     end: WaitEnd,
     request_id: RequestId,
     conversation_id: ConversationId,
@@ -275,6 +270,8 @@ pub fn wait_error(
 
 #[cfg(test)]
 mod tests {
+    use proto_schemas::chat::MESSAGE_MAX_CHARS;
+
     use super::*;
 
     fn body(message: &str, conversation_id: Option<&str>) -> ChatBody {

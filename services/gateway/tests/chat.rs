@@ -5,11 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{FakeWorker, Gateway, Options, Script, added, read_events};
+use common::{FakeWorker, Gateway, Options, Script, added};
 use proto_schemas::chat::{ChatError, ChatErrorCode, ChatOutcome, ChatStreamChunk};
 use proto_schemas::{ConversationId, RequestId};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use testkit::read_events;
 
 fn answer(title: &str) -> Script {
     Script {

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use gateway::{AppState, Settings, router};
 use platform::auth::{Claims, JwtKeys};
-use proto_schemas::{Subjects, UserId};
+use proto_schemas::Subjects;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -40,7 +40,7 @@ async fn state(dev_login: bool) -> AppState {
 }
 
 fn token(user: &str) -> String {
-    JwtKeys::new(SECRET).mint(&UserId::parse(user).unwrap(), Duration::from_secs(600))
+    JwtKeys::new(SECRET).mint(&testkit::user_id(user), Duration::from_secs(600))
 }
 
 async fn send(
@@ -98,8 +98,8 @@ async fn tokens_are_required_and_checked() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_error(&error, "invalid_token");
 
-    let forged = JwtKeys::new(b"another-secret")
-        .mint(&UserId::parse("ada").unwrap(), Duration::from_secs(600));
+    let forged =
+        JwtKeys::new(b"another-secret").mint(&testkit::user_id("ada"), Duration::from_secs(600));
     let (status, _, error) =
         send(state(false).await, chat("ada", Some(&forged), body.clone())).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);

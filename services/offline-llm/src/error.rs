@@ -12,7 +12,7 @@ use serde::Serialize;
 
 /// An error response in OpenAI's format.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
     kind: &'static str,
@@ -22,7 +22,7 @@ pub struct ApiError {
 
 impl ApiError {
     /// A 400 `invalid_request_error`, optionally naming the offending parameter.
-    pub fn invalid_request(message: impl Into<String>, param: Option<&str>) -> Self {
+    pub(crate) fn invalid_request(message: impl Into<String>, param: Option<&str>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
@@ -33,7 +33,7 @@ impl ApiError {
     }
 
     /// A 404 for a path or model that does not exist.
-    pub fn not_found(message: impl Into<String>, code: &'static str) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>, code: &'static str) -> Self {
         Self {
             status: StatusCode::NOT_FOUND,
             message: message.into(),
@@ -44,23 +44,26 @@ impl ApiError {
     }
 
     /// Sets the machine-readable `code`.
-    pub fn with_code(mut self, code: &'static str) -> Self {
+    pub(crate) fn with_code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
         self
     }
 
     /// The HTTP status this error is sent with.
-    pub fn status(&self) -> StatusCode {
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> StatusCode {
         self.status
     }
 
     /// The human-readable message.
-    pub fn message(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn message(&self) -> &str {
         &self.message
     }
 
     /// The parameter the error is about, if any.
-    pub fn param(&self) -> Option<&str> {
+    #[cfg(test)]
+    pub(crate) fn param(&self) -> Option<&str> {
         self.param.as_deref()
     }
 }

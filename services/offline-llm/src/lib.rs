@@ -24,12 +24,12 @@
 //! # }
 //! ```
 
-pub mod config;
-pub mod error;
-pub mod routes;
-pub mod rules;
-pub mod server;
-pub mod wire;
+mod config;
+mod error;
+mod routes;
+mod rules;
+mod server;
+mod wire;
 
 pub use config::Config;
 pub use routes::router;

@@ -18,14 +18,12 @@ use async_openai::types::chat::{
 use futures::StreamExt;
 use offline_llm::{App, Config};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use testkit::Running;
 
 /// A running server on a free port; stopped when dropped.
 struct Server {
     api_base: String,
-    shutdown: CancellationToken,
-    handle: Option<JoinHandle<Result<(), offline_llm::Error>>>,
+    running: Running,
 }
 
 impl Server {
@@ -36,12 +34,9 @@ impl Server {
     async fn start_with(config: Config) -> Self {
         let app = App::build(config).await.expect("offline-llm binds");
         let api_base = app.api_base();
-        let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(app.run(shutdown.clone()));
         Self {
             api_base,
-            shutdown,
-            handle: Some(handle),
+            running: Running::spawn(|token| app.run(token)),
         }
     }
 
@@ -55,12 +50,6 @@ impl Server {
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.api_base)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
     }
 }
 
@@ -512,19 +501,14 @@ async fn configured_latency_delays_each_completion() {
 
 #[tokio::test]
 async fn health_answers_and_shutdown_stops_the_server() {
-    let mut server = Server::start().await;
+    let server = Server::start().await;
     let health_url = server.api_base.replace("/v1", "/healthz");
     let health = reqwest::get(&health_url).await.unwrap();
     assert_eq!(health.status(), 200);
     assert_eq!(health.json::<Value>().await.unwrap()["status"], "ok");
 
-    server.shutdown.cancel();
-    let handle = server.handle.take().unwrap();
-    tokio::time::timeout(Duration::from_secs(5), handle)
-        .await
-        .expect("server stops promptly")
-        .unwrap()
-        .unwrap();
+    // Stops promptly.
+    server.running.stop_within(Duration::from_secs(5)).await;
     assert!(
         reqwest::get(&health_url).await.is_err(),
         "nothing listens any more"

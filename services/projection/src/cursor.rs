@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 /// Where the previous page ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cursor {
+pub(crate) enum Cursor {
     /// Tasks sort by number: the next page starts after `after`.
     Tasks { after: u32 },
     /// Conversations sort newest first by (created_at, id): the next page holds older ones.
@@ -26,7 +26,7 @@ pub enum Cursor {
 
 /// Why a page request was refused; the text is for the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PageError {
+pub(crate) enum PageError {
     #[error("limit must be between 1 and {MAX_PAGE_LIMIT}, got {0}")]
     Limit(u32),
     #[error("the cursor is malformed or belongs to another kind of list")]
@@ -34,7 +34,7 @@ pub enum PageError {
 }
 
 impl Cursor {
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let text = match self {
             Self::Tasks { after } => format!("t1:{after}"),
             Self::Conversations {
@@ -52,7 +52,7 @@ impl Cursor {
         base64url_encode(text.as_bytes())
     }
 
-    pub fn decode(raw: &str) -> Result<Self, PageError> {
+    pub(crate) fn decode(raw: &str) -> Result<Self, PageError> {
         let bytes = base64url_decode(raw).ok_or(PageError::Cursor)?;
         let text = String::from_utf8(bytes).map_err(|_| PageError::Cursor)?;
         let mut parts = text.split(':');
@@ -78,7 +78,7 @@ impl Cursor {
 
 /// A checked page request: the limit, and the cursor decoded with `expect`, which says
 /// which kind of list the cursor must belong to.
-pub fn check_page<T>(
+pub(crate) fn check_page<T>(
     page: &PageRequest,
     expect: impl FnOnce(Cursor) -> Option<T>,
 ) -> Result<(u32, Option<T>), PageError> {

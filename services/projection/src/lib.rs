@@ -17,11 +17,11 @@
 //! shutdown token is cancelled. [`replay()`] and [`verify()`] are what the `replay` and
 //! `verify` subcommands run. `main` and the tests drive all of them the same way.
 
-pub mod cursor;
-pub mod error;
-pub mod model;
+mod cursor;
+mod error;
+mod model;
 pub mod progress;
-pub mod projector;
+mod projector;
 pub mod queries;
 pub mod replay;
 pub mod schema;
@@ -215,15 +215,7 @@ impl App {
     /// Connects to Postgres (running the event log's migrations and creating the live
     /// read model tables if missing) and NATS, and subscribes to the queries.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = EventStore::open(
-            config
-                .database
-                .connect()
-                .await
-                .context("failed to connect to postgres")?,
-        )
-        .await
-        .context("failed to open the event store")?;
+        let store = config.database.open_event_store().await?;
         ensure_live_tables(store.pool())
             .await
             .context("failed to create the read model tables")?;
@@ -241,15 +233,7 @@ impl App {
             .context("failed to subscribe to the queries")?;
         // Once the server has the subscriptions, a query sent after build() returns
         // reaches this replica.
-        match tokio::time::timeout(NATS_READY_TIMEOUT, bus.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "nats flush failed, queries wait for the connection")
-            }
-            Err(_) => {
-                tracing::warn!(url = %config.nats.nats_url, "nats not reachable yet, queries wait for the connection")
-            }
-        }
+        platform::bus::await_subscriptions(&bus, NATS_READY_TIMEOUT, "queries").await;
         Ok(Self {
             config,
             store,

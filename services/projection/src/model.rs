@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 /// The longest conversation title, in characters (longer first messages are cut and
 /// end with an ellipsis).
-pub const TITLE_MAX_CHARS: usize = 60;
+pub(crate) const TITLE_MAX_CHARS: usize = 60;
 
 /// One task in a user's list.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -394,7 +394,7 @@ impl ReadModels {
 
 /// A conversation's title from its first user message: whitespace runs become one
 /// space, and past [`TITLE_MAX_CHARS`] characters it is cut and ends with "…".
-pub fn conversation_title(text: &str) -> String {
+pub(crate) fn conversation_title(text: &str) -> String {
     let words: Vec<&str> = text.split_whitespace().collect();
     let flat = words.join(" ");
     if flat.chars().count() <= TITLE_MAX_CHARS {

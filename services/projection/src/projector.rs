@@ -31,7 +31,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// How the writer reads and waits.
 #[derive(Debug, Clone)]
-pub struct WriterSettings {
+pub(crate) struct WriterSettings {
     /// Most events applied in one transaction.
     pub batch_size: u32,
     /// How often a stand-by replica tries to take the writer lock.
@@ -44,7 +44,7 @@ pub struct WriterSettings {
 
 /// Everything the writer needs.
 #[derive(Debug, Clone)]
-pub struct Writer {
+pub(crate) struct Writer {
     pub pool: PgPool,
     pub store: EventStore,
     pub sql: Arc<Sql>,
@@ -56,7 +56,7 @@ pub struct Writer {
 impl Writer {
     /// Projects while this replica holds the writer lock, stands by while another
     /// does, and retries after failures, until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut backoff = self.settings.retry_delay;
         while !shutdown.is_cancelled() {
             match self.hold_lock_and_project(&shutdown, &mut backoff).await {

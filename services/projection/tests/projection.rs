@@ -15,12 +15,11 @@ use proto_schemas::queries::{
     ProjectionHealth, QueryReply, TasksQuery,
 };
 use proto_schemas::tasks::{StatusFilter, TaskView};
-use proto_schemas::{CommandId, ConversationId, EventId, RequestId, TaskNumber, UserId};
+use proto_schemas::{CommandId, ConversationId, EventId, RequestId, TaskNumber};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use testkit::{TestBus, TestDatabase};
-use tokio::task::JoinHandle;
+use testkit::{Running, TestBus, TestDatabase, user_id};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -42,35 +41,17 @@ fn config(db: &TestDatabase, bus: &TestBus) -> Config {
     }
 }
 
-/// One running replica.
-struct Replica {
-    shutdown: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Replica {
-    async fn start(db: &TestDatabase, bus: &TestBus) -> Self {
-        let app = App::build(config(db, bus)).await.unwrap();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(app.run(shutdown.clone()));
-        Self { shutdown, task }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("replica stops")
-            .unwrap()
-            .unwrap();
-    }
+/// Starts one replica.
+async fn start_replica(db: &TestDatabase, bus: &TestBus) -> Running {
+    let app = App::build(config(db, bus)).await.unwrap();
+    Running::spawn(|token| app.run(token))
 }
 
 /// A test's database, bus, event store and (usually) one running replica.
 struct Harness {
     bus: TestBus,
     store: EventStore,
-    replica: Option<Replica>,
+    replica: Option<Running>,
     // Dropped last: its drop removes the database.
     db: TestDatabase,
 }
@@ -91,7 +72,7 @@ impl Harness {
 
     async fn started() -> Self {
         let mut harness = Self::new().await;
-        harness.replica = Some(Replica::start(&harness.db, &harness.bus).await);
+        harness.replica = Some(start_replica(&harness.db, &harness.bus).await);
         harness
     }
 
@@ -203,10 +184,6 @@ impl Harness {
     async fn pool(&self) -> sqlx::PgPool {
         self.db.pool().await
     }
-}
-
-fn user_id(raw: &str) -> UserId {
-    UserId::parse(raw).unwrap()
 }
 
 fn page(limit: u32, cursor: Option<String>) -> PageRequest {
@@ -673,9 +650,7 @@ async fn a_restarted_projector_continues_from_its_checkpoint_without_duplicates(
     let ids = seed(&h).await;
     let first = h.event_count().await;
     h.applied(first).await;
-    let replica = h.replica.take().unwrap();
-    replica.task.abort();
-    let _ = replica.task.await;
+    h.replica.take().unwrap().abort().await;
 
     // Events appended while no projector runs.
     h.tasks_of("ada", &[added(5, "after the crash")]).await;
@@ -690,7 +665,7 @@ async fn a_restarted_projector_continues_from_its_checkpoint_without_duplicates(
     )
     .await;
     let total = h.event_count().await;
-    h.replica = Some(Replica::start(&h.db, &h.bus).await);
+    h.replica = Some(start_replica(&h.db, &h.bus).await);
     h.applied(total).await;
 
     let (messages, _) = items(h.messages("ada", ids[1], page(50, None)).await);
@@ -962,7 +937,7 @@ async fn a_standby_replica_takes_over_when_the_writer_stops() {
     let mut h = Harness::started().await;
     h.tasks_of("ada", &[added(1, "first")]).await;
     h.applied(1).await;
-    let standby = Replica::start(&h.db, &h.bus).await;
+    let standby = start_replica(&h.db, &h.bus).await;
     for n in 2..=20 {
         h.tasks_of("ada", &[added(n, &format!("task {n}"))]).await;
     }

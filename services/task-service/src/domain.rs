@@ -16,19 +16,19 @@ use proto_schemas::tasks::{
 };
 
 /// The longest title, in characters, after trimming.
-pub const TITLE_MAX_CHARS: usize = 200;
+pub(crate) const TITLE_MAX_CHARS: usize = 200;
 /// The longest description, in characters, after trimming.
-pub const DESCRIPTION_MAX_CHARS: usize = 2_000;
+pub(crate) const DESCRIPTION_MAX_CHARS: usize = 2_000;
 
 /// The error text of the reference app for an unknown task number.
-pub const TASK_NOT_FOUND: &str = "Task not found";
+pub(crate) const TASK_NOT_FOUND: &str = "Task not found";
 
 /// A task title: trimmed, 1 to [`TITLE_MAX_CHARS`] characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskTitle(String);
+pub(crate) struct TaskTitle(String);
 
 impl TaskTitle {
-    pub fn parse(raw: &str) -> Result<Self, TaskError> {
+    pub(crate) fn parse(raw: &str) -> Result<Self, TaskError> {
         let title = raw.trim();
         if title.is_empty() {
             return Err(TaskError::EmptyTitle);
@@ -39,17 +39,17 @@ impl TaskTitle {
         Ok(Self(title.to_owned()))
     }
 
-    pub fn into_inner(self) -> String {
+    pub(crate) fn into_inner(self) -> String {
         self.0
     }
 }
 
 /// A task description: trimmed, at most [`DESCRIPTION_MAX_CHARS`] characters (may be empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskDescription(String);
+pub(crate) struct TaskDescription(String);
 
 impl TaskDescription {
-    pub fn parse(raw: &str) -> Result<Self, TaskError> {
+    pub(crate) fn parse(raw: &str) -> Result<Self, TaskError> {
         let description = raw.trim();
         if description.chars().count() > DESCRIPTION_MAX_CHARS {
             return Err(TaskError::DescriptionTooLong);
@@ -57,7 +57,7 @@ impl TaskDescription {
         Ok(Self(description.to_owned()))
     }
 
-    pub fn into_inner(self) -> String {
+    pub(crate) fn into_inner(self) -> String {
         self.0
     }
 }
@@ -108,7 +108,7 @@ struct Task {
 
 /// One user's task list, as folded from their stream. Also its snapshot (serde).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskList {
+pub(crate) struct TaskList {
     tasks: BTreeMap<TaskNumber, Task>,
     /// The highest number ever given out. Deleting a task does not lower it, so a
     /// number someone saw ("complete 3") never comes to mean a different task.
@@ -117,7 +117,7 @@ pub struct TaskList {
 
 impl TaskList {
     /// The list after `events`, oldest first.
-    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a TaskEvent>) -> Self {
+    pub(crate) fn from_events<'a>(events: impl IntoIterator<Item = &'a TaskEvent>) -> Self {
         let mut list = Self::default();
         for event in events {
             list.apply(event);
@@ -127,7 +127,7 @@ impl TaskList {
 
     /// Folds one event in. Events are facts: one that names an unknown task (which
     /// `decide` never produces) is ignored rather than failing the whole fold.
-    pub fn apply(&mut self, event: &TaskEvent) {
+    pub(crate) fn apply(&mut self, event: &TaskEvent) {
         match event {
             TaskEvent::TaskAdded {
                 task_id,
@@ -170,7 +170,7 @@ impl TaskList {
     }
 
     /// The tasks `filter` admits, by number.
-    pub fn list(&self, filter: StatusFilter) -> TaskListing {
+    pub(crate) fn list(&self, filter: StatusFilter) -> TaskListing {
         let tasks: Vec<TaskView> = self
             .tasks
             .iter()
@@ -196,7 +196,7 @@ impl TaskList {
 
 /// The events `call` adds to `list`, or why it is refused. Reads (`list_tasks`) and
 /// calls with nothing left to do (completing a completed task) add no events.
-pub fn decide(list: &TaskList, call: &ToolCall) -> Result<Vec<TaskEvent>, TaskError> {
+pub(crate) fn decide(list: &TaskList, call: &ToolCall) -> Result<Vec<TaskEvent>, TaskError> {
     match call {
         ToolCall::AddTask(AddTaskArgs { title, description }) => {
             let title = TaskTitle::parse(title)?;
@@ -278,7 +278,11 @@ impl eventlog::Aggregate for TaskList {
 /// Used both right after a decision and when a retried command is answered from the
 /// events its first delivery stored, so both answers are the same. `None` when
 /// `events` are not what `call` produces (a command id reused for another call).
-pub fn report(before: &TaskList, call: &ToolCall, events: &[TaskEvent]) -> Option<ToolOutput> {
+pub(crate) fn report(
+    before: &TaskList,
+    call: &ToolCall,
+    events: &[TaskEvent],
+) -> Option<ToolOutput> {
     let changed = |task_id: TaskNumber, status: ChangeStatus, title: &str| {
         Some(ToolOutput::Changed(TaskChange {
             task_id,
@@ -322,7 +326,7 @@ pub fn report(before: &TaskList, call: &ToolCall, events: &[TaskEvent]) -> Optio
 
 /// Decides and reports in one step: the events to append (possibly none) and the
 /// answer to give once they are stored.
-pub fn execute(list: &TaskList, call: &ToolCall) -> (Vec<TaskEvent>, ToolOutput) {
+pub(crate) fn execute(list: &TaskList, call: &ToolCall) -> (Vec<TaskEvent>, ToolOutput) {
     match decide(list, call) {
         Ok(events) => {
             let output = report(list, call, &events)

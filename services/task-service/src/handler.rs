@@ -31,12 +31,13 @@ const LOCK_STRIPES: usize = 256;
 const EVENT_LABEL: &str = "task";
 
 /// What a client is told when a command id is sent again with a different call or user.
-pub const COMMAND_ID_REUSED: &str = "This command id was already used for a different command";
+pub(crate) const COMMAND_ID_REUSED: &str =
+    "This command id was already used for a different command";
 
 /// Why a command could not be run at all (as opposed to a domain refusal, which is
 /// an answer). The client may retry the same command id.
 #[derive(Debug, thiserror::Error)]
-pub enum HandleError {
+pub(crate) enum HandleError {
     #[error("event store failed")]
     Store(#[from] StoreError),
     #[error("task list failed to load or change")]
@@ -45,7 +46,7 @@ pub enum HandleError {
 
 impl HandleError {
     /// What the client is told: no internals, and whether waiting helps.
-    pub fn public_reason(&self) -> &'static str {
+    pub(crate) fn public_reason(&self) -> &'static str {
         match self {
             Self::Repository(RepositoryError::Contended { .. }) => {
                 "The task list is busy right now; please try again"

@@ -19,14 +19,14 @@ use crate::mcp::TaskTools;
 
 /// The `--mcp-allowed-hosts` entry that turns `Host` checking off (for ingresses that
 /// already check it).
-pub const ANY_HOST: &str = "*";
+pub(crate) const ANY_HOST: &str = "*";
 
 /// The service's routes.
 ///
 /// `allowed_hosts` guards `/mcp` against DNS rebinding (its `Host` header must be one
 /// of them, or anything with [`ANY_HOST`]); `mcp_shutdown` ends what the MCP
 /// transport still runs once the HTTP server has stopped.
-pub fn router(
+pub(crate) fn router(
     handler: CommandHandler,
     keys: JwtKeys,
     allowed_hosts: &[String],

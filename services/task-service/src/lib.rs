@@ -13,17 +13,16 @@
 //! [`App::build`] connects and binds; [`App::run`] serves until a shutdown token is
 //! cancelled. `main` and the tests drive it the same way.
 
-pub mod domain;
-pub mod handler;
-pub mod http;
+mod domain;
+mod handler;
+mod http;
 pub mod mcp;
-pub mod nats;
+mod nats;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use eventlog::EventStore;
 use platform::config::{AuthConfig, DatabaseConfig, NatsConfig, TelemetryConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -79,22 +78,6 @@ pub struct Config {
     pub command_concurrency: u16,
 }
 
-/// Returns once the NATS server has processed everything this client sent before,
-/// so that the command subscription is registered and a command sent from any
-/// connection after [`App::build`] returns reaches this replica.
-///
-/// A flush only writes to the socket; the server handles one connection's messages
-/// in order, so seeing a message to ourselves come back is the round trip that proves it.
-async fn round_trip(bus: &async_nats::Client) -> Result<(), async_nats::Error> {
-    use futures::StreamExt as _;
-
-    let inbox = bus.new_inbox();
-    let mut echo = bus.subscribe(inbox.clone()).await?;
-    bus.publish(inbox, "".into()).await?;
-    echo.next().await.ok_or("the nats connection closed")?;
-    Ok(())
-}
-
 /// A built, not yet serving, task-service.
 #[derive(Debug)]
 pub struct App {
@@ -110,15 +93,7 @@ impl App {
     /// Connects to Postgres (running the event log's migrations) and NATS, subscribes
     /// to the task commands and binds the HTTP listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = EventStore::open(
-            config
-                .database
-                .connect()
-                .await
-                .context("failed to connect to postgres")?,
-        )
-        .await
-        .context("failed to open the event store")?;
+        let store = config.database.open_event_store().await?;
         let bus = config
             .nats
             .connect(SERVICE_NAME)
@@ -132,22 +107,10 @@ impl App {
             )
             .await
             .context("failed to subscribe to task commands")?;
-        match tokio::time::timeout(NATS_READY_TIMEOUT, round_trip(&bus)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "nats round trip failed, commands wait for the connection")
-            }
-            Err(_) => {
-                let url = &config.nats.nats_url;
-                tracing::warn!(%url, "nats not reachable yet, commands wait for the connection")
-            }
-        }
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("failed to listen on {}", config.listen))?;
-        let local_addr = listener
-            .local_addr()
-            .context("failed to read the bound address")?;
+        // Once the server has the subscription, a command sent from any connection
+        // after build() returns reaches this replica.
+        platform::bus::await_subscriptions(&bus, NATS_READY_TIMEOUT, "commands").await;
+        let (listener, local_addr) = platform::bind_http(config.listen).await?;
         let handler = CommandHandler::new(store, bus.clone(), subjects);
         Ok(Self {
             config,

@@ -28,7 +28,6 @@ use rmcp::model::{
 };
 use rmcp::{Json, ServerHandler, tool, tool_handler, tool_router};
 use tracing::Instrument as _;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::handler::CommandHandler;
 
@@ -106,15 +105,7 @@ impl TaskTools {
     ) -> Result<ToolOutput, ToolFailure> {
         let span = tracing::info_span!("mcp_tool_call", tool = call.name());
         // MCP clients that trace send a W3C traceparent header; join their trace.
-        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.extract(&HeaderExtractor(&parts.headers))
-        });
-        if opentelemetry::trace::TraceContextExt::span(&parent)
-            .span_context()
-            .is_valid()
-        {
-            let _ = span.set_parent(parent);
-        }
+        platform::trace::follow_http_trace(&span, &parts.headers);
         async {
             let Some(user) = parts.extensions.get::<UserId>() else {
                 // The auth middleware puts it there; without it nothing may run.
@@ -274,18 +265,6 @@ impl ServerHandler for TaskTools {
                 env!("CARGO_PKG_VERSION"),
             ))
             .with_instructions(INSTRUCTIONS)
-    }
-}
-
-struct HeaderExtractor<'a>(&'a http::HeaderMap);
-
-impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(http::HeaderName::as_str).collect()
     }
 }
 

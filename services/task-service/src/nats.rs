@@ -19,7 +19,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// On shutdown the subscription is drained: NATS stops routing new commands here
 /// (the other replicas of the queue group get them), the commands already delivered
 /// are answered, then this returns.
-pub async fn serve(
+pub(crate) async fn serve(
     handler: CommandHandler,
     client: async_nats::Client,
     subscriber: async_nats::Subscriber,

@@ -440,7 +440,7 @@ async fn requests_without_a_valid_token_are_401() {
     let h = Harness::start(1).await;
     let url = h.replicas[0].mcp_url();
     let foreign = platform::auth::JwtKeys::new(b"another-secret")
-        .mint(&common::user_id("alice"), Duration::from_secs(3600));
+        .mint(&testkit::user_id("alice"), Duration::from_secs(3600));
     for (token, expected) in [
         (None, "missing bearer token"),
         (Some("not-a-jwt"), "invalid bearer token"),

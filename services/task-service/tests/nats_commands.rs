@@ -10,9 +10,9 @@ use std::time::Duration;
 use common::{Harness, call, command, output_json};
 use futures::StreamExt as _;
 use opentelemetry::trace::TraceContextExt as _;
+use proto_schemas::TaskNumber;
 use proto_schemas::events::{EventsAppended, TaskEvent};
 use proto_schemas::tasks::TaskCommandReply;
-use proto_schemas::{TaskNumber, UserId};
 use serde_json::json;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -194,7 +194,7 @@ async fn a_replayed_command_id_gets_the_first_reply_and_appends_nothing() {
     );
     // ...and so is the same id sent for another user.
     let mut other_user = first_add.clone();
-    other_user.user_id = UserId::parse("bob").unwrap();
+    other_user.user_id = testkit::user_id("bob");
     assert_eq!(
         output_json(h.send_command(&other_user).await)["error"],
         "This command id was already used for a different command"

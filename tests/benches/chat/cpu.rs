@@ -19,7 +19,7 @@ const SERVICES: [&str; 5] = [
 ];
 
 /// What is measured: one row of the report each.
-pub struct Processes {
+pub(crate) struct Processes {
     rows: Vec<Row>,
     /// Clock ticks per second (`getconf CLK_TCK`).
     ticks_per_second: u64,
@@ -42,11 +42,11 @@ enum Kind {
 }
 
 /// Clock ticks each row has used so far; `None` where a process could not be read.
-pub struct Sample(Vec<Option<u64>>);
+pub(crate) struct Sample(Vec<Option<u64>>);
 
 impl Processes {
     /// The stack's services, Postgres's postmaster and the nats-server the stack uses.
-    pub fn of(stack: &Stack) -> Self {
+    pub(crate) fn of(stack: &Stack) -> Self {
         let pids = stack.pids();
         let mut rows: Vec<Row> = SERVICES
             .into_iter()
@@ -82,13 +82,13 @@ impl Processes {
         }
     }
 
-    pub fn sample(&self) -> Sample {
+    pub(crate) fn sample(&self) -> Sample {
         Sample(self.rows.iter().map(Row::ticks).collect())
     }
 
     /// Prints the CPU each process used between `before` and `after`, in total and per
     /// turn, and their sum.
-    pub fn report(&self, before: &Sample, after: &Sample, turns: u64, elapsed: Duration) {
+    pub(crate) fn report(&self, before: &Sample, after: &Sample, turns: u64, elapsed: Duration) {
         let ms = |ticks: u64| ticks as f64 * 1000.0 / self.ticks_per_second as f64;
         let per_turn = |ms: f64| ms / turns.max(1) as f64;
         println!(

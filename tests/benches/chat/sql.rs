@@ -19,12 +19,12 @@ const SHOWN_CHARS: usize = 100;
 const THIS_DATABASE: &str = "(SELECT oid FROM pg_database WHERE datname = current_database())";
 
 /// Counting statements in one database, from a reset onward.
-pub struct Statements {
+pub(crate) struct Statements {
     connection: PgConnection,
 }
 
 /// What the stack ran since the counters were reset.
-pub struct Counts {
+pub(crate) struct Counts {
     pub calls: u64,
     /// The most called statements: calls and the normalised text, shortened.
     pub top: Vec<(u64, String)>,
@@ -33,7 +33,7 @@ pub struct Counts {
 impl Statements {
     /// Makes sure the extension is there and resets its counters for the database at
     /// `url`; the error says why statements cannot be counted.
-    pub async fn start(url: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn start(url: &str) -> anyhow::Result<Self> {
         let mut connection = PgConnection::connect(url)
             .await
             .context("failed to connect to the stack's database")?;
@@ -52,7 +52,7 @@ impl Statements {
     }
 
     /// The statements run since [`Statements::start`], leaving out this module's own.
-    pub async fn read(mut self) -> anyhow::Result<Counts> {
+    pub(crate) async fn read(mut self) -> anyhow::Result<Counts> {
         let rows: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT calls, query FROM pg_stat_statements \
              WHERE dbid = {THIS_DATABASE} AND query NOT LIKE '%pg_stat_statements%' \
@@ -72,7 +72,7 @@ impl Statements {
 }
 
 impl Counts {
-    pub fn report(&self, turns: u64) {
+    pub(crate) fn report(&self, turns: u64) {
         println!(
             "SQL statements during the concurrent run (pg_stat_statements, all services): \
              {} in {turns} turns = {:.1} per turn",

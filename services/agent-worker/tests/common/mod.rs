@@ -18,54 +18,16 @@ use proto_schemas::events::{ConversationEvent, StreamId, TaskEvent};
 use proto_schemas::tasks::{
     ListTasksArgs, TaskCommand, TaskCommandReply, TaskView, ToolCall, ToolOutput,
 };
-use proto_schemas::{CommandId, ConversationId, RequestId, UserId};
-use testkit::{TestBus, TestDatabase};
+use proto_schemas::{CommandId, ConversationId, RequestId};
+use testkit::{Running, TestBus, TestDatabase, user_id};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-pub const SECRET: &str = "agent-worker-test-secret";
+pub(crate) const SECRET: &str = "agent-worker-test-secret";
 /// Generous: the machine is small and shared.
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Something running in-process until stopped or dropped.
-pub struct Running {
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Running {
-    pub fn spawn<F>(run: impl FnOnce(CancellationToken) -> F) -> Self
-    where
-        F: Future<Output = anyhow::Result<()>> + Send + 'static,
-    {
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(shutdown.clone()));
-        Self {
-            shutdown,
-            task: Some(task),
-        }
-    }
-
-    /// Cancels and waits until it has stopped cleanly.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        let task = self.task.take().expect("stopped once");
-        tokio::time::timeout(Duration::from_secs(30), task)
-            .await
-            .expect("did not stop in time")
-            .expect("panicked")
-            .expect("failed");
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
+pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An offline-llm in-process.
-pub async fn offline_llm(latency_ms: u64) -> (String, Running) {
+pub(crate) async fn offline_llm(latency_ms: u64) -> (String, Running) {
     let app = offline_llm::App::build(offline_llm::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         latency_ms,
@@ -73,13 +35,12 @@ pub async fn offline_llm(latency_ms: u64) -> (String, Running) {
     .await
     .expect("offline-llm binds");
     let base = app.api_base();
-    let running =
-        Running::spawn(|token| async move { app.run(token).await.map_err(anyhow::Error::from) });
+    let running = Running::spawn(|token| app.run(token));
     (base, running)
 }
 
 /// A database, a NATS prefix, task-service and offline-llm, and the workers started on them.
-pub struct Stack {
+pub(crate) struct Stack {
     pub llm_base: String,
     pub store: EventStore,
     pub workers: Vec<Running>,
@@ -90,13 +51,13 @@ pub struct Stack {
 
 impl Stack {
     /// Starts everything but the workers; offline-llm answers after `latency_ms`.
-    pub async fn start(latency_ms: u64) -> Self {
+    pub(crate) async fn start(latency_ms: u64) -> Self {
         platform::telemetry::init_for_tests();
         Self::start_quietly(latency_ms).await
     }
 
     /// [`Self::start`] without installing the test log subscriber (for benchmarks).
-    pub async fn start_quietly(latency_ms: u64) -> Self {
+    pub(crate) async fn start_quietly(latency_ms: u64) -> Self {
         let db = TestDatabase::create().await.expect("test database");
         let bus = TestBus::new().await.expect("test bus");
         let task_service = task_service(&db, bus.nats_config()).await;
@@ -118,7 +79,7 @@ impl Stack {
 
     /// Worker settings for this stack: offline-llm as an OpenAI-compatible server,
     /// short redelivery delays and retries so that tests run quickly.
-    pub fn worker_config(&self) -> Config {
+    pub(crate) fn worker_config(&self) -> Config {
         let mut config = Config::try_parse_from(["agent-worker"]).expect("defaults parse");
         config.nats = self.bus.nats_config();
         config.database = self.db.database_config();
@@ -135,7 +96,7 @@ impl Stack {
     }
 
     /// Starts an in-process worker; the handle shares its event store's read count.
-    pub async fn spawn_worker(&mut self, config: Config) -> EventStore {
+    pub(crate) async fn spawn_worker(&mut self, config: Config) -> EventStore {
         let app = App::build(config).await.expect("agent-worker builds");
         let store = app.event_store();
         self.workers.push(Running::spawn(|token| app.run(token)));
@@ -143,7 +104,7 @@ impl Stack {
     }
 
     /// A first message in a new conversation.
-    pub fn new_chat(&self, user: &str, message: &str) -> ChatRequest {
+    pub(crate) fn new_chat(&self, user: &str, message: &str) -> ChatRequest {
         ChatRequest {
             request_id: RequestId::new(),
             user_id: user_id(user),
@@ -155,7 +116,7 @@ impl Stack {
     }
 
     /// A follow-up message in an existing conversation.
-    pub fn follow_up(
+    pub(crate) fn follow_up(
         &self,
         user: &str,
         conversation: ConversationId,
@@ -168,17 +129,17 @@ impl Stack {
         }
     }
 
-    pub fn jetstream(&self) -> jetstream::Context {
+    pub(crate) fn jetstream(&self) -> jetstream::Context {
         self.bus.jetstream()
     }
 
     /// Publishes a chat request as the gateway does (message id = request id).
-    pub async fn publish(&self, request: &ChatRequest) {
+    pub(crate) async fn publish(&self, request: &ChatRequest) {
         publish_request(&self.jetstream(), &self.bus.subjects, request).await;
     }
 
     /// The reply to `request`, read from the replies stream (as a late reader would).
-    pub async fn reply(&self, request: RequestId) -> ChatReply {
+    pub(crate) async fn reply(&self, request: RequestId) -> ChatReply {
         let jetstream = self.jetstream();
         let subject = self.bus.subjects.chat_reply(request);
         let stream_name = self.bus.subjects.chat_replies_stream();
@@ -199,12 +160,15 @@ impl Stack {
     }
 
     /// Sends `request` and waits for its reply.
-    pub async fn chat(&self, request: &ChatRequest) -> ChatReply {
+    pub(crate) async fn chat(&self, request: &ChatRequest) -> ChatReply {
         self.publish(request).await;
         self.reply(request.request_id).await
     }
 
-    pub async fn conversation(&self, conversation: ConversationId) -> Vec<ConversationEvent> {
+    pub(crate) async fn conversation(
+        &self,
+        conversation: ConversationId,
+    ) -> Vec<ConversationEvent> {
         self.store
             .read_stream(&StreamId::Conversation(conversation).to_string())
             .await
@@ -214,7 +178,7 @@ impl Stack {
             .collect()
     }
 
-    pub async fn task_events(&self, user: &str) -> Vec<TaskEvent> {
+    pub(crate) async fn task_events(&self, user: &str) -> Vec<TaskEvent> {
         self.store
             .read_stream(&StreamId::Tasks(user_id(user)).to_string())
             .await
@@ -225,7 +189,7 @@ impl Stack {
     }
 
     /// The user's tasks, asked of task-service over NATS.
-    pub async fn tasks(&self, user: &str) -> Vec<TaskView> {
+    pub(crate) async fn tasks(&self, user: &str) -> Vec<TaskView> {
         let command = TaskCommand {
             command_id: CommandId::new(),
             user_id: user_id(user),
@@ -249,7 +213,7 @@ impl Stack {
     }
 
     /// How many chat requests are still in the work queue.
-    pub async fn pending_requests(&self) -> u64 {
+    pub(crate) async fn pending_requests(&self) -> u64 {
         let mut stream = self
             .jetstream()
             .get_stream(self.bus.subjects.chat_requests_stream())
@@ -259,7 +223,7 @@ impl Stack {
     }
 
     /// Stops the workers, then the services.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         for worker in self.workers.drain(..) {
             worker.stop().await;
         }
@@ -269,7 +233,7 @@ impl Stack {
     }
 }
 
-pub async fn publish_request(
+pub(crate) async fn publish_request(
     jetstream: &jetstream::Context,
     subjects: &proto_schemas::Subjects,
     request: &ChatRequest,
@@ -286,7 +250,7 @@ pub async fn publish_request(
 }
 
 /// task-service in-process (its MCP endpoint on a free port).
-pub async fn task_service(db: &TestDatabase, nats: platform::config::NatsConfig) -> Running {
+pub(crate) async fn task_service(db: &TestDatabase, nats: platform::config::NatsConfig) -> Running {
     let mut config =
         task_service::Config::try_parse_from(["task-service", "--auth-jwt-secret", SECRET])
             .expect("task-service defaults parse");
@@ -299,12 +263,8 @@ pub async fn task_service(db: &TestDatabase, nats: platform::config::NatsConfig)
     Running::spawn(|token| app.run(token))
 }
 
-pub fn user_id(user: &str) -> UserId {
-    UserId::parse(user).expect("valid user id")
-}
-
 /// The answered text and tool calls of a reply; panics on a failure.
-pub fn answered(reply: &ChatReply) -> (&str, &[proto_schemas::chat::ToolCallRecord]) {
+pub(crate) fn answered(reply: &ChatReply) -> (&str, &[proto_schemas::chat::ToolCallRecord]) {
     match &reply.outcome {
         ChatOutcome::Answered {
             response,
@@ -316,13 +276,13 @@ pub fn answered(reply: &ChatReply) -> (&str, &[proto_schemas::chat::ToolCallReco
 
 /// Counts every reply published under the prefix (core NATS sees each publish, so a
 /// turn answered twice shows up twice here).
-pub struct ReplyCounter {
+pub(crate) struct ReplyCounter {
     counts: Arc<Mutex<HashMap<String, usize>>>,
     task: JoinHandle<()>,
 }
 
 impl ReplyCounter {
-    pub async fn start(bus: &TestBus) -> Self {
+    pub(crate) async fn start(bus: &TestBus) -> Self {
         let mut subscriber = bus
             .client
             .subscribe(bus.subjects.chat_replies_wildcard())
@@ -343,7 +303,7 @@ impl ReplyCounter {
         Self { counts, task }
     }
 
-    pub fn counts(&self) -> HashMap<String, usize> {
+    pub(crate) fn counts(&self) -> HashMap<String, usize> {
         self.counts.lock().unwrap().clone()
     }
 }
@@ -355,7 +315,10 @@ impl Drop for ReplyCounter {
 }
 
 /// Collects the live chunks of one request.
-pub async fn watch_chunks(bus: &TestBus, request: RequestId) -> Arc<Mutex<Vec<ChatStreamChunk>>> {
+pub(crate) async fn watch_chunks(
+    bus: &TestBus,
+    request: RequestId,
+) -> Arc<Mutex<Vec<ChatStreamChunk>>> {
     let mut subscriber = bus
         .client
         .subscribe(bus.subjects.chat_stream(request))
@@ -372,149 +335,4 @@ pub async fn watch_chunks(bus: &TestBus, request: RequestId) -> Arc<Mutex<Vec<Ch
         }
     });
     chunks
-}
-
-/// What a scripted model server does with one call.
-#[derive(Debug, Clone)]
-pub enum Scripted {
-    /// Fails with this status (and a `Retry-After` in seconds, if given).
-    Status(u16, Option<u64>),
-    /// Streams a text answer.
-    Text(String),
-    /// Streams tool calls: (id, name, raw arguments).
-    ToolCalls(Vec<(String, String, String)>),
-    /// Passes the call on to the upstream server (offline-llm) unchanged.
-    Proxy,
-}
-
-/// A tiny OpenAI-compatible server whose answers follow a script, for failures and
-/// model behaviour offline-llm never shows.
-pub struct ModelStub {
-    pub base: String,
-    /// Every request body received, with the time it arrived.
-    pub requests: Arc<Mutex<Vec<(std::time::Instant, serde_json::Value)>>>,
-    pub running: Running,
-}
-
-impl ModelStub {
-    pub async fn start(
-        upstream: Option<String>,
-        script: impl Fn(usize) -> Scripted + Send + Sync + 'static,
-    ) -> Self {
-        use axum::extract::State;
-        use axum::http::{StatusCode, header};
-        use axum::response::IntoResponse;
-
-        #[derive(Clone)]
-        struct Stub {
-            upstream: Option<String>,
-            script: Arc<dyn Fn(usize) -> Scripted + Send + Sync>,
-            requests: Arc<Mutex<Vec<(std::time::Instant, serde_json::Value)>>>,
-            http: reqwest::Client,
-        }
-
-        async fn completions(
-            State(stub): State<Stub>,
-            body: axum::body::Bytes,
-        ) -> axum::response::Response {
-            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let call = {
-                let mut requests = stub.requests.lock().unwrap();
-                requests.push((std::time::Instant::now(), json));
-                requests.len() - 1
-            };
-            match (stub.script)(call) {
-                Scripted::Status(code, retry_after) => {
-                    let status = StatusCode::from_u16(code).unwrap();
-                    let body = serde_json::json!({"error": {"message": "scripted failure", "type": "server_error", "param": null, "code": null}});
-                    let mut response = (status, axum::Json(body)).into_response();
-                    if let Some(secs) = retry_after {
-                        response.headers_mut().insert(header::RETRY_AFTER, secs.to_string().parse().unwrap());
-                    }
-                    response
-                }
-                Scripted::Text(text) => sse(vec![
-                    serde_json::json!({"role": "assistant", "content": text}),
-                ]),
-                Scripted::ToolCalls(calls) => sse(
-                    calls
-                        .into_iter()
-                        .enumerate()
-                        .map(|(index, (id, name, arguments))| {
-                            serde_json::json!({"tool_calls": [{"index": index, "id": id, "type": "function",
-                                "function": {"name": name, "arguments": arguments}}]})
-                        })
-                        .collect(),
-                ),
-                Scripted::Proxy => {
-                    let upstream = stub.upstream.as_deref().expect("an upstream to proxy to");
-                    let answer = stub
-                        .http
-                        .post(format!("{upstream}/chat/completions"))
-                        .header(header::CONTENT_TYPE, "application/json")
-                        .body(body)
-                        .send()
-                        .await
-                        .expect("upstream answers");
-                    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap();
-                    let content_type = answer
-                        .headers()
-                        .get(header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("application/json")
-                        .to_owned();
-                    let bytes = answer.bytes().await.expect("upstream body");
-                    (status, [(header::CONTENT_TYPE, content_type)], bytes).into_response()
-                }
-            }
-        }
-
-        fn sse(deltas: Vec<serde_json::Value>) -> axum::response::Response {
-            let mut body = String::new();
-            let chunk = |delta: serde_json::Value, finish: Option<&str>| {
-                serde_json::json!({"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 0,
-                    "model": "stub", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-            };
-            for delta in deltas {
-                body.push_str(&format!("data: {}\n\n", chunk(delta, None)));
-            }
-            body.push_str(&format!(
-                "data: {}\n\ndata: [DONE]\n\n",
-                chunk(serde_json::json!({}), Some("stop"))
-            ));
-            ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
-        }
-
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let stub = Stub {
-            upstream,
-            script: Arc::new(script),
-            requests: Arc::clone(&requests),
-            http: reqwest::Client::new(),
-        };
-        let router = axum::Router::new()
-            .route("/v1/chat/completions", axum::routing::post(completions))
-            .with_state(stub);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}/v1", listener.local_addr().unwrap());
-        let running = Running::spawn(|token| async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await?;
-            Ok(())
-        });
-        Self {
-            base,
-            requests,
-            running,
-        }
-    }
-
-    pub fn calls(&self) -> usize {
-        self.requests.lock().unwrap().len()
-    }
-
-    pub fn request(&self, index: usize) -> serde_json::Value {
-        self.requests.lock().unwrap()[index].1.clone()
-    }
 }

@@ -42,7 +42,7 @@ use crate::turn::{self, ChatInput};
     ),
     security(("bearer" = []))
 )]
-pub async fn post_chat(
+pub(crate) async fn post_chat(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     headers: HeaderMap,
@@ -64,7 +64,7 @@ pub async fn post_chat(
 }
 
 /// The HTTP answer a reply becomes: the answer, or the error the failed turn means.
-pub fn answer(reply: ChatReply) -> Result<ChatAnswer, ApiError> {
+pub(crate) fn answer(reply: ChatReply) -> Result<ChatAnswer, ApiError> {
     match reply.outcome {
         ChatOutcome::Answered {
             response,

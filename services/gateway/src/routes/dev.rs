@@ -22,7 +22,7 @@ use crate::state::AppState;
         (status = 422, description = "Not a valid user id", body = ErrorBody),
     )
 )]
-pub async fn post_dev_token(
+pub(crate) async fn post_dev_token(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<DevTokenRequest>,
 ) -> Result<Json<DevToken>, ApiError> {

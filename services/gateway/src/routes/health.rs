@@ -18,7 +18,7 @@ const READY_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The process is alive.
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
-pub async fn healthz() -> Json<Health> {
+pub(crate) async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".to_owned(),
         service: "gateway".to_owned(),
@@ -35,7 +35,7 @@ pub async fn healthz() -> Json<Health> {
         (status = 503, description = "NATS or the projection is unreachable", body = ErrorBody),
     )
 )]
-pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
+pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
     let connection = state.client().connection_state();
     if connection != async_nats::connection::State::Connected {
         return Err(ApiError::unavailable(

@@ -1,18 +1,18 @@
 //! The HTTP routes, the API description generated from them, and the per-request
 //! span that ties each request to the trace of everything it causes on the bus.
 
-pub mod chat;
-pub mod dev;
-pub mod health;
-pub mod reads;
-pub mod stream;
+pub(crate) mod chat;
+pub(crate) mod dev;
+pub(crate) mod health;
+pub(crate) mod reads;
+pub(crate) mod stream;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderMap, Method, Uri, header};
+use axum::http::{Method, Uri, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -25,7 +25,7 @@ use crate::error::{ApiError, ErrorBody, ErrorDetail};
 use crate::state::AppState;
 
 /// The path of the development login route, present only with `AUTH_DEV_LOGIN=true`.
-pub const DEV_TOKEN_PATH: &str = "/api/dev/token";
+pub(crate) const DEV_TOKEN_PATH: &str = "/api/dev/token";
 
 /// The API description: every route with its request and response types.
 #[derive(OpenApi)]
@@ -74,7 +74,7 @@ pub const DEV_TOKEN_PATH: &str = "/api/dev/token";
         (name = "health", description = "Liveness and readiness"),
     )
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 struct BearerAuth;
 
@@ -94,7 +94,7 @@ impl Modify for BearerAuth {
 }
 
 /// The API description as served: without the dev login route when it is off.
-pub fn openapi(dev_login: bool) -> utoipa::openapi::OpenApi {
+pub(crate) fn openapi(dev_login: bool) -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     if !dev_login {
         doc.paths.paths.remove(DEV_TOKEN_PATH);
@@ -182,17 +182,6 @@ fn request_span(request: &Request<Body>) -> tracing::Span {
         path = %request.uri().path(),
         request_id = tracing::field::Empty,
     );
-    platform::bus::follow_trace(&span, incoming_trace(request.headers()).as_ref());
+    platform::trace::follow_http_trace(&span, request.headers());
     span
-}
-
-/// The trace context headers of an HTTP request in the shape the bus helpers read.
-fn incoming_trace(headers: &HeaderMap) -> Option<async_nats::HeaderMap> {
-    let mut trace = async_nats::HeaderMap::new();
-    for name in ["traceparent", "tracestate"] {
-        if let Some(value) = headers.get(name).and_then(|value| value.to_str().ok()) {
-            trace.insert(name, value);
-        }
-    }
-    trace.get("traceparent").is_some().then_some(trace)
 }

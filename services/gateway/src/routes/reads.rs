@@ -37,7 +37,7 @@ use crate::state::AppState;
     ),
     security(("bearer" = []))
 )]
-pub async fn get_tasks(
+pub(crate) async fn get_tasks(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     ApiQuery(params): ApiQuery<TaskListParams>,
@@ -72,7 +72,7 @@ pub async fn get_tasks(
     ),
     security(("bearer" = []))
 )]
-pub async fn get_conversations(
+pub(crate) async fn get_conversations(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     ApiQuery(params): ApiQuery<PageParams>,
@@ -107,7 +107,7 @@ pub async fn get_conversations(
     ),
     security(("bearer" = []))
 )]
-pub async fn get_messages(
+pub(crate) async fn get_messages(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path((_, conversation)): Path<(String, String)>,

@@ -56,7 +56,7 @@ const EVENT_BUFFER: usize = 64;
     ),
     security(("bearer" = []))
 )]
-pub async fn post_chat_stream(
+pub(crate) async fn post_chat_stream(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     headers: HeaderMap,

@@ -1,7 +1,7 @@
 //! Shared set-up of the gateway's integration tests: a gateway in-process on a free
 //! port under a unique NATS prefix, a fake agent-worker that consumes the real
-//! requests stream and answers as a test scripts it, a fake projection answering
-//! queries, and a small SSE reader.
+//! requests stream and answers as a test scripts it, and a fake projection answering
+//! queries.
 
 #![allow(dead_code)]
 
@@ -14,27 +14,25 @@ use async_nats::jetstream::consumer::{AckPolicy, pull};
 use futures::StreamExt as _;
 use gateway::{App, Cli, Command, Config};
 use platform::auth::JwtKeys;
+use proto_schemas::Subjects;
 use proto_schemas::chat::{ChatOutcome, ChatReply, ChatRequest, ChatStreamChunk};
-use proto_schemas::{Subjects, UserId};
-use testkit::TestBus;
+use testkit::{Running, TestBus, user_id};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-pub const SECRET: &str = "gateway-test-secret";
+pub(crate) const SECRET: &str = "gateway-test-secret";
 
 /// A running gateway and the bus it is on.
-pub struct Gateway {
+pub(crate) struct Gateway {
     pub addr: SocketAddr,
     pub keys: JwtKeys,
     pub bus: TestBus,
     pub http: reqwest::Client,
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    running: Running,
 }
 
 /// Test settings of a gateway.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     pub reply_timeout_secs: u64,
     pub dev_login: bool,
 }
@@ -48,7 +46,7 @@ impl Default for Options {
     }
 }
 
-pub fn config(bus: &TestBus, options: &Options) -> Config {
+pub(crate) fn config(bus: &TestBus, options: &Options) -> Config {
     let mut args = vec![
         "gateway".to_owned(),
         "--auth-jwt-secret".to_owned(),
@@ -72,79 +70,63 @@ pub fn config(bus: &TestBus, options: &Options) -> Config {
 }
 
 impl Gateway {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_with(Options::default()).await
     }
 
-    pub async fn start_with(options: Options) -> Self {
+    pub(crate) async fn start_with(options: Options) -> Self {
         platform::telemetry::init_for_tests();
         let bus = TestBus::new().await.expect("nats is reachable");
         let app = App::build(config(&bus, &options))
             .await
             .expect("gateway builds");
         let addr = app.local_addr();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(app.run(shutdown.clone()));
         Self {
             addr,
             keys: JwtKeys::new(SECRET.as_bytes()),
             bus,
             http: reqwest::Client::new(),
-            shutdown,
-            task: Some(task),
+            running: Running::spawn(|token| app.run(token)),
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    pub fn token(&self, user: &str) -> String {
-        self.keys
-            .mint(&UserId::parse(user).unwrap(), Duration::from_secs(600))
+    pub(crate) fn token(&self, user: &str) -> String {
+        self.keys.mint(&user_id(user), Duration::from_secs(600))
     }
 
-    pub fn subjects(&self) -> &Subjects {
+    pub(crate) fn subjects(&self) -> &Subjects {
         &self.bus.subjects
     }
 
     /// `POST /api/{user}/chat` with `body` as the user's own token.
-    pub fn chat(&self, user: &str, body: serde_json::Value) -> reqwest::RequestBuilder {
+    pub(crate) fn chat(&self, user: &str, body: serde_json::Value) -> reqwest::RequestBuilder {
         self.http
             .post(self.url(&format!("/api/{user}/chat")))
             .bearer_auth(self.token(user))
             .json(&body)
     }
 
-    pub fn get(&self, user: &str, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn get(&self, user: &str, path: &str) -> reqwest::RequestBuilder {
         self.http.get(self.url(path)).bearer_auth(self.token(user))
     }
 
     /// Cancels the gateway and waits until it has stopped.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        let task = self.task.take().expect("stopped once");
-        tokio::time::timeout(Duration::from_secs(15), task)
-            .await
-            .expect("gateway did not stop in time")
-            .expect("gateway panicked")
-            .expect("gateway failed");
+    pub(crate) async fn stop(self) {
+        self.running.stop().await;
     }
 
-    pub fn begin_shutdown(&self) {
-        self.shutdown.cancel();
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+    pub(crate) fn begin_shutdown(&self) {
+        self.running.cancel();
     }
 }
 
 /// What the fake worker does with one request.
 #[derive(Debug, Clone, Default)]
-pub struct Script {
+pub(crate) struct Script {
     /// Waited before anything is sent.
     pub delay: Duration,
     /// Sent on the request's stream subject, in order, before the reply.
@@ -155,20 +137,20 @@ pub struct Script {
 
 /// One request as the fake worker received it.
 #[derive(Debug, Clone)]
-pub struct Received {
+pub(crate) struct Received {
     pub request: ChatRequest,
     pub headers: HeaderMap,
 }
 
 /// A stand-in agent-worker: a pull consumer on the real requests stream that answers
 /// each request as its script says and records what it received.
-pub struct FakeWorker {
+pub(crate) struct FakeWorker {
     pub received: Arc<Mutex<Vec<Received>>>,
     task: JoinHandle<()>,
 }
 
 impl FakeWorker {
-    pub async fn start<F>(gateway: &Gateway, script: F) -> Self
+    pub(crate) async fn start<F>(gateway: &Gateway, script: F) -> Self
     where
         F: Fn(&ChatRequest) -> Script + Send + Sync + 'static,
     {
@@ -237,7 +219,7 @@ impl FakeWorker {
         Self { received, task }
     }
 
-    pub fn received(&self) -> Vec<Received> {
+    pub(crate) fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 }
@@ -249,7 +231,7 @@ impl Drop for FakeWorker {
 }
 
 /// An answered outcome with one add_task call.
-pub fn added(title: &str) -> ChatOutcome {
+pub(crate) fn added(title: &str) -> ChatOutcome {
     ChatOutcome::Answered {
         response: format!("I've added \"{title}\" to your list."),
         tool_calls: vec![proto_schemas::chat::ToolCallRecord {
@@ -262,13 +244,13 @@ pub fn added(title: &str) -> ChatOutcome {
 
 /// A stand-in projection: answers one query subject with what `answer` returns for
 /// each query, and records the queries.
-pub struct FakeProjection {
+pub(crate) struct FakeProjection {
     pub queries: Arc<Mutex<Vec<serde_json::Value>>>,
     task: JoinHandle<()>,
 }
 
 impl FakeProjection {
-    pub async fn start<F>(gateway: &Gateway, subject: String, answer: F) -> Self
+    pub(crate) async fn start<F>(gateway: &Gateway, subject: String, answer: F) -> Self
     where
         F: Fn(&serde_json::Value) -> serde_json::Value + Send + Sync + 'static,
     {
@@ -296,7 +278,7 @@ impl FakeProjection {
         Self { queries, task }
     }
 
-    pub fn queries(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn queries(&self) -> Vec<serde_json::Value> {
         self.queries.lock().unwrap().clone()
     }
 }
@@ -307,61 +289,11 @@ impl Drop for FakeProjection {
     }
 }
 
-/// Returns once the server has processed everything `client` sent before.
-///
-/// `Client::flush` only empties the socket buffer; a message the server echoes back
-/// proves that it has read (and so registered) the subscriptions sent before it.
-pub async fn registered(client: &async_nats::Client) {
-    let inbox = client.new_inbox();
-    let mut echo = client.subscribe(inbox.clone()).await.unwrap();
-    client.publish(inbox, "ping".into()).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), echo.next())
+/// Returns once the server has processed (and so registered) the subscriptions
+/// `client` sent before.
+pub(crate) async fn registered(client: &async_nats::Client) {
+    tokio::time::timeout(Duration::from_secs(5), platform::bus::round_trip(client))
         .await
         .expect("nats echoed in time")
         .expect("echo subscription open");
-}
-
-/// One Server-Sent Event.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SseEvent {
-    pub event: String,
-    pub data: serde_json::Value,
-}
-
-/// Reads events from an SSE response until a `final` or `error` event (inclusive).
-pub async fn read_events(response: reqwest::Response) -> Vec<SseEvent> {
-    let mut body = response.bytes_stream();
-    let mut buffer = String::new();
-    let mut events = Vec::new();
-    let reading = async {
-        while let Some(chunk) = body.next().await {
-            buffer.push_str(&String::from_utf8_lossy(&chunk.expect("stream chunk")));
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
-                let mut event = None;
-                let mut data = String::new();
-                for line in block.lines() {
-                    if let Some(name) = line.strip_prefix("event:") {
-                        event = Some(name.trim().to_owned());
-                    } else if let Some(chunk) = line.strip_prefix("data:") {
-                        data.push_str(chunk.strip_prefix(' ').unwrap_or(chunk));
-                    }
-                }
-                // Keep-alive comments have neither.
-                let Some(event) = event else { continue };
-                let done = event == "final" || event == "error";
-                events.push(SseEvent {
-                    event,
-                    data: serde_json::from_str(&data).expect("json event data"),
-                });
-                if done {
-                    return;
-                }
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), reading)
-        .await
-        .expect("the stream ended in time");
-    events
 }

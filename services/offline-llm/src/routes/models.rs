@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 
 /// The model id listed; completions accept any model name and echo it back.
-pub const MODEL_ID: &str = "offline-llm";
+pub(super) const MODEL_ID: &str = "offline-llm";
 
 /// A fixed creation time (2025-01-01T00:00:00Z), so listings are reproducible.
 const MODEL_CREATED: u32 = 1_735_689_600;

@@ -13,7 +13,7 @@ use super::text::{Phrase, capitalise_first, unquote};
 
 /// What the user asked for in their latest message.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Intent {
+pub(crate) enum Intent {
     /// Create a task.
     Add {
         /// Cleaned title: no filler words, first letter capitalised.
@@ -68,7 +68,7 @@ pub enum Intent {
 
 /// The task actions that need a task number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// complete_task
     Complete,
     /// delete_task
@@ -79,7 +79,7 @@ pub enum Action {
 
 /// The `status` filter of list_tasks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ListFilter {
+pub(crate) enum ListFilter {
     /// Not yet done.
     Pending,
     /// Done.
@@ -90,7 +90,7 @@ pub enum ListFilter {
 
 impl ListFilter {
     /// The value list_tasks expects.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Completed => "completed",
@@ -101,7 +101,7 @@ impl ListFilter {
 
 /// The task field update_task changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Field {
+pub(crate) enum Field {
     /// The title.
     Title,
     /// The description.
@@ -110,7 +110,7 @@ pub enum Field {
 
 impl Field {
     /// The update_task argument name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Title => "title",
             Self::Description => "description",
@@ -412,7 +412,7 @@ const NUMBER_WORDS: &[&str] = &[
 ];
 
 /// Understands one user message.
-pub fn parse(message: &str) -> Intent {
+pub(crate) fn parse(message: &str) -> Intent {
     let normalised = normalise(message);
     let lower = normalised.to_ascii_lowercase();
     // Only sentence punctuation comes off: a closing quote may end a title.

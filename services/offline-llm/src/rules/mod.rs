@@ -11,7 +11,7 @@
 //! 3. Otherwise answer in plain text: ask for what is missing, say what cannot be done
 //!    here, or say what it can do.
 
-pub mod intent;
+pub(crate) mod intent;
 mod summary;
 mod text;
 
@@ -22,7 +22,7 @@ use summary::ToolResult;
 
 /// The conversation as the rules see it.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Conversation {
+pub(crate) struct Conversation {
     /// Messages in order, oldest first.
     pub messages: Vec<Message>,
     /// The function tools offered in the request.
@@ -31,7 +31,7 @@ pub struct Conversation {
 
 /// One message of the conversation.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Message {
+pub(crate) enum Message {
     /// System or developer instructions (read by no rule, kept for completeness).
     System(String),
     /// What the person wrote.
@@ -54,7 +54,7 @@ pub enum Message {
 
 /// A tool call made in an earlier assistant turn.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CalledTool {
+pub(crate) struct CalledTool {
     /// The call id.
     pub id: String,
     /// The function name.
@@ -65,7 +65,7 @@ pub struct CalledTool {
 
 /// A function tool offered in the request.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Tool {
+pub(crate) struct Tool {
     /// The function name.
     pub name: String,
     /// The function's JSON schema, if given.
@@ -74,7 +74,7 @@ pub struct Tool {
 
 /// The next assistant turn.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// A plain text answer.
     Text(String),
     /// One or more tool calls (never empty).
@@ -83,7 +83,7 @@ pub enum Reply {
 
 /// A tool call the assistant makes; the caller gives it an id.
 #[derive(Clone, Debug, PartialEq)]
-pub struct PlannedCall {
+pub(crate) struct PlannedCall {
     /// The function name, one of the offered tools.
     pub name: String,
     /// Arguments, restricted to the tool schema's `properties`.
@@ -91,7 +91,7 @@ pub struct PlannedCall {
 }
 
 /// Decides the next assistant turn for `conversation`.
-pub fn respond(conversation: &Conversation) -> Reply {
+pub(crate) fn respond(conversation: &Conversation) -> Reply {
     if let Some(results) = latest_tool_results(&conversation.messages) {
         return Reply::Text(summary::summarise(&results));
     }

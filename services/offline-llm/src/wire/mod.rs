@@ -1,8 +1,8 @@
 //! OpenAI chat-completions wire format: reading requests, writing responses and
 //! stream chunks. Only this module knows the JSON shapes; the rules never see them.
 
-pub mod request;
-pub mod response;
+pub(crate) mod request;
+pub(crate) mod response;
 
-pub use request::{ChatRequest, parse};
-pub use response::Completion;
+pub(crate) use request::parse;
+pub(crate) use response::Completion;

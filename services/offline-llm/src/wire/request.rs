@@ -14,7 +14,7 @@ use crate::rules::{CalledTool, Conversation, Message, Tool};
 
 /// A validated chat-completion request.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ChatRequest {
+pub(crate) struct ChatRequest {
     /// Echoed back as the response's `model`.
     pub model: String,
     /// The messages and tools, as the rules read them.
@@ -28,7 +28,7 @@ pub struct ChatRequest {
 }
 
 /// Parses and validates a request body.
-pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
+pub(crate) fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid_request(
             format!("We could not parse the JSON body of your request: {e}"),

@@ -18,7 +18,7 @@ const ARGUMENT_PIECE_CHARS: usize = 12;
 
 /// One finished completion, ready to send whole or as chunks.
 #[derive(Clone, Debug)]
-pub struct Completion {
+pub(crate) struct Completion {
     id: String,
     created: u64,
     model: String,
@@ -41,7 +41,7 @@ struct IssuedCall {
 
 /// Token counts, estimated as characters / 4: nothing is tokenised here.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-pub struct Usage {
+pub(crate) struct Usage {
     prompt_tokens: u64,
     completion_tokens: u64,
     total_tokens: u64,
@@ -61,7 +61,7 @@ impl Usage {
 
 impl Completion {
     /// Gives `reply` a completion id, call ids and a timestamp.
-    pub fn new(model: String, reply: Reply, prompt_chars: usize) -> Self {
+    pub(crate) fn new(model: String, reply: Reply, prompt_chars: usize) -> Self {
         let answer = match reply {
             Reply::Text(text) => Answer::Text(text),
             Reply::ToolCalls(calls) => Answer::ToolCalls(
@@ -93,7 +93,7 @@ impl Completion {
     }
 
     /// `stop` for text, `tool_calls` for tool calls.
-    pub fn finish_reason(&self) -> &'static str {
+    pub(crate) fn finish_reason(&self) -> &'static str {
         match self.answer {
             Answer::Text(_) => "stop",
             Answer::ToolCalls(_) => "tool_calls",
@@ -101,7 +101,7 @@ impl Completion {
     }
 
     /// The names of the tools called, for logs.
-    pub fn tool_names(&self) -> Vec<&str> {
+    pub(crate) fn tool_names(&self) -> Vec<&str> {
         match &self.answer {
             Answer::Text(_) => Vec::new(),
             Answer::ToolCalls(calls) => calls.iter().map(|c| c.name.as_str()).collect(),
@@ -109,7 +109,8 @@ impl Completion {
     }
 
     /// The non-streaming `chat.completion` object as a JSON value.
-    pub fn to_json(&self) -> serde_json::Value {
+    #[cfg(test)]
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("completion serialises")
     }
 
@@ -155,7 +156,7 @@ impl Completion {
     }
 
     /// The `chat.completion.chunk` objects of a streamed answer, serialised, in order.
-    pub fn chunks(&self, include_usage: bool) -> Vec<String> {
+    pub(crate) fn chunks(&self, include_usage: bool) -> Vec<String> {
         // With include_usage, OpenAI sends `"usage": null` on every chunk but the last.
         let usage_field = include_usage.then_some(None);
         let chunk = |delta: Delta<'_>, finish_reason: Option<&'static str>| {

@@ -9,49 +9,34 @@ use std::time::Duration;
 use clap::Parser as _;
 use eventlog::{EventStore, StoredEvent};
 use platform::auth::JwtKeys;
+use proto_schemas::CommandId;
 use proto_schemas::events::StreamId;
 use proto_schemas::tasks::{TaskCommand, TaskCommandReply, ToolCall};
-use proto_schemas::{CommandId, UserId};
 use task_service::{App, Config};
-use testkit::{TestBus, TestDatabase};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use testkit::{Running, TestBus, TestDatabase, user_id};
 
-pub const SECRET: &str = "task-service-test-secret";
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const SECRET: &str = "task-service-test-secret";
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One running replica.
-pub struct Replica {
+pub(crate) struct Replica {
     pub addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    running: Running,
 }
 
 impl Replica {
-    pub fn mcp_url(&self) -> String {
+    pub(crate) fn mcp_url(&self) -> String {
         format!("http://{}/mcp", self.addr)
     }
 
     /// Cancels the replica and waits until it has stopped cleanly.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        let task = self.task.take().expect("stopped once");
-        tokio::time::timeout(Duration::from_secs(15), task)
-            .await
-            .expect("replica did not stop in time")
-            .expect("replica panicked")
-            .expect("replica failed");
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+    pub(crate) async fn stop(self) {
+        self.running.stop().await;
     }
 }
 
 /// A fresh database and NATS prefix with task-service replicas on them.
-pub struct Harness {
+pub(crate) struct Harness {
     pub replicas: Vec<Replica>,
     pub store: EventStore,
     pub keys: JwtKeys,
@@ -59,7 +44,7 @@ pub struct Harness {
     pub db: TestDatabase,
 }
 
-pub fn config(db: &TestDatabase, bus: &TestBus) -> Config {
+pub(crate) fn config(db: &TestDatabase, bus: &TestBus) -> Config {
     let mut config = Config::try_parse_from(["task-service", "--auth-jwt-secret", SECRET])
         .expect("defaults parse");
     config.nats = bus.nats_config();
@@ -68,20 +53,17 @@ pub fn config(db: &TestDatabase, bus: &TestBus) -> Config {
     config
 }
 
-pub async fn spawn(config: Config) -> Replica {
+pub(crate) async fn spawn(config: Config) -> Replica {
     let app = App::build(config).await.expect("task-service builds");
     let addr = app.local_addr();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(app.run(shutdown.clone()));
     Replica {
         addr,
-        shutdown,
-        task: Some(task),
+        running: Running::spawn(|token| app.run(token)),
     }
 }
 
 impl Harness {
-    pub async fn start(replicas: usize) -> Self {
+    pub(crate) async fn start(replicas: usize) -> Self {
         platform::telemetry::init_for_tests();
         let db = TestDatabase::create().await.expect("test database");
         let bus = TestBus::new().await.expect("test bus");
@@ -100,11 +82,11 @@ impl Harness {
     }
 
     /// Sends `call` for `user` over NATS with a new command id.
-    pub async fn send(&self, user: &str, call: ToolCall) -> TaskCommandReply {
+    pub(crate) async fn send(&self, user: &str, call: ToolCall) -> TaskCommandReply {
         self.send_command(&command(user, call)).await
     }
 
-    pub async fn send_command(&self, command: &TaskCommand) -> TaskCommandReply {
+    pub(crate) async fn send_command(&self, command: &TaskCommand) -> TaskCommandReply {
         platform::bus::request_json(
             &self.bus.client,
             self.bus.subjects.task_commands(),
@@ -117,33 +99,29 @@ impl Harness {
 
     /// The reply to `call` as JSON (`{"outcome": …}` flattened to the output, or the
     /// whole reply when not applied).
-    pub async fn output(&self, user: &str, call: ToolCall) -> serde_json::Value {
+    pub(crate) async fn output(&self, user: &str, call: ToolCall) -> serde_json::Value {
         output_json(self.send(user, call).await)
     }
 
-    pub async fn events(&self, user: &str) -> Vec<StoredEvent> {
+    pub(crate) async fn events(&self, user: &str) -> Vec<StoredEvent> {
         self.store
             .read_stream(&StreamId::Tasks(user_id(user)).to_string())
             .await
             .expect("stream read")
     }
 
-    pub fn token(&self, user: &str) -> String {
+    pub(crate) fn token(&self, user: &str) -> String {
         self.keys.mint(&user_id(user), Duration::from_secs(3600))
     }
 
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         for replica in self.replicas {
             replica.stop().await;
         }
     }
 }
 
-pub fn user_id(user: &str) -> UserId {
-    UserId::parse(user).expect("valid user id")
-}
-
-pub fn command(user: &str, call: ToolCall) -> TaskCommand {
+pub(crate) fn command(user: &str, call: ToolCall) -> TaskCommand {
     TaskCommand {
         command_id: CommandId::new(),
         user_id: user_id(user),
@@ -152,7 +130,7 @@ pub fn command(user: &str, call: ToolCall) -> TaskCommand {
     }
 }
 
-pub fn output_json(reply: TaskCommandReply) -> serde_json::Value {
+pub(crate) fn output_json(reply: TaskCommandReply) -> serde_json::Value {
     match reply {
         TaskCommandReply::Applied { output } => serde_json::to_value(output).unwrap(),
         other => panic!("command not applied: {other:?}"),
@@ -160,6 +138,6 @@ pub fn output_json(reply: TaskCommandReply) -> serde_json::Value {
 }
 
 /// Builds a call the way a model's arguments arrive.
-pub fn call(name: &str, arguments: serde_json::Value) -> ToolCall {
+pub(crate) fn call(name: &str, arguments: serde_json::Value) -> ToolCall {
     ToolCall::from_name_and_arguments(name, arguments).expect("valid tool call")
 }
