@@ -540,7 +540,8 @@ async fn sign_in_with_tokens(stack: &Stack, browser: &Browser) -> anyhow::Result
     let expired = stack.keys.sign(&Claims {
         sub: "token-user".to_owned(),
         exp: now - 3600,
-        iat: now - 7200,
+        iat: Some(now - 7200),
+        nbf: None,
     });
     browser.sign_in_with_token(&expired).await?;
     browser

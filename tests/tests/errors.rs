@@ -168,6 +168,7 @@ fn past_token(stack: &Stack) -> String {
     stack.keys.sign(&Claims {
         sub: "carol".into(),
         exp: now - 3_600,
-        iat: now - 7_200,
+        iat: Some(now - 7_200),
+        nbf: None,
     })
 }

@@ -19,8 +19,13 @@ pub struct Claims {
     pub sub: String,
     /// Expiry, seconds since the Unix epoch.
     pub exp: i64,
-    /// Issue time, seconds since the Unix epoch.
-    pub iat: i64,
+    /// Issue time, seconds since the Unix epoch. Optional, as RFC 7519 has it: tokens
+    /// from libraries and identity providers often leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    /// Not before, seconds since the Unix epoch: a token is refused until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
@@ -56,6 +61,7 @@ impl JwtKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             encoding: EncodingKey::from_secret(secret),
@@ -71,7 +77,8 @@ impl JwtKeys {
         let claims = Claims {
             sub: user.to_string(),
             exp: now.saturating_add(ttl),
-            iat: now,
+            iat: Some(now),
+            nbf: None,
         };
         self.sign(&claims)
     }
@@ -151,7 +158,8 @@ mod tests {
         let claims = Claims {
             sub: "ada".into(),
             exp: now() - 120,
-            iat: now() - 3600,
+            iat: Some(now() - 3600),
+            nbf: None,
         };
         let token = encode_raw(&Header::new(Algorithm::HS256), &claims, b"secret");
         assert_eq!(keys.verify(&token), Err(AuthError::Expired));
@@ -163,10 +171,40 @@ mod tests {
         let claims = Claims {
             sub: "ada".into(),
             exp: now() - 5,
-            iat: now() - 3600,
+            iat: Some(now() - 3600),
+            nbf: None,
         };
         let token = encode_raw(&Header::new(Algorithm::HS256), &claims, b"secret");
         assert_eq!(keys.verify(&token), Ok(ada()));
+    }
+
+    #[test]
+    fn a_token_without_iat_verifies() {
+        let claims = Claims {
+            sub: "ada".into(),
+            exp: now() + 3600,
+            iat: None,
+            nbf: None,
+        };
+        let token = encode_raw(&Header::new(Algorithm::HS256), &claims, b"secret");
+        assert!(!token.is_empty());
+        assert_eq!(JwtKeys::new(b"secret").verify(&token), Ok(ada()));
+    }
+
+    #[test]
+    fn a_token_is_refused_before_its_nbf() {
+        let keys = JwtKeys::new(b"secret");
+        let at = |nbf: i64| {
+            let claims = Claims {
+                sub: "ada".into(),
+                exp: now() + 3600,
+                iat: Some(now()),
+                nbf: Some(nbf),
+            };
+            encode_raw(&Header::new(Algorithm::HS256), &claims, b"secret")
+        };
+        assert_eq!(keys.verify(&at(now() + 600)), Err(AuthError::Invalid));
+        assert_eq!(keys.verify(&at(now() - 600)), Ok(ada()));
     }
 
     #[test]
@@ -191,7 +229,8 @@ mod tests {
         let claims = Claims {
             sub: "ada".into(),
             exp: now() + 3600,
-            iat: now(),
+            iat: Some(now()),
+            nbf: None,
         };
         let token = encode_raw(&Header::new(Algorithm::HS512), &claims, b"secret");
         assert_eq!(
@@ -231,7 +270,8 @@ mod tests {
         let claims = Claims {
             sub: "a/b".into(),
             exp: now() + 3600,
-            iat: now(),
+            iat: Some(now()),
+            nbf: None,
         };
         let token = encode_raw(&Header::new(Algorithm::HS256), &claims, b"secret");
         assert_eq!(

@@ -17,7 +17,9 @@ pub struct NatsConfig {
     #[arg(
         long = "nats-url",
         env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
+        default_value = "nats://127.0.0.1:4222",
+        // May carry a password: --help must not print it from the environment.
+        hide_env_values = true
     )]
     pub nats_url: String,
     /// Prefix of every subject, stream and bucket (lets several deployments or tests share one NATS).
@@ -87,7 +89,9 @@ pub struct DatabaseConfig {
     #[arg(
         long = "database-url",
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/taskchat"
+        default_value = "postgres://postgres@127.0.0.1:5432/taskchat",
+        // May carry a password: --help must not print it from the environment.
+        hide_env_values = true
     )]
     pub database_url: String,
     /// Most connections the pool opens to Postgres.
@@ -288,6 +292,17 @@ mod tests {
             .to_string();
         assert!(help.contains("--auth-jwt-secret"));
         assert!(!help.contains("taskchat-dev-secret-change-me"));
+
+        // URLs may carry passwords: --help never prints their values from the
+        // environment.
+        let command = <TestConfig as clap::CommandFactory>::command();
+        for id in ["nats_url", "database_url", "auth_jwt_secret"] {
+            let argument = command
+                .get_arguments()
+                .find(|argument| argument.get_id() == id)
+                .unwrap();
+            assert!(argument.is_hide_env_values_set(), "{id}");
+        }
     }
 
     #[test]

@@ -109,7 +109,8 @@ async fn tokens_are_required_and_checked() {
     let expired = jsonwebtoken_encode(&Claims {
         sub: "ada".into(),
         exp: now - 3600,
-        iat: now - 7200,
+        iat: Some(now - 7200),
+        nbf: None,
     });
     let (status, _, error) = send(
         state(false).await,
