@@ -25,6 +25,10 @@ pub enum InvalidChatMessage {
     Empty,
     #[error("message must be at most {MESSAGE_MAX_CHARS} characters (it has {chars})")]
     TooLong { chars: usize },
+    /// Postgres cannot store U+0000 in text or JSON: refused where it enters rather
+    /// than failing every attempt to record it.
+    #[error("message must not contain NUL (\\u0000) characters")]
+    NulCharacter,
 }
 
 impl ChatMessage {
@@ -36,6 +40,9 @@ impl ChatMessage {
         let chars = raw.chars().count();
         if chars > MESSAGE_MAX_CHARS {
             return Err(InvalidChatMessage::TooLong { chars });
+        }
+        if raw.contains('\0') {
+            return Err(InvalidChatMessage::NulCharacter);
         }
         Ok(Self(raw))
     }
@@ -171,6 +178,16 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "message must be at most 4000 characters (it has 4001)"
+        );
+    }
+
+    #[test]
+    fn text_postgres_cannot_store_is_refused() {
+        let error = ChatMessage::parse("add milk\0").unwrap_err();
+        assert_eq!(error, InvalidChatMessage::NulCharacter);
+        assert_eq!(
+            error.to_string(),
+            "message must not contain NUL (\\u0000) characters"
         );
     }
 }

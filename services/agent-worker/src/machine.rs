@@ -39,6 +39,31 @@ pub fn invalid_message(request: &ChatRequest) -> Option<String> {
         Err(InvalidChatMessage::TooLong { chars }) => Some(format!(
             "The message is too long: {chars} characters, at most {MESSAGE_MAX_CHARS} are accepted."
         )),
+        Err(InvalidChatMessage::NulCharacter) => {
+            Some("The message contains a NUL character, which cannot be stored.".to_owned())
+        }
+    }
+}
+
+/// `text` without NUL characters, which Postgres cannot store in text or JSON: what
+/// a model says is recorded, so it must be storable (a value that cannot be stored
+/// would fail every attempt to record the turn).
+pub fn storable(text: &str) -> String {
+    text.replace('\0', "")
+}
+
+/// [`storable`] for every string (and object key) in a JSON value.
+pub fn storable_value(value: Value) -> Value {
+    match value {
+        Value::String(text) if text.contains('\0') => Value::String(storable(&text)),
+        Value::Array(items) => Value::Array(items.into_iter().map(storable_value).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(key, field)| (storable(&key), storable_value(field)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 
@@ -283,7 +308,7 @@ pub fn parse_arguments(raw: &str) -> Value {
     if raw.trim().is_empty() {
         return Value::Object(Default::default());
     }
-    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned()))
+    storable_value(serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned())))
 }
 
 /// The arguments as sent back to the model in its own earlier message.
@@ -610,6 +635,19 @@ mod tests {
             recorded_call_id(&state, "dup", 1, 1, &["dup".into()]),
             "call_1_1"
         );
+    }
+
+    #[test]
+    fn what_the_model_says_is_made_storable() {
+        assert_eq!(storable("Milk\0 added"), "Milk added");
+        assert_eq!(
+            parse_arguments(r#"{"title": "Buy\u0000 milk", "t\u0000ags": ["a\u0000"]}"#),
+            json!({"title": "Buy milk", "tags": ["a"]})
+        );
+        assert_eq!(parse_arguments("{oops\0"), Value::String("{oops".into()));
+        let mut request = request(true);
+        request.message = "add\0milk".into();
+        assert!(invalid_message(&request).unwrap().contains("NUL"));
     }
 
     #[test]

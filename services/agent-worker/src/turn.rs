@@ -382,7 +382,7 @@ impl Worker {
                 let text = if model_step.text.trim().is_empty() {
                     prompt::EMPTY_REPLY_MESSAGE.to_owned()
                 } else {
-                    model_step.text
+                    machine::storable(&model_step.text)
                 };
                 vec![ended(request, Ending::Replied(text))]
             }
@@ -405,7 +405,13 @@ impl Worker {
                 let mut events = Vec::new();
                 for (index, call) in model_step.calls.into_iter().enumerate() {
                     let index = u32::try_from(index).unwrap_or(u32::MAX);
-                    let call_id = machine::recorded_call_id(state, &call.id, step, index, &taken);
+                    let call_id = machine::recorded_call_id(
+                        state,
+                        &machine::storable(&call.id),
+                        step,
+                        index,
+                        &taken,
+                    );
                     taken.push(call_id.clone());
                     events.push((
                         event_ids::tool_call_requested(request.request_id, step, index),
@@ -413,7 +419,7 @@ impl Worker {
                             request_id: request.request_id,
                             step,
                             call_id,
-                            name: call.name,
+                            name: machine::storable(&call.name),
                             arguments: machine::parse_arguments(&call.arguments),
                             command_id: proto_schemas::CommandId::for_tool_call(
                                 request.request_id,

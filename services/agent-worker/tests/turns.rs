@@ -470,3 +470,40 @@ async fn a_turn_in_a_ten_thousand_event_conversation_reads_a_bounded_number_of_e
     assert!(warm <= 5, "a warm turn read {warm} events");
     stack.stop().await;
 }
+
+/// Invariant 9: what a model says is made storable before it is recorded. A NUL
+/// character (which Postgres cannot store) in tool arguments or in the reply used to
+/// fail every attempt to record the turn; now the turn completes once, without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_characters_from_the_model_are_dropped_not_retried() {
+    let mut stack = Stack::start(0).await;
+    let model = ModelStub::start(None, |call| match call {
+        0 => Scripted::ToolCalls(vec![(
+            "call_\u{0}1".into(),
+            "add_task".into(),
+            r#"{"title":"Pay\u0000 rent"}"#.into(),
+        )]),
+        _ => Scripted::Text("Added\u{0} it.".into()),
+    })
+    .await;
+    let mut config = stack.worker_config();
+    config.provider.llm_base_url = Some(model.base.clone());
+    stack.spawn_worker(config).await;
+
+    let request = stack.new_chat("alice", "add a task to pay rent");
+    let reply = stack.chat(&request).await;
+    let (response, calls) = answered(&reply);
+    assert_eq!(response, "Added it.");
+    assert_eq!(
+        calls[0].result,
+        json!({"task_id": 1, "status": "created", "title": "Pay rent"})
+    );
+    let events = stack.conversation(request.conversation_id).await;
+    assert!(
+        matches!(events.last(), Some(ConversationEvent::AssistantReplied { text, .. }) if text == "Added it."),
+        "{events:#?}"
+    );
+    // Once: two model calls, no retried turn.
+    assert_eq!(model.requests.lock().unwrap().len(), 2);
+    stack.stop().await;
+}

@@ -39,6 +39,7 @@ impl ChatInput {
             let code = match error {
                 InvalidChatMessage::Empty => "empty_message",
                 InvalidChatMessage::TooLong { .. } => "message_too_long",
+                InvalidChatMessage::NulCharacter => "invalid_message",
             };
             ApiError::invalid(code, error.to_string())
         })?;

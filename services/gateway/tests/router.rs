@@ -191,6 +191,17 @@ async fn bad_bodies_get_400_413_415_and_422() {
         "{error}"
     );
 
+    // U+0000 cannot be stored by Postgres: refused where it enters.
+    let body = json!({"message": "add milk\u{0}"}).to_string();
+    assert!(body.contains("\\u0000"), "{body}");
+    let (status, _, error) = send(state(false).await, chat("ada", Some(&ada), body)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_error(&error, "invalid_message");
+    assert!(
+        error["error"]["message"].as_str().unwrap().contains("NUL"),
+        "{error}"
+    );
+
     let body = json!({"message": "hi", "conversation_id": "not-a-uuid"}).to_string();
     let (status, _, error) = send(state(false).await, chat("ada", Some(&ada), body)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);

@@ -33,6 +33,9 @@ impl TaskTitle {
         if title.is_empty() {
             return Err(TaskError::EmptyTitle);
         }
+        if title.contains('\0') {
+            return Err(TaskError::NulCharacter);
+        }
         if title.chars().count() > TITLE_MAX_CHARS {
             return Err(TaskError::TitleTooLong);
         }
@@ -54,6 +57,9 @@ impl TaskDescription {
         if description.chars().count() > DESCRIPTION_MAX_CHARS {
             return Err(TaskError::DescriptionTooLong);
         }
+        if description.contains('\0') {
+            return Err(TaskError::NulCharacter);
+        }
         Ok(Self(description.to_owned()))
     }
 
@@ -73,6 +79,9 @@ pub enum TaskError {
     TitleTooLong,
     #[error("Description must be at most {DESCRIPTION_MAX_CHARS} characters")]
     DescriptionTooLong,
+    /// Postgres cannot store U+0000: refused, not failed on every attempt to store it.
+    #[error("Title and description must not contain NUL (\\u0000) characters")]
+    NulCharacter,
     #[error("Nothing to update: give a new title or a new description")]
     NothingToUpdate(TaskNumber),
     #[error("Task list is full: no task numbers are left")]
@@ -341,6 +350,27 @@ pub(crate) fn execute(list: &TaskList, call: &ToolCall) -> (Vec<TaskEvent>, Tool
 mod tests {
     use proto_schemas::tasks::ListTasksArgs;
     use serde_json::json;
+
+    #[test]
+    fn text_postgres_cannot_store_is_refused() {
+        assert_eq!(TaskTitle::parse("Buy\0 milk"), Err(TaskError::NulCharacter));
+        assert_eq!(
+            TaskDescription::parse("2\0 litres"),
+            Err(TaskError::NulCharacter)
+        );
+        let (events, output) = execute(
+            &TaskList::default(),
+            &ToolCall::AddTask(AddTaskArgs {
+                title: "Buy\0 milk".into(),
+                description: String::new(),
+            }),
+        );
+        assert!(events.is_empty());
+        assert_eq!(
+            serde_json::to_value(output).unwrap(),
+            json!({"error": "Title and description must not contain NUL (\\u0000) characters"})
+        );
+    }
 
     #[test]
     fn a_list_survives_its_snapshot() {
