@@ -3,7 +3,7 @@
 //! statuses the API promises (400 / 413 / 415 / 422).
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, QueryRejection, RawPathParamsRejection};
 use axum::extract::{FromRequest, FromRequestParts, Query, RawPathParams, Request};
 use axum::http::header;
 use axum::http::request::Parts;
@@ -30,8 +30,12 @@ impl FromRequestParts<AppState> for AuthUser {
         let user = state.keys().verify(token)?;
         let params = RawPathParams::from_request_parts(parts, state)
             .await
-            .map_err(|rejection| {
-                ApiError::internal(format!("path parameters unavailable: {rejection}"))
+            .map_err(|rejection| match rejection {
+                RawPathParamsRejection::InvalidUtf8InPathParam(_) => ApiError::BadRequest {
+                    code: "invalid_path",
+                    message: "the path is not valid UTF-8 once percent-decoded".to_owned(),
+                },
+                other => ApiError::internal(format!("path parameters unavailable: {other}")),
             })?;
         let path_user = params
             .iter()
@@ -46,8 +50,9 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
-/// A JSON body, with axum's rejections mapped to the API's error shape: not JSON →
-/// 400, JSON of the wrong shape → 422, no JSON content type → 415, too large → 413.
+/// A JSON object body, with axum's rejections mapped to the API's error shape: not
+/// JSON → 400, JSON of the wrong shape (or not an object) → 422, no JSON content type →
+/// 415, too large → 413.
 #[derive(Debug)]
 pub(crate) struct ApiJson<T>(pub T);
 
@@ -55,10 +60,20 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection, state.settings().max_body_bytes)),
+        let Json(value) = Json::<serde_json::Value>::from_request(request, state)
+            .await
+            .map_err(|rejection| json_rejection(rejection, state.settings().max_body_bytes))?;
+        // serde reads a struct from a JSON array too (fields by position): the API's
+        // bodies are objects, so anything else is the wrong shape.
+        if !value.is_object() {
+            return Err(ApiError::invalid(
+                "invalid_body",
+                "the request body must be a JSON object",
+            ));
         }
+        serde_json::from_value(value)
+            .map(Self)
+            .map_err(|error| ApiError::invalid("invalid_body", error.to_string()))
     }
 }
 

@@ -137,6 +137,15 @@ async fn tokens_are_required_and_checked() {
         .unwrap();
     let (status, _, _) = send(state(false).await, request).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // A path that is not UTF-8 once decoded is the client's mistake: 400, not 500.
+    let request = Request::get("/api/%FF/tasks")
+        .header(header::AUTHORIZATION, format!("Bearer {}", token("ada")))
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, error) = send(state(false).await, request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&error, "invalid_path");
 }
 
 /// An HS256 token with arbitrary claims, signed with the test secret.
@@ -188,6 +197,22 @@ async fn bad_bodies_get_400_413_415_and_422() {
     assert_error(&error, "message_too_long");
     assert!(
         error["error"]["message"].as_str().unwrap().contains("4000"),
+        "{error}"
+    );
+
+    // A struct could be read from an array (fields by position): bodies are objects.
+    let (status, _, error) = send(
+        state(false).await,
+        chat("ada", Some(&ada), r#"["add milk", null]"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_error(&error, "invalid_body");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("JSON object"),
         "{error}"
     );
 
