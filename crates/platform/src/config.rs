@@ -44,13 +44,18 @@ impl NatsConfig {
         proto_schemas::Subjects::new(&self.subject_prefix)
     }
 
+    /// The server URL(s) fit for logs: user names and passwords replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        redact_urls(&self.nats_url)
+    }
+
     /// Connects with a client name, retrying the initial connect (retry_on_initial_connect) and logging reconnects/disconnects via event_callback.
     ///
     /// Because the first connect is retried in the background, this returns as soon as
     /// the URL is accepted; publishes and subscriptions are queued until the server is
     /// reachable. That lets services start in any order.
     pub async fn connect(&self, service_name: &str) -> Result<async_nats::Client, BusError> {
-        let url = self.nats_url.clone();
+        let url = self.redacted_url();
         let service = service_name.to_owned();
         async_nats::ConnectOptions::new()
             .name(service_name)
@@ -64,6 +69,26 @@ impl NatsConfig {
             .await
             .map_err(BusError::Connect)
     }
+}
+
+/// `urls` (one, or several separated by commas, as NATS takes them) with any user
+/// name, token or password replaced by `***`, for logs and error messages.
+pub fn redact_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|raw| match url::Url::parse(raw.trim()) {
+            Ok(mut parsed) => {
+                if parsed.password().is_some() {
+                    let _ = parsed.set_password(Some("***"));
+                }
+                if !parsed.username().is_empty() {
+                    let _ = parsed.set_username("***");
+                }
+                parsed.to_string()
+            }
+            Err(_) => "<unreadable url>".to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn log_nats_event(service: &str, url: &str, event: async_nats::Event) {
@@ -303,6 +328,22 @@ mod tests {
                 .unwrap();
             assert!(argument.is_hide_env_values_set(), "{id}");
         }
+    }
+
+    #[test]
+    fn urls_in_logs_carry_no_credentials() {
+        assert_eq!(
+            redact_urls("nats://app:s3cret@nats-1:4222,nats://tok3n@nats-2:4222"),
+            "nats://***:***@nats-1:4222,nats://***@nats-2:4222"
+        );
+        assert_eq!(
+            redact_urls("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
+        assert_eq!(redact_urls("::not a url"), "<unreadable url>");
+        let config =
+            TestConfig::try_parse_from(["svc", "--nats-url", "nats://u:pw@h:4222"]).unwrap();
+        assert!(!config.nats.redacted_url().contains("pw"));
     }
 
     #[test]

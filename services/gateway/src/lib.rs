@@ -71,7 +71,7 @@ impl App {
         state.prepare().await.with_context(|| {
             format!(
                 "failed to set up the chat streams on {}",
-                config.nats.nats_url
+                config.nats.redacted_url()
             )
         })?;
         let (listener, local_addr) = platform::bind_http(config.listen).await?;
