@@ -39,7 +39,16 @@ pub enum ModelError {
     Stream(String),
     #[error("model response could not be read: {0}")]
     Invalid(String),
+    /// The step's text and tool arguments grew past [`MAX_STEP_BYTES`]: not asked
+    /// again (the same request would grow the same way), and nothing of it recorded.
+    #[error("model response is larger than {MAX_STEP_BYTES} bytes")]
+    TooLarge,
 }
+
+/// The most text and tool-call arguments one model step may produce, in bytes. Well
+/// under the bus's 1 MiB payload limit, so that whatever is recorded can be published
+/// and read back.
+pub const MAX_STEP_BYTES: usize = 256 * 1024;
 
 impl From<OpenAIError> for ModelError {
     fn from(error: OpenAIError) -> Self {
@@ -182,6 +191,9 @@ impl ModelClient {
             if let Some(text) = assembler.push(&chunk) {
                 on_text(text);
             }
+            if assembler.size() > MAX_STEP_BYTES {
+                return Err(ModelError::TooLarge);
+            }
         }
         Ok(assembler.finish())
     }
@@ -232,6 +244,16 @@ impl StepAssembler {
             .filter(|text| !text.is_empty())?;
         self.text.push_str(text);
         Some(text.to_owned())
+    }
+
+    /// Bytes of text and tool-call arguments so far.
+    pub fn size(&self) -> usize {
+        self.text.len()
+            + self
+                .calls
+                .values()
+                .map(|call| call.id.len() + call.name.len() + call.arguments.len())
+                .sum::<usize>()
     }
 
     pub fn finish(self) -> ModelStep {

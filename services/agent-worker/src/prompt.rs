@@ -44,3 +44,7 @@ several attempts. Please try again in a moment.";
 
 /// The error shown for a conversation that does not exist or is someone else's.
 pub const CONVERSATION_NOT_FOUND_MESSAGE: &str = "Conversation not found.";
+
+/// The reply when the model's answer was larger than the worker keeps.
+pub const MODEL_REPLY_TOO_LARGE_MESSAGE: &str = "Sorry, the assistant's answer was too long \
+to keep. Please ask for something shorter.";

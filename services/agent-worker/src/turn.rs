@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::conversation::{Access, Conversation, KnownTurn};
 use crate::machine::{self, Action, CallState, Ending, Next, TurnState, event_ids};
-use crate::model::ModelClient;
+use crate::model::{ModelClient, ModelError};
 use crate::prompt;
 use crate::tools::ToolCatalog;
 
@@ -434,11 +434,21 @@ impl Worker {
             Err(error) => {
                 // The cause goes to the logs; the user gets a friendly message.
                 tracing::error!(step, elapsed_ms, model = self.model.model(), error = %error, "model call failed");
+                let (code, message) = match error {
+                    ModelError::TooLarge => (
+                        ChatErrorCode::Internal,
+                        prompt::MODEL_REPLY_TOO_LARGE_MESSAGE,
+                    ),
+                    _ => (
+                        ChatErrorCode::ModelUnavailable,
+                        prompt::MODEL_UNAVAILABLE_MESSAGE,
+                    ),
+                };
                 vec![ended(
                     request,
                     Ending::Failed {
-                        code: ChatErrorCode::ModelUnavailable,
-                        message: prompt::MODEL_UNAVAILABLE_MESSAGE.to_owned(),
+                        code,
+                        message: message.to_owned(),
                     },
                 )]
             }

@@ -507,3 +507,33 @@ async fn nul_characters_from_the_model_are_dropped_not_retried() {
     assert_eq!(model.requests.lock().unwrap().len(), 2);
     stack.stop().await;
 }
+
+/// Invariant 9: a model answer larger than the worker keeps ends the turn once with a
+/// clear error; nothing of it is recorded, so the conversation stays readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_model_answer_ends_the_turn_with_a_clear_error() {
+    let mut stack = Stack::start(0).await;
+    let model = ModelStub::start(None, |_| {
+        Scripted::Text("x".repeat(agent_worker::model::MAX_STEP_BYTES + 1))
+    })
+    .await;
+    let mut config = stack.worker_config();
+    config.provider.llm_base_url = Some(model.base.clone());
+    stack.spawn_worker(config).await;
+
+    let request = stack.new_chat("alice", "write me a novel");
+    let reply = stack.chat(&request).await;
+    let ChatOutcome::Failed { error } = &reply.outcome else {
+        panic!("expected a failed turn: {reply:?}")
+    };
+    assert_eq!(
+        error.message,
+        agent_worker::prompt::MODEL_REPLY_TOO_LARGE_MESSAGE
+    );
+    let events = stack.conversation(request.conversation_id).await;
+    assert_eq!(events.len(), 3, "{events:#?}");
+    assert!(matches!(events[2], ConversationEvent::TurnFailed { .. }));
+    // Not asked again: the same request would grow the same way.
+    assert_eq!(model.requests.lock().unwrap().len(), 1);
+    stack.stop().await;
+}
