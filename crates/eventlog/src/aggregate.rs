@@ -113,6 +113,25 @@ pub enum RepositoryError {
     Contended { stream: String, attempts: u32 },
 }
 
+impl RepositoryError {
+    /// Whether trying again can help. A value the database refuses (SQLSTATE class 22,
+    /// data exception; 54, program limit exceeded), an event that does not decode or a
+    /// batch that is partly stored fail the same way every time: the caller should
+    /// give up at once rather than retry. Lost connections, time-outs and contention
+    /// pass.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Decode { .. } | Self::PartiallyStored { .. } | Self::Empty => true,
+            Self::Store(StoreError::Corrupt { .. }) => true,
+            Self::Store(StoreError::Database(error)) => error
+                .as_database_error()
+                .and_then(|db| db.code())
+                .is_some_and(|code| code.starts_with("22") || code.starts_with("54")),
+            Self::Store(StoreError::Migrate(_)) | Self::Contended { .. } => false,
+        }
+    }
+}
+
 /// What an append did. In every case `current` is left at what the store holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use eventlog::{
-    Aggregate, EventMetadata, EventStore, Executed, Repository, RepositoryOptions, Versioned,
+    Aggregate, EventMetadata, EventStore, Executed, Repository, RepositoryError, RepositoryOptions,
+    StoreError, Versioned,
 };
 use proto_schemas::events::{StreamId, TaskEvent};
 use proto_schemas::{EventId, TaskNumber};
@@ -241,4 +242,22 @@ async fn snapshots_of_another_shape_or_that_do_not_decode_are_ignored() {
         RepositoryOptions::default(),
     );
     assert_eq!(fresh.load(&alice).await.unwrap(), expected);
+}
+
+#[tokio::test]
+async fn values_the_database_refuses_are_permanent_failures_and_lost_connections_are_not() {
+    let (_db, store, _, _) = repositories(100).await;
+    let refused = sqlx::query("SELECT $1::jsonb")
+        .bind("\"\\u0000\"")
+        .execute(store.pool())
+        .await
+        .unwrap_err();
+    assert!(RepositoryError::from(StoreError::from(refused)).is_permanent());
+
+    let unreachable = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_secs(2))
+        .connect("postgres://postgres@127.0.0.1:1/none")
+        .await
+        .unwrap_err();
+    assert!(!RepositoryError::from(StoreError::from(unreachable)).is_permanent());
 }

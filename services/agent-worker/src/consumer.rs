@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::prompt::DELIVERY_EXHAUSTED_MESSAGE;
+use crate::prompt::{DELIVERY_EXHAUSTED_MESSAGE, TURN_FAILED_MESSAGE};
 use crate::turn::Worker;
 use platform::error_chain;
 
@@ -210,6 +210,13 @@ async fn handle(
                     outcome = outcome_name(&reply.outcome),
                     "chat turn answered"
                 );
+                settle(&message, AckKind::Ack).await;
+            }
+            // The same turn would fail the same way: end it now, with no redelivery.
+            Err(error) if error.is_permanent() => {
+                tracing::error!(error = %error_chain(&error), "chat turn failed for good, not retried");
+                let failure = worker.end_with_failure(&request, ChatErrorCode::Internal, TURN_FAILED_MESSAGE);
+                keep_alive(&message, limits.progress, failure).await;
                 settle(&message, AckKind::Ack).await;
             }
             Err(error) if !is_last_delivery(delivered, limits.max_deliver) => {

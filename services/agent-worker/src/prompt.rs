@@ -48,3 +48,8 @@ pub const CONVERSATION_NOT_FOUND_MESSAGE: &str = "Conversation not found.";
 /// The reply when the model's answer was larger than the worker keeps.
 pub const MODEL_REPLY_TOO_LARGE_MESSAGE: &str = "Sorry, the assistant's answer was too long \
 to keep. Please ask for something shorter.";
+
+/// The reply when a turn failed in a way that trying again would not fix (the cause
+/// is in the worker's logs).
+pub const TURN_FAILED_MESSAGE: &str = "Sorry, I couldn't finish answering this message. \
+Please try again, perhaps in other words.";

@@ -60,6 +60,17 @@ pub(crate) enum TurnError {
     Publish(#[source] async_nats::Error),
 }
 
+impl TurnError {
+    /// Whether a redelivery can help: not when the store refuses what the turn
+    /// records (the same value would be refused again).
+    pub(crate) fn is_permanent(&self) -> bool {
+        match self {
+            Self::Conversation(error) => error.is_permanent(),
+            Self::Contended { .. } | Self::ToolUnavailable { .. } | Self::Publish(_) => false,
+        }
+    }
+}
+
 impl From<eventlog::StoreError> for TurnError {
     fn from(error: eventlog::StoreError) -> Self {
         Self::Conversation(error.into())
