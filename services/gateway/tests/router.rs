@@ -67,6 +67,21 @@ fn chat(user: &str, token: Option<&str>, body: impl Into<Body>) -> Request<Body>
     request.body(body.into()).unwrap()
 }
 
+/// A chat body from `token`'s user that is refused with 422 `code`, the message naming
+/// `mentions`.
+async fn assert_unprocessable(token: &str, body: impl Into<Body>, code: &str, mentions: &str) {
+    let (status, _, error) = send(state(false).await, chat("ada", Some(token), body)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    assert_error(&error, code);
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(mentions),
+        "{error}"
+    );
+}
+
 fn assert_error(body: &Value, code: &str) {
     assert_eq!(body["error"]["code"], code, "{body}");
     assert!(
@@ -169,20 +184,7 @@ async fn bad_bodies_get_400_413_415_and_422() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_error(&error, "malformed_json");
 
-    let (status, _, error) = send(
-        state(false).await,
-        chat("ada", Some(&ada), "{\"text\": \"hi\"}"),
-    )
-    .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_error(&error, "invalid_body");
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("message"),
-        "{error}"
-    );
+    assert_unprocessable(&ada, "{\"text\": \"hi\"}", "invalid_body", "message").await;
 
     for empty in ["", "   \n"] {
         let body = json!({"message": empty}).to_string();
@@ -192,40 +194,15 @@ async fn bad_bodies_get_400_413_415_and_422() {
     }
 
     let body = json!({"message": "x".repeat(4001)}).to_string();
-    let (status, _, error) = send(state(false).await, chat("ada", Some(&ada), body)).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_error(&error, "message_too_long");
-    assert!(
-        error["error"]["message"].as_str().unwrap().contains("4000"),
-        "{error}"
-    );
+    assert_unprocessable(&ada, body, "message_too_long", "4000").await;
 
     // A struct could be read from an array (fields by position): bodies are objects.
-    let (status, _, error) = send(
-        state(false).await,
-        chat("ada", Some(&ada), r#"["add milk", null]"#),
-    )
-    .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_error(&error, "invalid_body");
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("JSON object"),
-        "{error}"
-    );
+    assert_unprocessable(&ada, r#"["add milk", null]"#, "invalid_body", "JSON object").await;
 
     // U+0000 cannot be stored by Postgres: refused where it enters.
     let body = json!({"message": "add milk\u{0}"}).to_string();
     assert!(body.contains("\\u0000"), "{body}");
-    let (status, _, error) = send(state(false).await, chat("ada", Some(&ada), body)).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_error(&error, "invalid_message");
-    assert!(
-        error["error"]["message"].as_str().unwrap().contains("NUL"),
-        "{error}"
-    );
+    assert_unprocessable(&ada, body, "invalid_message", "NUL").await;
 
     let body = json!({"message": "hi", "conversation_id": "not-a-uuid"}).to_string();
     let (status, _, error) = send(state(false).await, chat("ada", Some(&ada), body)).await;
