@@ -237,17 +237,6 @@ impl<A: Aggregate> Repository<A> {
         }
     }
 
-    /// The stream's state as this process last saw it, without asking the store when
-    /// it is cached. For writers only: it may be stale, which the expected version of
-    /// the next append detects ([`Appended::Conflict`]).
-    pub async fn load_cached(&self, stream: &StreamId) -> Result<Versioned<A>, RepositoryError> {
-        let name = stream.to_string();
-        match self.cached(&name) {
-            Some(current) => Ok(current),
-            None => self.load_cold(&name).await,
-        }
-    }
-
     /// Brings `current` up to date with the store.
     pub async fn refresh(
         &self,
@@ -255,11 +244,6 @@ impl<A: Aggregate> Repository<A> {
         current: &mut Versioned<A>,
     ) -> Result<(), RepositoryError> {
         self.catch_up(&stream.to_string(), current).await
-    }
-
-    /// Forgets the cached state of `stream` (the next load asks the store).
-    pub fn forget(&self, stream: &StreamId) {
-        self.cache.remove(&stream.to_string());
     }
 
     /// Appends `events`, decided on `current`, if the stream is still at

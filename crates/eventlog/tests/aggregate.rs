@@ -67,6 +67,19 @@ fn delete(number: u32) -> impl FnMut(&Titles) -> (Vec<(EventId, TaskEvent)>, boo
     }
 }
 
+/// Adds `count` tasks titled "`prefix` 0", "`prefix` 1", … one command each.
+async fn add_many(repository: &Repository<Titles>, stream: &StreamId, count: u32, prefix: &str) {
+    for n in 0..count {
+        let title = format!("{prefix} {n}");
+        output(
+            repository
+                .execute(stream, &EventMetadata::default(), add(&title))
+                .await
+                .unwrap(),
+        );
+    }
+}
+
 fn output<T>(executed: Executed<T>) -> T {
     match executed {
         Executed::Decided { output, .. } => output,
@@ -168,15 +181,7 @@ async fn a_retried_decision_stores_nothing_twice() {
 async fn a_cold_load_of_a_long_stream_reads_a_snapshot_and_the_events_after_it() {
     let (_db, store, writer, _) = repositories(50).await;
     let alice = stream("alice");
-    let metadata = EventMetadata::default();
-    for n in 0..1_234 {
-        output(
-            writer
-                .execute(&alice, &metadata, add(&format!("task {n}")))
-                .await
-                .unwrap(),
-        );
-    }
+    add_many(&writer, &alice, 1_234, "task").await;
     let expected = writer.load(&alice).await.unwrap();
     assert_eq!(expected.version, 1_234);
 
@@ -189,7 +194,7 @@ async fn a_cold_load_of_a_long_stream_reads_a_snapshot_and_the_events_after_it()
         },
     );
     let before = cold.store().events_read();
-    let loaded = cold.load_cached(&alice).await.unwrap();
+    let loaded = cold.load(&alice).await.unwrap();
     assert_eq!(loaded, expected);
     let read = cold.store().events_read() - before;
     assert!(
@@ -199,14 +204,7 @@ async fn a_cold_load_of_a_long_stream_reads_a_snapshot_and_the_events_after_it()
 
     // Stale by more than a snapshot's worth: caught up from the newer snapshot,
     // not by reading every event in between.
-    for n in 0..300 {
-        output(
-            writer
-                .execute(&alice, &metadata, add(&format!("more {n}")))
-                .await
-                .unwrap(),
-        );
-    }
+    add_many(&writer, &alice, 300, "more").await;
     let before = cold.store().events_read();
     let caught_up = cold.load(&alice).await.unwrap();
     assert_eq!(caught_up, writer.load(&alice).await.unwrap());
@@ -218,15 +216,7 @@ async fn a_cold_load_of_a_long_stream_reads_a_snapshot_and_the_events_after_it()
 async fn snapshots_of_another_shape_or_that_do_not_decode_are_ignored() {
     let (_db, store, writer, _) = repositories(10).await;
     let alice = stream("alice");
-    let metadata = EventMetadata::default();
-    for n in 0..25 {
-        output(
-            writer
-                .execute(&alice, &metadata, add(&format!("task {n}")))
-                .await
-                .unwrap(),
-        );
-    }
+    add_many(&writer, &alice, 25, "task").await;
     let expected: Versioned<Titles> = writer.load(&alice).await.unwrap();
     store
         .save_snapshot(
