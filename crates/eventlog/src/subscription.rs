@@ -28,6 +28,11 @@ pub struct SubscribeOptions {
     pub settle_delays: Vec<Duration>,
     /// Pause after a failed read before trying again.
     pub retry_delay: Duration,
+    /// The shortest time between two reads while caught up. Under a steady stream of
+    /// appends every wake-up would otherwise read (and hand on) a handful of events;
+    /// waiting a little lets them gather into one read and one batch downstream, at
+    /// the cost of that much more lag. Catching up (full batches) never waits.
+    pub min_read_interval: Duration,
 }
 
 impl Default for SubscribeOptions {
@@ -37,6 +42,7 @@ impl Default for SubscribeOptions {
             poll_interval: Duration::from_millis(500),
             settle_delays: [5, 20, 50, 100].map(Duration::from_millis).to_vec(),
             retry_delay: Duration::from_secs(1),
+            min_read_interval: Duration::ZERO,
         }
     }
 }
@@ -70,10 +76,20 @@ async fn tail(
 ) {
     // Quick re-reads still owed after the last wake-up.
     let mut settle = Vec::new();
+    // When the next read may start, unless the last one came back full.
+    let mut next_read = tokio::time::Instant::now();
     loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next_read) => {}
+            () = sender.closed() => return,
+        }
+        next_read = tokio::time::Instant::now() + options.min_read_interval;
         match store.read_all(checkpoint, options.batch_size).await {
             Ok(batch) => {
                 let full = batch.len() >= usize::try_from(options.batch_size).unwrap_or(usize::MAX);
+                if full {
+                    next_read = tokio::time::Instant::now();
+                }
                 let found = !batch.is_empty();
                 for event in batch {
                     checkpoint = event.checkpoint();

@@ -269,14 +269,12 @@ async fn keep_alive<T>(
     }
 }
 
-/// Acks (or naks, or terminates) a message, waiting for the server to confirm a
-/// plain ack. A lost ack only means a redelivery, which replays the recorded turn.
+/// Acks (or naks, or terminates) a message. Not a double ack: a lost ack only means a
+/// redelivery, which finds the turn recorded and republishes its reply (deduplicated
+/// by request id), so waiting for the server's confirmation would buy nothing but a
+/// round trip per turn.
 async fn settle(message: &jetstream::Message, kind: AckKind) {
-    let result = match kind {
-        AckKind::Ack => message.double_ack().await,
-        other => message.ack_with(other).await,
-    };
-    if let Err(error) = result {
+    if let Err(error) = message.ack_with(kind).await {
         tracing::warn!(%error, "failed to settle the chat request message");
     }
 }

@@ -125,9 +125,26 @@ impl Worker {
                         self.publish_reply(&reply).await?;
                         return Ok(reply);
                     }
-                    Action::RecordUserMessage { start } => opening_events(request, start),
+                    Action::RecordUserMessage { start } => {
+                        // The message is recorded with the first model step's outcome:
+                        // one append (and commit) fewer per turn. A crash before that
+                        // append loses only the model call, which the redelivery makes
+                        // again; nothing of the turn has run yet.
+                        let mut events = opening_events(request, start);
+                        let mut opened = turn.state.clone();
+                        for (_, event) in &events {
+                            opened.apply(event);
+                        }
+                        let first =
+                            machine::next_action(&opened, false, self.settings.max_model_steps);
+                        if let Action::Advance { pending, next } = first {
+                            events.extend(self.advance(&turn, opened, &pending, next).await?);
+                        }
+                        events
+                    }
                     Action::Advance { pending, next } => {
-                        self.advance(&turn, &pending, next).await?
+                        self.advance(&turn, turn.state.clone(), &pending, next)
+                            .await?
                     }
                 };
             self.record(&mut turn, events).await?;
@@ -312,17 +329,18 @@ impl Worker {
         Ok(reply)
     }
 
-    /// Runs the turn's pending tool calls, then `next`: the events that record all of
-    /// it, for one append.
+    /// Runs the pending tool calls of `state` (the turn's state, or a copy ahead of it
+    /// by events not yet recorded), then `next`: the events that record all of it,
+    /// for one append.
     async fn advance(
         &self,
         turn: &Turn<'_>,
+        mut state: TurnState,
         pending: &[(u32, u32)],
         next: Next,
     ) -> Result<Vec<(EventId, ConversationEvent)>, TurnError> {
         let request = turn.request;
-        // The model of the next step must see these results: apply them to a copy.
-        let mut state = turn.state.clone();
+        // The model of the next step must see these results: they go into `state`.
         let mut events = Vec::new();
         for &(step, index) in pending {
             let call = &state.steps[&step][index as usize];
@@ -379,7 +397,12 @@ impl Worker {
                 let _ = deltas.send(text);
             });
         let forwarding = async {
-            while let Some(text) = forward.recv().await {
+            while let Some(mut text) = forward.recv().await {
+                // Deltas that arrived while the last one was being published go out
+                // as one chunk: a busy replica publishes less, an idle one at once.
+                while let Ok(more) = forward.try_recv() {
+                    text.push_str(&more);
+                }
                 self.publish_chunk(request.request_id, &ChatStreamChunk::TextDelta { text })
                     .await;
             }

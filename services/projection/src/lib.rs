@@ -111,6 +111,15 @@ pub struct Config {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub poll_interval_ms: u64,
+    /// The shortest time between two reads of the log while caught up, in
+    /// milliseconds: appends that arrive meanwhile are applied as one batch (fewer
+    /// transactions under load), and the read models lag by up to this much more.
+    #[arg(
+        long = "min-read-interval-ms",
+        env = "PROJECTION_MIN_READ_INTERVAL_MS",
+        default_value_t = 20
+    )]
+    pub min_read_interval_ms: u64,
     /// How often a stand-by replica tries to become the writer, in milliseconds.
     #[arg(
         long = "standby-poll-ms",
@@ -277,6 +286,7 @@ impl App {
                 standby_poll: Duration::from_millis(config.standby_poll_ms),
                 retry_delay: Duration::from_millis(config.retry_delay_ms),
                 poll_interval: Duration::from_millis(config.poll_interval_ms),
+                min_read_interval: Duration::from_millis(config.min_read_interval_ms),
             },
         };
         let writer = tokio::spawn(writer.run(shutdown.child_token()));

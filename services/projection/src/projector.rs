@@ -40,6 +40,8 @@ pub(crate) struct WriterSettings {
     pub retry_delay: Duration,
     /// How often the log is read when no wake-up arrives.
     pub poll_interval: Duration,
+    /// The shortest time between two reads of the log while caught up.
+    pub min_read_interval: Duration,
 }
 
 /// Everything the writer needs.
@@ -158,6 +160,7 @@ impl Writer {
             let options = SubscribeOptions {
                 batch_size: self.settings.batch_size,
                 poll_interval: self.settings.poll_interval,
+                min_read_interval: self.settings.min_read_interval,
                 ..SubscribeOptions::default()
             };
             let batch_size = usize::try_from(self.settings.batch_size)

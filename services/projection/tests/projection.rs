@@ -35,6 +35,7 @@ fn config(db: &TestDatabase, bus: &TestBus) -> Config {
         },
         batch_size: 1_000,
         poll_interval_ms: 100,
+        min_read_interval_ms: 20,
         standby_poll_ms: 100,
         retry_delay_ms: 100,
         query_concurrency: 16,
