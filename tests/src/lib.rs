@@ -382,6 +382,37 @@ impl Stack {
         )
         .await
     }
+
+    /// [`Self::chat`] for a turn that must be answered: asserts 200 (naming the body
+    /// otherwise) and returns the answer.
+    pub async fn chat_ok(
+        &self,
+        user: &str,
+        message: &str,
+        conversation_id: Option<&str>,
+    ) -> serde_json::Value {
+        let (status, answer) = self
+            .chat(user, message, conversation_id)
+            .await
+            .unwrap_or_else(|error| panic!("chat {message:?} as {user}: {error:#}"));
+        assert_eq!(
+            status,
+            reqwest::StatusCode::OK,
+            "chat {message:?}: {answer}"
+        );
+        answer
+    }
+
+    /// [`Self::get`] for a read that must succeed: asserts 200 (naming the body
+    /// otherwise) and returns the body.
+    pub async fn get_ok(&self, user: &str, path: &str) -> serde_json::Value {
+        let (status, body) = self
+            .get(user, path)
+            .await
+            .unwrap_or_else(|error| panic!("GET {path} as {user}: {error:#}"));
+        assert_eq!(status, reqwest::StatusCode::OK, "GET {path}: {body}");
+        body
+    }
 }
 
 /// Sends `request`; returns the status and the JSON body (an error names a body that

@@ -250,6 +250,21 @@ impl Browser {
         Ok(())
     }
 
+    /// Waits until the app is open as `user` with nothing on their task list yet (a
+    /// fresh user's first view).
+    async fn wait_signed_in_empty(&self, user: &str) -> anyhow::Result<()> {
+        self.wait_for_text("the signed-in user", UI, "#account-user", user)
+            .await?;
+        self.wait_for_text(
+            "the empty task panel",
+            UI,
+            "#tasks-pending",
+            "Nothing pending",
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Types `text` into the message box and presses Enter, as a person would.
     async fn send(&self, text: &str) -> anyhow::Result<()> {
         let input = self.client.find(Locator::Css("#composer-input")).await?;
@@ -337,17 +352,7 @@ async fn chat_in_the_browser(stack: &Stack, browser: &Browser) -> anyhow::Result
         .await?
         .click()
         .await?;
-    browser
-        .wait_for_text("the signed-in user", UI, "#account-user", user)
-        .await?;
-    browser
-        .wait_for_text(
-            "the empty task panel",
-            UI,
-            "#tasks-pending",
-            "Nothing pending",
-        )
-        .await?;
+    browser.wait_signed_in_empty(user).await?;
 
     // First turn: the reply streams in, the chip names the new task, the panel shows it.
     browser.send("add a task to buy milk").await?;
@@ -552,17 +557,7 @@ async fn sign_in_with_tokens(stack: &Stack, browser: &Browser) -> anyhow::Result
     browser
         .sign_in_with_token(&stack.token("token-user"))
         .await?;
-    browser
-        .wait_for_text("the signed-in user", UI, "#account-user", "token-user")
-        .await?;
-    browser
-        .wait_for_text(
-            "the empty task panel",
-            UI,
-            "#tasks-pending",
-            "Nothing pending",
-        )
-        .await?;
+    browser.wait_signed_in_empty("token-user").await?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use system_tests::Stack;
-use testkit::eventually;
+use testkit::{eventually, expect_json};
 
 fn tool_names(answer: &Value) -> Vec<String> {
     answer["tool_calls"]
@@ -53,11 +53,9 @@ async fn wait_for_tasks(stack: &Stack, user: &str, query: &str, expected: &[(u64
 #[tokio::test]
 async fn the_reference_chat_test_adds_a_task() {
     let stack = Stack::start().await.unwrap();
-    let (status, answer) = stack
-        .chat("test-user", "Add a task to buy groceries", None)
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{answer}");
+    let answer = stack
+        .chat_ok("test-user", "Add a task to buy groceries", None)
+        .await;
     assert!(
         answer["conversation_id"]
             .as_str()
@@ -82,15 +80,11 @@ async fn the_reference_chat_test_adds_a_task() {
 async fn tasks_are_listed_completed_renamed_and_deleted_by_chat_in_one_conversation() {
     let stack = Stack::start().await.unwrap();
     let user = "alice";
-    let (_, first) = stack
-        .chat(user, "add a task to buy milk", None)
-        .await
-        .unwrap();
+    let first = stack.chat_ok(user, "add a task to buy milk", None).await;
     let conversation = first["conversation_id"].as_str().unwrap().to_owned();
     let conv = Some(conversation.as_str());
     for message in ["add a task to walk the dog", "add a task to call mom"] {
-        let (status, answer) = stack.chat(user, message, conv).await.unwrap();
-        assert_eq!(status, StatusCode::OK, "{answer}");
+        let answer = stack.chat_ok(user, message, conv).await;
         assert_eq!(
             answer["conversation_id"],
             conversation.as_str(),
@@ -98,35 +92,32 @@ async fn tasks_are_listed_completed_renamed_and_deleted_by_chat_in_one_conversat
         );
     }
 
-    let (_, listed) = stack.chat(user, "show my tasks", conv).await.unwrap();
+    let listed = stack.chat_ok(user, "show my tasks", conv).await;
     assert_eq!(tool_names(&listed), ["list_tasks"]);
     assert_eq!(listed["tool_calls"][0]["result"]["count"], 3);
 
-    let (_, completed) = stack.chat(user, "mark 1 done", conv).await.unwrap();
+    let completed = stack.chat_ok(user, "mark 1 done", conv).await;
     assert_eq!(tool_names(&completed), ["complete_task"]);
     assert_eq!(
         completed["tool_calls"][0]["result"],
         json!({"task_id": 1, "status": "completed", "title": "Buy milk"})
     );
 
-    let (_, renamed) = stack
-        .chat(user, "rename 2 to walk the cat", conv)
-        .await
-        .unwrap();
+    let renamed = stack.chat_ok(user, "rename 2 to walk the cat", conv).await;
     assert_eq!(tool_names(&renamed), ["update_task"]);
     assert_eq!(renamed["tool_calls"][0]["result"]["status"], "updated");
 
-    let (_, deleted) = stack.chat(user, "delete task 3", conv).await.unwrap();
+    let deleted = stack.chat_ok(user, "delete task 3", conv).await;
     assert_eq!(tool_names(&deleted), ["delete_task"]);
     assert_eq!(deleted["tool_calls"][0]["result"]["status"], "deleted");
 
-    let (_, missing) = stack.chat(user, "complete task 9", conv).await.unwrap();
+    let missing = stack.chat_ok(user, "complete task 9", conv).await;
     assert_eq!(
         missing["tool_calls"][0]["result"],
         json!({"error": "Task not found", "task_id": 9})
     );
 
-    let (_, pending) = stack.chat(user, "what's still open?", conv).await.unwrap();
+    let pending = stack.chat_ok(user, "what's still open?", conv).await;
     assert_eq!(pending["tool_calls"][0]["arguments"]["status"], "pending");
     assert_eq!(pending["tool_calls"][0]["result"]["count"], 1);
 
@@ -157,14 +148,10 @@ async fn tasks_are_listed_completed_renamed_and_deleted_by_chat_in_one_conversat
     })
     .await;
     assert_eq!(conversations[0]["conversation_id"], conversation.as_str());
-    let (status, messages) = stack
-        .get(
-            user,
-            &format!("/api/{user}/conversations/{conversation}/messages?limit=200"),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK);
+    let messages_path = format!("/api/{user}/conversations/{conversation}/messages");
+    let messages = stack
+        .get_ok(user, &format!("{messages_path}?limit=200"))
+        .await;
     let messages = messages["items"].as_array().unwrap();
     assert_eq!(messages.len(), 18);
     assert_eq!(messages[0]["role"], "user");
@@ -173,43 +160,28 @@ async fn tasks_are_listed_completed_renamed_and_deleted_by_chat_in_one_conversat
     assert_eq!(messages[1]["tool_calls"][0]["name"], "add_task");
 
     // Pagination of the messages.
-    let (_, page) = stack
-        .get(
-            user,
-            &format!("/api/{user}/conversations/{conversation}/messages?limit=5"),
-        )
-        .await
-        .unwrap();
+    let page = stack
+        .get_ok(user, &format!("{messages_path}?limit=5"))
+        .await;
     assert_eq!(page["items"].as_array().unwrap().len(), 5);
     let cursor = page["next_cursor"].as_str().expect("a next page");
-    let (_, next) = stack
-        .get(
-            user,
-            &format!("/api/{user}/conversations/{conversation}/messages?limit=5&cursor={cursor}"),
-        )
-        .await
-        .unwrap();
+    let next = stack
+        .get_ok(user, &format!("{messages_path}?limit=5&cursor={cursor}"))
+        .await;
     assert_eq!(next["items"][0], messages[5]);
 }
 
 #[tokio::test]
 async fn a_turn_streams_as_server_sent_events() {
     let stack = Stack::start().await.unwrap();
-    let response = stack
-        .http()
-        .post(format!("{}/api/sse-user/chat/stream", stack.gateway))
-        .bearer_auth(stack.token("sse-user"))
-        .json(&json!({"message": "add a task to buy milk"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream")
-    );
+    let response = testkit::open_event_stream(
+        stack
+            .http()
+            .post(format!("{}/api/sse-user/chat/stream", stack.gateway))
+            .bearer_auth(stack.token("sse-user"))
+            .json(&json!({"message": "add a task to buy milk"})),
+    )
+    .await;
     let events = testkit::read_events(response).await;
     let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     let position = |wanted: &str| names.iter().position(|n| *n == wanted);
@@ -241,32 +213,21 @@ async fn a_retried_post_with_the_same_idempotency_key_runs_once() {
             .bearer_auth(stack.token("idem"))
             .header("Idempotency-Key", key)
             .json(&json!({"message": "add a task to buy milk"}))
-            .send()
     };
-    let first: Value = post("key-1").await.unwrap().json().await.unwrap();
-    let (a, b) = tokio::join!(post("key-1"), post("key-1"));
+    let first = expect_json(post("key-1"), StatusCode::OK).await;
+    let (a, b) = tokio::join!(
+        expect_json(post("key-1"), StatusCode::OK),
+        expect_json(post("key-1"), StatusCode::OK)
+    );
     for retry in [a, b] {
-        let retry = retry.unwrap();
-        assert_eq!(retry.status(), StatusCode::OK);
-        let retry: Value = retry.json().await.unwrap();
         assert_eq!(retry, first, "a retry returns the first answer");
     }
-    let other: Value = post("key-2").await.unwrap().json().await.unwrap();
+    let other = expect_json(post("key-2"), StatusCode::OK).await;
     assert_ne!(other["request_id"], first["request_id"]);
-    wait_for_tasks(
-        &stack,
-        "idem",
-        "",
-        &[(1, "Buy milk", false), (2, "Buy milk", false)],
-    )
-    .await;
+    // Two tasks: the first key's once, the second key's once.
+    let twice = [(1, "Buy milk", false), (2, "Buy milk", false)];
+    wait_for_tasks(&stack, "idem", "", &twice).await;
     // And nothing more arrives.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    wait_for_tasks(
-        &stack,
-        "idem",
-        "",
-        &[(1, "Buy milk", false), (2, "Buy milk", false)],
-    )
-    .await;
+    wait_for_tasks(&stack, "idem", "", &twice).await;
 }

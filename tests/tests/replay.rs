@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
 use serde_json::Value;
 use system_tests::Stack;
 use testkit::eventually;
@@ -12,32 +11,29 @@ use testkit::eventually;
 async fn answers(stack: &Stack, user: &str) -> Vec<Value> {
     let mut out = Vec::new();
     for status in ["all", "pending", "completed"] {
-        let (code, body) = stack
-            .get(user, &format!("/api/{user}/tasks?status={status}"))
-            .await
-            .unwrap();
-        assert_eq!(code, StatusCode::OK, "{body}");
-        out.push(body);
+        let path = format!("/api/{user}/tasks?status={status}");
+        out.push(stack.get_ok(user, &path).await);
     }
-    let (code, conversations) = stack
-        .get(user, &format!("/api/{user}/conversations"))
-        .await
-        .unwrap();
-    assert_eq!(code, StatusCode::OK, "{conversations}");
+    let conversations = stack
+        .get_ok(user, &format!("/api/{user}/conversations"))
+        .await;
     for conversation in conversations["items"].as_array().unwrap() {
         let id = conversation["conversation_id"].as_str().unwrap();
-        let (code, messages) = stack
-            .get(
-                user,
-                &format!("/api/{user}/conversations/{id}/messages?limit=200"),
-            )
-            .await
-            .unwrap();
-        assert_eq!(code, StatusCode::OK, "{messages}");
-        out.push(messages);
+        let path = format!("/api/{user}/conversations/{id}/messages?limit=200");
+        out.push(stack.get_ok(user, &path).await);
     }
     out.push(conversations);
     out
+}
+
+/// Runs `projection verify`, which must find the read models agree with the log.
+async fn verify(stack: &Stack, when: &str) {
+    let verify = stack.run_to_end("projection", &["verify"]).await.unwrap();
+    assert!(
+        verify.status.success(),
+        "verify {when}: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }
 
 #[tokio::test]
@@ -66,16 +62,11 @@ async fn replay_after_dropping_the_read_models_gives_identical_answers() {
     for (user, messages) in script {
         let mut conversation: Option<String> = None;
         for message in messages {
-            let (status, answer) = stack
-                .chat(user, message, conversation.as_deref())
-                .await
-                .unwrap();
-            assert_eq!(status, StatusCode::OK, "{answer}");
+            let answer = stack.chat_ok(user, message, conversation.as_deref()).await;
             conversation = answer["conversation_id"].as_str().map(str::to_owned);
         }
         // A second conversation for each user.
-        let (status, _) = stack.chat(user, "what's still open?", None).await.unwrap();
-        assert_eq!(status, StatusCode::OK);
+        stack.chat_ok(user, "what's still open?", None).await;
     }
 
     // Wait until the read models have caught up with every turn.
@@ -93,12 +84,7 @@ async fn replay_after_dropping_the_read_models_gives_identical_answers() {
         .await;
         before.push(settled);
     }
-    let verify = stack.run_to_end("projection", &["verify"]).await.unwrap();
-    assert!(
-        verify.status.success(),
-        "verify before: {}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    verify(&stack, "before").await;
 
     let pool = stack.db.pool().await;
     sqlx::query("DROP SCHEMA projection CASCADE")
@@ -125,19 +111,12 @@ async fn replay_after_dropping_the_read_models_gives_identical_answers() {
         .await;
         assert_eq!(&after, expected);
     }
-    let verify = stack.run_to_end("projection", &["verify"]).await.unwrap();
-    assert!(
-        verify.status.success(),
-        "verify after: {}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    verify(&stack, "after").await;
 
     // The live projector carries on from the rebuilt checkpoint.
-    let (status, _) = stack
-        .chat("ana", "add a task to water the plants", None)
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK);
+    stack
+        .chat_ok("ana", "add a task to water the plants", None)
+        .await;
     eventually(
         Duration::from_secs(20),
         "a new task after the replay",
@@ -147,10 +126,5 @@ async fn replay_after_dropping_the_read_models_gives_identical_answers() {
         },
     )
     .await;
-    let verify = stack.run_to_end("projection", &["verify"]).await.unwrap();
-    assert!(
-        verify.status.success(),
-        "verify at the end: {}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    verify(&stack, "at the end").await;
 }

@@ -37,6 +37,23 @@ struct Pong {
     traceparent: Option<String>,
 }
 
+/// A client under a fresh prefix and the subject `<prefix>.test.<name>`.
+async fn client_on(name: &str) -> (async_nats::Client, String) {
+    let config = nats_config();
+    let client = config.connect("bus-test").await.unwrap();
+    (client, format!("{}.test.{name}", config.subject_prefix))
+}
+
+/// Asks `subject` to double `n`, waiting at most `timeout`.
+async fn ping(
+    client: &async_nats::Client,
+    subject: String,
+    n: u32,
+    timeout: Duration,
+) -> Result<Pong, BusError> {
+    bus::request_json(client, subject, &Ping { n }, timeout).await
+}
+
 /// Answers `Ping`s on `subject` with `Pong`s, following each request's trace.
 async fn spawn_responder(client: async_nats::Client, subject: String) {
     let mut requests = client.subscribe(subject).await.unwrap();
@@ -66,12 +83,10 @@ async fn spawn_responder(client: async_nats::Client, subject: String) {
 #[tokio::test]
 async fn request_json_round_trips_through_a_responder() {
     platform::telemetry::init_for_tests();
-    let config = nats_config();
-    let client = config.connect("bus-test").await.unwrap();
-    let subject = format!("{}.test.ping", config.subject_prefix);
+    let (client, subject) = client_on("ping").await;
     spawn_responder(client.clone(), subject.clone()).await;
 
-    let pong: Pong = bus::request_json(&client, subject, &Ping { n: 21 }, Duration::from_secs(5))
+    let pong = ping(&client, subject, 21, Duration::from_secs(5))
         .await
         .unwrap();
     assert_eq!(pong.doubled, 42);
@@ -79,36 +94,28 @@ async fn request_json_round_trips_through_a_responder() {
 
 #[tokio::test]
 async fn request_without_responder_is_no_responders() {
-    let config = nats_config();
-    let client = config.connect("bus-test").await.unwrap();
-    let subject = format!("{}.test.nobody", config.subject_prefix);
-    let error =
-        bus::request_json::<_, Pong>(&client, subject, &Ping { n: 1 }, Duration::from_secs(5))
-            .await
-            .unwrap_err();
+    let (client, subject) = client_on("nobody").await;
+    let error = ping(&client, subject, 1, Duration::from_secs(5))
+        .await
+        .unwrap_err();
     assert!(matches!(error, BusError::NoResponders), "{error:?}");
 }
 
 #[tokio::test]
 async fn slow_responder_is_a_timeout() {
-    let config = nats_config();
-    let client = config.connect("bus-test").await.unwrap();
-    let subject = format!("{}.test.slow", config.subject_prefix);
+    let (client, subject) = client_on("slow").await;
     // Subscribed but never answering.
     let _silent = client.subscribe(subject.clone()).await.unwrap();
     client.flush().await.unwrap();
-    let error =
-        bus::request_json::<_, Pong>(&client, subject, &Ping { n: 1 }, Duration::from_millis(200))
-            .await
-            .unwrap_err();
+    let error = ping(&client, subject, 1, Duration::from_millis(200))
+        .await
+        .unwrap_err();
     assert!(matches!(error, BusError::Timeout), "{error:?}");
 }
 
 #[tokio::test]
 async fn undecodable_reply_is_a_decode_error() {
-    let config = nats_config();
-    let client = config.connect("bus-test").await.unwrap();
-    let subject = format!("{}.test.garbage", config.subject_prefix);
+    let (client, subject) = client_on("garbage").await;
     let mut requests = client.subscribe(subject.clone()).await.unwrap();
     client.flush().await.unwrap();
     let responder = client.clone();
@@ -119,19 +126,16 @@ async fn undecodable_reply_is_a_decode_error() {
             .await
             .unwrap();
     });
-    let error =
-        bus::request_json::<_, Pong>(&client, subject, &Ping { n: 1 }, Duration::from_secs(5))
-            .await
-            .unwrap_err();
+    let error = ping(&client, subject, 1, Duration::from_secs(5))
+        .await
+        .unwrap_err();
     assert!(matches!(error, BusError::Decode(_)), "{error:?}");
 }
 
 #[tokio::test]
 async fn trace_context_crosses_the_bus() {
     platform::telemetry::init_for_tests();
-    let config = nats_config();
-    let client = config.connect("bus-test").await.unwrap();
-    let subject = format!("{}.test.traced", config.subject_prefix);
+    let (client, subject) = client_on("traced").await;
     spawn_responder(client.clone(), subject.clone()).await;
 
     let caller = tracing::info_span!("caller");
@@ -142,7 +146,7 @@ async fn trace_context_crosses_the_bus() {
         "spans need real ids"
     );
 
-    let pong: Pong = bus::request_json(&client, subject, &Ping { n: 1 }, Duration::from_secs(5))
+    let pong = ping(&client, subject, 1, Duration::from_secs(5))
         .instrument(caller.clone())
         .await
         .unwrap();
@@ -428,13 +432,8 @@ async fn serve_answers_what_was_delivered_before_shutdown_then_returns() {
     assert_eq!(service.echo.most_in_flight.load(Ordering::SeqCst), 1);
 
     // Drained means unsubscribed: nobody takes new requests any more.
-    let error = bus::request_json::<_, Pong>(
-        &service.caller,
-        service.subject,
-        &Ping { n: 1 },
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap_err();
+    let error = ping(&service.caller, service.subject, 1, Duration::from_secs(5))
+        .await
+        .unwrap_err();
     assert!(matches!(error, BusError::NoResponders), "{error:?}");
 }

@@ -4,7 +4,8 @@
 //! true, and free ports for services under test.
 //!
 //! Services and stubs run in-process as a [`Running`] task; [`ModelStub`] is a scripted
-//! OpenAI-compatible server and [`read_events`] reads a Server-Sent Events response.
+//! OpenAI-compatible server and [`read_events`] reads a Server-Sent Events response;
+//! [`expect_json`] and [`open_event_stream`] check an HTTP answer's status and body.
 //!
 //! Both fixtures clean up after themselves when dropped, best effort: a test that
 //! crashes the process can leave a `test_…` database or `T…` streams behind, which
@@ -17,10 +18,12 @@ use anyhow::Context as _;
 use futures::TryStreamExt;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
+mod http;
 mod model_stub;
 mod running;
 mod sse;
 
+pub use http::{expect_json, open_event_stream};
 pub use model_stub::{ModelStub, Requests, Scripted};
 pub use running::Running;
 pub use sse::{SseEvent, read_events};

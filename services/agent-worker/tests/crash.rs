@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Stack, answered};
-use proto_schemas::chat::{ChatErrorCode, ChatOutcome, ChatRequest};
+use common::{Stack, answered, failed};
+use proto_schemas::chat::{ChatErrorCode, ChatRequest};
 use proto_schemas::events::{ConversationEvent, TaskEvent};
 
 /// The agent-worker binary on this stack; its log goes to a file named in failures.
@@ -193,10 +193,7 @@ async fn a_worker_killed_on_the_last_delivery_still_gets_the_user_an_answer() {
     process.kill();
 
     let reply = stack.reply(request.request_id).await;
-    let ChatOutcome::Failed { error } = &reply.outcome else {
-        panic!("expected an error reply: {reply:?}")
-    };
-    assert_eq!(error.code, ChatErrorCode::DeliveryExhausted);
+    assert_eq!(failed(&reply).code, ChatErrorCode::DeliveryExhausted);
     let events = stack.conversation(request.conversation_id).await;
     assert!(
         matches!(

@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Stack, answered};
-use proto_schemas::chat::{ChatErrorCode, ChatOutcome};
+use common::{Stack, answered, failed};
+use proto_schemas::chat::ChatErrorCode;
 use proto_schemas::events::ConversationEvent;
 use testkit::{ModelStub, Scripted};
 
@@ -22,9 +22,7 @@ async fn a_model_server_failing_twice_with_503_is_retried_and_the_turn_answered(
         }
     })
     .await;
-    let mut config = stack.worker_config();
-    config.provider.llm_base_url = Some(model.base.clone());
-    stack.spawn_worker(config).await;
+    stack.spawn_worker_on(&model, |_| {}).await;
 
     let request = stack.new_chat("alice", "add a task to buy milk");
     let reply = stack.chat(&request).await;
@@ -47,9 +45,7 @@ async fn retry_after_is_honoured() {
         }
     })
     .await;
-    let mut config = stack.worker_config();
-    config.provider.llm_base_url = Some(model.base.clone());
-    stack.spawn_worker(config).await;
+    stack.spawn_worker_on(&model, |_| {}).await;
 
     answered(&stack.chat(&stack.new_chat("alice", "show my tasks")).await);
     let requests = model.requests.lock().unwrap().clone();
@@ -65,16 +61,12 @@ async fn retry_after_is_honoured() {
 async fn a_model_server_that_always_fails_gives_a_clear_error_and_a_failure_event() {
     let mut stack = Stack::start(0).await;
     let model = ModelStub::start(None, |_| Scripted::Status(503, None)).await;
-    let mut config = stack.worker_config();
-    config.provider.llm_base_url = Some(model.base.clone());
-    let retries = config.model_retries as usize;
-    stack.spawn_worker(config).await;
+    let retries = stack.worker_config().model_retries as usize;
+    stack.spawn_worker_on(&model, |_| {}).await;
 
     let request = stack.new_chat("alice", "add a task to buy milk");
     let reply = stack.chat(&request).await;
-    let ChatOutcome::Failed { error } = &reply.outcome else {
-        panic!("answered without a model: {reply:?}")
-    };
+    let error = failed(&reply);
     assert_eq!(error.code, ChatErrorCode::ModelUnavailable);
     assert_eq!(
         error.message,
@@ -96,20 +88,15 @@ async fn a_model_server_that_always_fails_gives_a_clear_error_and_a_failure_even
         "{events:#?}"
     );
     assert!(stack.task_events("alice").await.is_empty());
-    testkit::eventually(Duration::from_secs(10), "an empty work queue", || async {
-        (stack.pending_requests().await == 0).then_some(())
-    })
-    .await;
+    stack.wait_queue_empty().await;
 
     // The conversation goes on once the model is back: the failed turn's message is
     // history, and the reply of the new turn is a normal one.
     let healthy = ModelStub::start(Some(stack.llm_base.clone()), |_| Scripted::Proxy).await;
-    let mut config = stack.worker_config();
-    config.provider.llm_base_url = Some(healthy.base.clone());
     for worker in stack.workers.drain(..) {
         worker.stop().await;
     }
-    stack.spawn_worker(config).await;
+    stack.spawn_worker_on(&healthy, |_| {}).await;
     let again = stack.follow_up("alice", request.conversation_id, "add a task to buy milk");
     answered(&stack.chat(&again).await);
     let shown = healthy.request(0);
@@ -139,9 +126,7 @@ async fn a_request_whose_every_delivery_fails_is_answered_with_an_error() {
 
     let request = stack.new_chat("alice", "add a task to buy milk");
     let reply = stack.chat(&request).await;
-    let ChatOutcome::Failed { error } = &reply.outcome else {
-        panic!("answered without task-service: {reply:?}")
-    };
+    let error = failed(&reply);
     assert_eq!(error.code, ChatErrorCode::DeliveryExhausted);
     assert_eq!(
         error.message,
@@ -166,9 +151,6 @@ async fn a_request_whose_every_delivery_fails_is_answered_with_an_error() {
             ..
         })
     ));
-    testkit::eventually(Duration::from_secs(10), "an empty work queue", || async {
-        (stack.pending_requests().await == 0).then_some(())
-    })
-    .await;
+    stack.wait_queue_empty().await;
     stack.stop().await;
 }

@@ -4,9 +4,9 @@
 mod common;
 
 use agent_worker::conversation::Conversation;
-use common::{Stack, answered, watch_chunks};
+use common::{Stack, answered, failed, watch_chunks};
 use eventlog::{EventMetadata, Repository, RepositoryOptions, Versioned};
-use proto_schemas::chat::{ChatErrorCode, ChatOutcome, ChatStreamChunk};
+use proto_schemas::chat::{ChatErrorCode, ChatStreamChunk};
 use proto_schemas::events::{ConversationEvent, StreamId, TaskEvent};
 use proto_schemas::{CommandId, ConversationId, EventId, RequestId};
 use serde_json::json;
@@ -132,9 +132,7 @@ async fn refused_requests_record_nothing() {
 
     let intruder = stack.follow_up("mallory", first.conversation_id, "show my tasks");
     let reply = stack.chat(&intruder).await;
-    let ChatOutcome::Failed { error } = &reply.outcome else {
-        panic!("mallory was answered: {reply:?}")
-    };
+    let error = failed(&reply);
     assert_eq!(error.code, ChatErrorCode::ConversationNotFound);
     assert_eq!(error.message, "Conversation not found.");
 
@@ -144,16 +142,11 @@ async fn refused_requests_record_nothing() {
         "show my tasks",
     );
     let reply = stack.chat(&unknown).await;
-    assert!(
-        matches!(&reply.outcome, ChatOutcome::Failed { error } if error.code == ChatErrorCode::ConversationNotFound)
-    );
+    assert_eq!(failed(&reply).code, ChatErrorCode::ConversationNotFound);
 
     let blank = stack.new_chat("alice", "   ");
     let reply = stack.chat(&blank).await;
-    let ChatOutcome::Failed { error } = &reply.outcome else {
-        panic!("a blank message was answered: {reply:?}")
-    };
-    assert_eq!(error.message, "The message is empty.");
+    assert_eq!(failed(&reply).message, "The message is empty.");
 
     // Nothing was recorded anywhere by the refused requests.
     assert!(stack.conversation(blank.conversation_id).await.is_empty());
@@ -188,9 +181,7 @@ async fn model_mistakes_become_tool_results_and_never_change_the_user() {
         _ => Scripted::Text("Done, with some trouble.".into()),
     })
     .await;
-    let mut config = stack.worker_config();
-    config.provider.llm_base_url = Some(model.base.clone());
-    stack.spawn_worker(config).await;
+    stack.spawn_worker_on(&model, |_| {}).await;
 
     let request = stack.new_chat("alice", "do several things");
     let reply = stack.chat(&request).await;
@@ -280,10 +271,11 @@ async fn a_model_that_never_stops_calling_tools_gets_a_friendly_ending() {
         )])
     })
     .await;
-    let mut config = stack.worker_config();
-    config.provider.llm_base_url = Some(model.base.clone());
-    config.max_model_steps = 3;
-    stack.spawn_worker(config).await;
+    stack
+        .spawn_worker_on(&model, |config| {
+            config.max_model_steps = 3;
+        })
+        .await;
 
     let request = stack.new_chat("alice", "keep going");
     let reply = stack.chat(&request).await;
@@ -299,10 +291,11 @@ async fn history_gives_the_model_earlier_turns_within_the_window() {
     let mut stack = Stack::start(0).await;
     let llm_base = stack.llm_base.clone();
     let model = ModelStub::start(Some(llm_base), |_| Scripted::Proxy).await;
-    let mut config = stack.worker_config();
-    config.provider.llm_base_url = Some(model.base.clone());
-    config.history_messages = 2;
-    stack.spawn_worker(config).await;
+    stack
+        .spawn_worker_on(&model, |config| {
+            config.history_messages = 2;
+        })
+        .await;
 
     let first = stack.new_chat("alice", "add a task to buy milk");
     answered(&stack.chat(&first).await);
@@ -486,9 +479,7 @@ async fn nul_characters_from_the_model_are_dropped_not_retried() {
         _ => Scripted::Text("Added\u{0} it.".into()),
     })
     .await;
-    let mut config = stack.worker_config();
-    config.provider.llm_base_url = Some(model.base.clone());
-    stack.spawn_worker(config).await;
+    stack.spawn_worker_on(&model, |_| {}).await;
 
     let request = stack.new_chat("alice", "add a task to pay rent");
     let reply = stack.chat(&request).await;
@@ -517,17 +508,12 @@ async fn an_oversized_model_answer_ends_the_turn_with_a_clear_error() {
         Scripted::Text("x".repeat(agent_worker::model::MAX_STEP_BYTES + 1))
     })
     .await;
-    let mut config = stack.worker_config();
-    config.provider.llm_base_url = Some(model.base.clone());
-    stack.spawn_worker(config).await;
+    stack.spawn_worker_on(&model, |_| {}).await;
 
     let request = stack.new_chat("alice", "write me a novel");
     let reply = stack.chat(&request).await;
-    let ChatOutcome::Failed { error } = &reply.outcome else {
-        panic!("expected a failed turn: {reply:?}")
-    };
     assert_eq!(
-        error.message,
+        failed(&reply).message,
         agent_worker::prompt::MODEL_REPLY_TOO_LARGE_MESSAGE
     );
     let events = stack.conversation(request.conversation_id).await;

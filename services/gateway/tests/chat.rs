@@ -10,11 +10,29 @@ use proto_schemas::chat::{ChatError, ChatErrorCode, ChatOutcome, ChatStreamChunk
 use proto_schemas::{ConversationId, RequestId};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use testkit::read_events;
+use testkit::{expect_json, open_event_stream, read_events};
 
 fn answer(title: &str) -> Script {
     Script {
         outcome: Some(added(title)),
+        ..Script::default()
+    }
+}
+
+/// A chat body continuing `conversation`.
+fn in_conversation(message: &str, conversation: ConversationId) -> Value {
+    json!({"message": message, "conversation_id": conversation.to_string()})
+}
+
+/// A turn that fails with `code`; `message` is what the worker says (not the user).
+fn failure(code: ChatErrorCode, message: &str) -> Script {
+    Script {
+        outcome: Some(ChatOutcome::Failed {
+            error: ChatError {
+                code,
+                message: message.into(),
+            },
+        }),
         ..Script::default()
     }
 }
@@ -24,16 +42,14 @@ async fn chat_answers_in_the_reference_shape() {
     let gateway = Gateway::start().await;
     let worker = FakeWorker::start(&gateway, |_| answer("buy groceries")).await;
 
-    let response = gateway
-        .chat(
+    let body = expect_json(
+        gateway.chat(
             "test-user",
             json!({"message": "Add a task to buy groceries"}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
+        ),
+        StatusCode::OK,
+    )
+    .await;
     let conversation: ConversationId = body["conversation_id"].as_str().unwrap().parse().unwrap();
     let request: RequestId = body["request_id"].as_str().unwrap().parse().unwrap();
     assert_eq!(
@@ -70,16 +86,11 @@ async fn chat_answers_in_the_reference_shape() {
     );
 
     // The same conversation continues by id.
-    let response = gateway
-        .chat(
-            "test-user",
-            json!({"message": "what's open?", "conversation_id": conversation.to_string()}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
+    let body = expect_json(
+        gateway.chat("test-user", in_conversation("what's open?", conversation)),
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(body["conversation_id"], conversation.to_string());
     let second = &worker.received()[1];
     assert_eq!(second.request.conversation_id, conversation);
@@ -102,17 +113,15 @@ async fn no_reply_in_time_is_504_with_the_request_id() {
     .await;
 
     let started = std::time::Instant::now();
-    let response = gateway
-        .chat("ada", json!({"message": "add slow"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    let body = expect_json(
+        gateway.chat("ada", json!({"message": "add slow"})),
+        StatusCode::GATEWAY_TIMEOUT,
+    )
+    .await;
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "answered at the timeout, not the reply"
     );
-    let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "reply_timeout");
     let request = body["error"]["request_id"].as_str().unwrap();
     assert_eq!(worker.received()[0].request.request_id.to_string(), request);
@@ -133,43 +142,32 @@ async fn idempotency_key_returns_the_first_answer_and_runs_once() {
         ..Script::default()
     })
     .await;
-    let send = |key: &'static str, message: &'static str| {
-        gateway
-            .chat("ada", json!({"message": message}))
-            .header("Idempotency-Key", key)
-            .send()
-    };
+    let send =
+        |key, message| expect_json(gateway.chat_with_key("ada", key, message), StatusCode::OK);
 
     let (first, concurrent) = tokio::join!(send("key-1", "buy milk"), send("key-1", "buy milk"));
-    let first: Value = first.unwrap().json().await.unwrap();
-    let concurrent: Value = concurrent.unwrap().json().await.unwrap();
     assert_eq!(first, concurrent);
     assert!(first["request_id"].is_string(), "{first}");
 
     // A retry after the turn finished is answered from the stored reply.
-    let late = send("key-1", "buy milk").await.unwrap();
-    assert_eq!(late.status(), StatusCode::OK);
-    assert_eq!(late.json::<Value>().await.unwrap(), first);
+    assert_eq!(send("key-1", "buy milk").await, first);
     assert_eq!(worker.received().len(), 1, "the turn ran once");
 
     // The same key for another message is refused and changes nothing.
-    let reused = send("key-1", "buy bread").await.unwrap();
-    assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(
-        reused.json::<Value>().await.unwrap()["error"]["code"],
-        "idempotency_key_reused"
-    );
+    let reused = expect_json(
+        gateway.chat_with_key("ada", "key-1", "buy bread"),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(reused["error"]["code"], "idempotency_key_reused");
     assert_eq!(worker.received().len(), 1);
 
     // Keys are per user: bob's "key-1" is his own turn.
-    let bob = gateway
-        .chat("bob", json!({"message": "buy milk"}))
-        .header("Idempotency-Key", "key-1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bob.status(), StatusCode::OK);
-    let bob: Value = bob.json().await.unwrap();
+    let bob = expect_json(
+        gateway.chat_with_key("bob", "key-1", "buy milk"),
+        StatusCode::OK,
+    )
+    .await;
     assert_ne!(bob["request_id"], first["request_id"]);
     assert_eq!(worker.received().len(), 2);
 }
@@ -202,21 +200,10 @@ async fn stream_relays_progress_then_the_final_answer() {
     })
     .await;
 
-    let response = gateway
-        .http
-        .post(gateway.url("/api/ada/chat/stream"))
-        .bearer_auth(gateway.token("ada"))
-        .json(&json!({"message": "Add a task to buy groceries"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream")
-    );
+    let response = open_event_stream(
+        gateway.chat_stream("ada", json!({"message": "Add a task to buy groceries"})),
+    )
+    .await;
     let request_header = response.headers()["x-request-id"]
         .to_str()
         .unwrap()
@@ -256,23 +243,10 @@ async fn stream_ends_with_an_error_event_for_a_failed_turn() {
         chunks: vec![ChatStreamChunk::TextDelta {
             text: "Let me".into(),
         }],
-        outcome: Some(ChatOutcome::Failed {
-            error: ChatError {
-                code: ChatErrorCode::ModelUnavailable,
-                message: "provider timed out".into(),
-            },
-        }),
-        ..Script::default()
+        ..failure(ChatErrorCode::ModelUnavailable, "provider timed out")
     })
     .await;
-    let response = gateway
-        .http
-        .post(gateway.url("/api/ada/chat/stream"))
-        .bearer_auth(gateway.token("ada"))
-        .json(&json!({"message": "hello"}))
-        .send()
-        .await
-        .unwrap();
+    let response = open_event_stream(gateway.chat_stream("ada", json!({"message": "hello"}))).await;
     let events = read_events(response).await;
     let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(names, ["delta", "error"]);
@@ -289,16 +263,12 @@ async fn a_client_that_leaves_the_stream_does_not_stop_the_turn() {
         ..Script::default()
     })
     .await;
-    let response = gateway
-        .http
-        .post(gateway.url("/api/ada/chat/stream"))
-        .bearer_auth(gateway.token("ada"))
-        .header("Idempotency-Key", "leave-early")
-        .json(&json!({"message": "buy milk"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    let response = open_event_stream(
+        gateway
+            .chat_stream("ada", json!({"message": "buy milk"}))
+            .header("Idempotency-Key", "leave-early"),
+    )
+    .await;
     let request_id = response.headers()["x-request-id"]
         .to_str()
         .unwrap()
@@ -306,14 +276,11 @@ async fn a_client_that_leaves_the_stream_does_not_stop_the_turn() {
     drop(response);
 
     // The turn finishes without the client; the retry gets its answer.
-    let retry = gateway
-        .chat("ada", json!({"message": "buy milk"}))
-        .header("Idempotency-Key", "leave-early")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(retry.status(), StatusCode::OK);
-    let body: Value = retry.json().await.unwrap();
+    let body = expect_json(
+        gateway.chat_with_key("ada", "leave-early", "buy milk"),
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(body["request_id"], request_id);
     assert_eq!(worker.received().len(), 1);
 }
@@ -321,27 +288,16 @@ async fn a_client_that_leaves_the_stream_does_not_stop_the_turn() {
 #[tokio::test]
 async fn a_conversation_that_is_not_the_users_is_404() {
     let gateway = Gateway::start().await;
-    let _worker = FakeWorker::start(&gateway, |_| Script {
-        outcome: Some(ChatOutcome::Failed {
-            error: ChatError {
-                code: ChatErrorCode::ConversationNotFound,
-                message: "no such conversation".into(),
-            },
-        }),
-        ..Script::default()
+    let _worker = FakeWorker::start(&gateway, |_| {
+        failure(ChatErrorCode::ConversationNotFound, "no such conversation")
     })
     .await;
     let conversation = ConversationId::new();
-    let response = gateway
-        .chat(
-            "ada",
-            json!({"message": "hi", "conversation_id": conversation.to_string()}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    let body: Value = response.json().await.unwrap();
+    let body = expect_json(
+        gateway.chat("ada", in_conversation("hi", conversation)),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
     assert_eq!(body["error"]["code"], "conversation_not_found");
     assert_eq!(body["error"]["conversation_id"], conversation.to_string());
 }
@@ -349,23 +305,18 @@ async fn a_conversation_that_is_not_the_users_is_404() {
 #[tokio::test]
 async fn model_failures_are_a_friendly_502_with_the_request_id() {
     let gateway = Gateway::start().await;
-    let worker = FakeWorker::start(&gateway, |_| Script {
-        outcome: Some(ChatOutcome::Failed {
-            error: ChatError {
-                code: ChatErrorCode::ModelUnavailable,
-                message: "upstream 500: internal stack trace".into(),
-            },
-        }),
-        ..Script::default()
+    let worker = FakeWorker::start(&gateway, |_| {
+        failure(
+            ChatErrorCode::ModelUnavailable,
+            "upstream 500: internal stack trace",
+        )
     })
     .await;
-    let response = gateway
-        .chat("ada", json!({"message": "hi"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
-    let body: Value = response.json().await.unwrap();
+    let body = expect_json(
+        gateway.chat("ada", json!({"message": "hi"})),
+        StatusCode::BAD_GATEWAY,
+    )
+    .await;
     assert_eq!(body["error"]["code"], "model_unavailable");
     let request = worker.received()[0].request.request_id.to_string();
     assert_eq!(body["error"]["request_id"], request);
@@ -402,16 +353,14 @@ async fn shutdown_ends_a_waiting_chat_with_its_request_id() {
 async fn the_request_joins_the_callers_trace() {
     let gateway = Gateway::start().await;
     let worker = FakeWorker::start(&gateway, |_| answer("x")).await;
-    let response = gateway
-        .chat("ada", json!({"message": "add x"}))
-        .header(
+    expect_json(
+        gateway.chat("ada", json!({"message": "add x"})).header(
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+        ),
+        StatusCode::OK,
+    )
+    .await;
     let received = worker.received();
     let traceparent = received[0]
         .headers

@@ -6,7 +6,8 @@ mod common;
 use common::{FakeProjection, Gateway};
 use proto_schemas::ConversationId;
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
+use testkit::expect_json;
 
 #[tokio::test]
 async fn tasks_are_asked_for_the_verified_user_with_the_filters() {
@@ -22,13 +23,11 @@ async fn tasks_are_asked_for_the_verified_user_with_the_filters() {
     })
     .await;
 
-    let response = gateway
-        .get("ada", "/api/ada/tasks?status=pending&limit=1&cursor=c0")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
+    let body = expect_json(
+        gateway.get("ada", "/api/ada/tasks?status=pending&limit=1&cursor=c0"),
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(
         body,
         json!({
@@ -41,8 +40,7 @@ async fn tasks_are_asked_for_the_verified_user_with_the_filters() {
         [json!({"user_id": "ada", "status": "pending", "page": {"limit": 1, "cursor": "c0"}})]
     );
 
-    let response = gateway.get("ada", "/api/ada/tasks").send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    expect_json(gateway.get("ada", "/api/ada/tasks"), StatusCode::OK).await;
     assert_eq!(
         projection.queries()[1],
         json!({"user_id": "ada", "status": "all", "page": {"limit": 50}})
@@ -82,14 +80,7 @@ async fn conversations_and_messages_come_from_the_projection() {
     })
     .await;
 
-    let body: Value = gateway
-        .get("ada", "/api/ada/conversations")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = expect_json(gateway.get("ada", "/api/ada/conversations"), StatusCode::OK).await;
     assert_eq!(
         body["items"][0]["conversation_id"],
         conversation.to_string()
@@ -99,9 +90,7 @@ async fn conversations_and_messages_come_from_the_projection() {
     assert_eq!(conversations.queries()[0]["user_id"], "ada");
 
     let path = format!("/api/ada/conversations/{conversation}/messages?limit=10");
-    let response = gateway.get("ada", &path).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
+    let body = expect_json(gateway.get("ada", &path), StatusCode::OK).await;
     assert_eq!(body["items"][0]["role"], "user");
     assert_eq!(body["items"][0]["tool_calls"], json!([]));
     assert_eq!(body["items"][1]["tool_calls"][0]["name"], "add_task");
@@ -112,13 +101,11 @@ async fn conversations_and_messages_come_from_the_projection() {
 
     // Another conversation (e.g. another user's): the projection says not found.
     let other = ConversationId::new();
-    let response = gateway
-        .get("ada", &format!("/api/ada/conversations/{other}/messages"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    let body: Value = response.json().await.unwrap();
+    let body = expect_json(
+        gateway.get("ada", &format!("/api/ada/conversations/{other}/messages")),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
     assert_eq!(body["error"]["code"], "not_found");
 }
 
@@ -133,18 +120,18 @@ async fn projection_refusals_and_absence_map_to_422_and_503() {
         }
     })
     .await;
-    let response = gateway
-        .get("ada", "/api/ada/tasks?cursor=broken")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let body: Value = response.json().await.unwrap();
+    let body = expect_json(
+        gateway.get("ada", "/api/ada/tasks?cursor=broken"),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
     assert_eq!(body["error"]["message"], "cursor is not one we issued");
 
-    let response = gateway.get("ada", "/api/ada/tasks").send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let body: Value = response.json().await.unwrap();
+    let body = expect_json(
+        gateway.get("ada", "/api/ada/tasks"),
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
     assert_eq!(body["error"]["code"], "service_unavailable");
     assert!(
         !body["error"]["message"]
@@ -154,31 +141,19 @@ async fn projection_refusals_and_absence_map_to_422_and_503() {
     );
 
     // Nobody answers conversations at all.
-    let response = gateway
-        .get("ada", "/api/ada/conversations")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    expect_json(
+        gateway.get("ada", "/api/ada/conversations"),
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn ready_only_when_the_projection_answers() {
     let gateway = Gateway::start().await;
-    let response = gateway
-        .http
-        .get(gateway.url("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let health = gateway
-        .http
-        .get(gateway.url("/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), StatusCode::OK);
+    let readyz = || gateway.http.get(gateway.url("/readyz"));
+    expect_json(readyz(), StatusCode::SERVICE_UNAVAILABLE).await;
+    expect_json(gateway.http.get(gateway.url("/healthz")), StatusCode::OK).await;
 
     let _health = FakeProjection::start(
         &gateway,
@@ -186,14 +161,7 @@ async fn ready_only_when_the_projection_answers() {
         |_| json!({"events_applied": 42}),
     )
     .await;
-    let response = gateway
-        .http
-        .get(gateway.url("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
+    let body = expect_json(readyz(), StatusCode::OK).await;
     assert_eq!(
         body,
         json!({"status": "ready", "projection_events_applied": 42})
@@ -213,30 +181,21 @@ async fn dev_tokens_work_for_the_api_when_enabled() {
         |_| json!({"outcome": "found", "page": {"items": []}}),
     )
     .await;
-    let response = gateway
-        .http
-        .post(gateway.url("/api/dev/token"))
-        .json(&json!({"user_id": "alice"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
+    let body = expect_json(
+        gateway
+            .http
+            .post(gateway.url("/api/dev/token"))
+            .json(&json!({"user_id": "alice"})),
+        StatusCode::OK,
+    )
+    .await;
     let token = body["token"].as_str().unwrap();
-    let tasks = gateway
-        .http
-        .get(gateway.url("/api/alice/tasks"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(tasks.status(), StatusCode::OK);
-    let theirs = gateway
-        .http
-        .get(gateway.url("/api/bob/tasks"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(theirs.status(), StatusCode::FORBIDDEN);
+    let tasks = |user: &str| {
+        gateway
+            .http
+            .get(gateway.url(&format!("/api/{user}/tasks")))
+            .bearer_auth(token)
+    };
+    expect_json(tasks("alice"), StatusCode::OK).await;
+    expect_json(tasks("bob"), StatusCode::FORBIDDEN).await;
 }

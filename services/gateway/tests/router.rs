@@ -67,12 +67,30 @@ fn chat(user: &str, token: Option<&str>, body: impl Into<Body>) -> Request<Body>
     request.body(body.into()).unwrap()
 }
 
+/// A `GET path` without a token.
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+/// Sends `request` to a router (with dev login on or off) and asserts it is refused
+/// with `status` and the JSON error `code`; returns the error body.
+async fn assert_refused(
+    dev_login: bool,
+    request: Request<Body>,
+    status: StatusCode,
+    code: &str,
+) -> Value {
+    let (got, _, error) = send(state(dev_login).await, request).await;
+    assert_eq!(got, status, "{error}");
+    assert_error(&error, code);
+    error
+}
+
 /// A chat body from `token`'s user that is refused with 422 `code`, the message naming
 /// `mentions`.
 async fn assert_unprocessable(token: &str, body: impl Into<Body>, code: &str, mentions: &str) {
-    let (status, _, error) = send(state(false).await, chat("ada", Some(token), body)).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
-    assert_error(&error, code);
+    let request = chat("ada", Some(token), body);
+    let error = assert_refused(false, request, StatusCode::UNPROCESSABLE_ENTITY, code).await;
     assert!(
         error["error"]["message"]
             .as_str()
@@ -105,21 +123,8 @@ async fn tokens_are_required_and_checked() {
             .starts_with("Bearer")
     );
 
-    let (status, _, error) = send(
-        state(false).await,
-        chat("ada", Some("not.a.jwt"), body.clone()),
-    )
-    .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_error(&error, "invalid_token");
-
     let forged =
         JwtKeys::new(b"another-secret").mint(&testkit::user_id("ada"), Duration::from_secs(600));
-    let (status, _, error) =
-        send(state(false).await, chat("ada", Some(&forged), body.clone())).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_error(&error, "invalid_token");
-
     let now = chrono::Utc::now().timestamp();
     let expired = jsonwebtoken_encode(&Claims {
         sub: "ada".into(),
@@ -127,18 +132,23 @@ async fn tokens_are_required_and_checked() {
         iat: Some(now - 7200),
         nbf: None,
     });
-    let (status, _, error) = send(
-        state(false).await,
-        chat("ada", Some(&expired), body.clone()),
-    )
-    .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_error(&error, "expired_token");
+    for (bad, code) in [
+        ("not.a.jwt", "invalid_token"),
+        (forged.as_str(), "invalid_token"),
+        (expired.as_str(), "expired_token"),
+    ] {
+        let request = chat("ada", Some(bad), body.clone());
+        assert_refused(false, request, StatusCode::UNAUTHORIZED, code).await;
+    }
 
     // A valid token for someone else: 403, even with a bad body.
-    let (status, _, error) = send(state(false).await, chat("bob", Some(&token("ada")), "{")).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_error(&error, "forbidden");
+    assert_refused(
+        false,
+        chat("bob", Some(&token("ada")), "{"),
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
 
     // Reads are guarded the same way.
     let request = Request::get("/api/bob/tasks")
@@ -158,9 +168,7 @@ async fn tokens_are_required_and_checked() {
         .header(header::AUTHORIZATION, format!("Bearer {}", token("ada")))
         .body(Body::empty())
         .unwrap();
-    let (status, _, error) = send(state(false).await, request).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_error(&error, "invalid_path");
+    assert_refused(false, request, StatusCode::BAD_REQUEST, "invalid_path").await;
 }
 
 /// An HS256 token with arbitrary claims, signed with the test secret.
@@ -176,21 +184,21 @@ fn jsonwebtoken_encode(claims: &Claims) -> String {
 #[tokio::test]
 async fn bad_bodies_get_400_413_415_and_422() {
     let ada = token("ada");
-    let (status, _, error) = send(
-        state(false).await,
-        chat("ada", Some(&ada), "{\"message\": "),
-    )
-    .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_error(&error, "malformed_json");
+    let refused = |body: &str, status, code: &'static str| {
+        assert_refused(
+            false,
+            chat("ada", Some(&ada), body.to_owned()),
+            status,
+            code,
+        )
+    };
+    refused("{\"message\": ", StatusCode::BAD_REQUEST, "malformed_json").await;
 
     assert_unprocessable(&ada, "{\"text\": \"hi\"}", "invalid_body", "message").await;
 
     for empty in ["", "   \n"] {
         let body = json!({"message": empty}).to_string();
-        let (status, _, error) = send(state(false).await, chat("ada", Some(&ada), body)).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert_error(&error, "empty_message");
+        refused(&body, StatusCode::UNPROCESSABLE_ENTITY, "empty_message").await;
     }
 
     let body = json!({"message": "x".repeat(4001)}).to_string();
@@ -205,14 +213,11 @@ async fn bad_bodies_get_400_413_415_and_422() {
     assert_unprocessable(&ada, body, "invalid_message", "NUL").await;
 
     let body = json!({"message": "hi", "conversation_id": "not-a-uuid"}).to_string();
-    let (status, _, error) = send(state(false).await, chat("ada", Some(&ada), body)).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_error(&error, "invalid_conversation_id");
+    let code = "invalid_conversation_id";
+    refused(&body, StatusCode::UNPROCESSABLE_ENTITY, code).await;
 
     let body = json!({"message": "x".repeat(MAX_BODY)}).to_string();
-    let (status, _, error) = send(state(false).await, chat("ada", Some(&ada), body)).await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_error(&error, "payload_too_large");
+    let error = refused(&body, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
     assert!(
         error["error"]["message"]
             .as_str()
@@ -225,9 +230,13 @@ async fn bad_bodies_get_400_413_415_and_422() {
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(Body::from("message=hi"))
         .unwrap();
-    let (status, _, error) = send(state(false).await, request).await;
-    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    assert_error(&error, "unsupported_media_type");
+    assert_refused(
+        false,
+        request,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
 
     for key in [String::new(), "k".repeat(201)] {
         let request = Request::post("/api/ada/chat/stream")
@@ -236,9 +245,13 @@ async fn bad_bodies_get_400_413_415_and_422() {
             .header("Idempotency-Key", key)
             .body(Body::from(json!({"message": "hi"}).to_string()))
             .unwrap();
-        let (status, _, error) = send(state(false).await, request).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert_error(&error, "invalid_idempotency_key");
+        assert_refused(
+            false,
+            request,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_idempotency_key",
+        )
+        .await;
     }
 }
 
@@ -259,70 +272,55 @@ async fn bad_read_parameters_are_422() {
             .header(header::AUTHORIZATION, format!("Bearer {ada}"))
             .body(Body::empty())
             .unwrap();
-        let (status, _, error) = send(state(false).await, request).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}");
-        assert_error(&error, code);
+        assert_refused(false, request, StatusCode::UNPROCESSABLE_ENTITY, code).await;
     }
 }
 
 #[tokio::test]
 async fn unknown_routes_and_methods_get_json_errors() {
-    let (status, _, error) = send(
-        state(false).await,
-        Request::get("/nope").body(Body::empty()).unwrap(),
+    assert_refused(false, get("/nope"), StatusCode::NOT_FOUND, "not_found").await;
+    assert_refused(
+        false,
+        get("/api/ada/chat"),
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
     )
     .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_error(&error, "not_found");
-    let (status, _, error) = send(
-        state(false).await,
-        Request::get("/api/ada/chat").body(Body::empty()).unwrap(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    assert_error(&error, "method_not_allowed");
 }
 
 #[tokio::test]
 async fn readyz_is_503_without_nats_and_healthz_is_200() {
-    let (status, _, error) = send(
-        state(false).await,
-        Request::get("/readyz").body(Body::empty()).unwrap(),
+    assert_refused(
+        false,
+        get("/readyz"),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
     )
     .await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_error(&error, "service_unavailable");
-    let (status, _, body) = send(
-        state(false).await,
-        Request::get("/healthz").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let (status, _, body) = send(state(false).await, get("/healthz")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({"status": "ok", "service": "gateway"}));
 }
 
-fn dev_token_request(body: Value) -> Request<Body> {
+/// `POST /api/dev/token` asking a token for `user`.
+fn dev_token_request(user: &str) -> Request<Body> {
     Request::post("/api/dev/token")
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body.to_string()))
+        .body(Body::from(json!({ "user_id": user }).to_string()))
         .unwrap()
 }
 
 #[tokio::test]
 async fn dev_token_route_exists_only_when_enabled() {
-    let (status, _, error) = send(
-        state(false).await,
-        dev_token_request(json!({"user_id": "alice"})),
+    assert_refused(
+        false,
+        dev_token_request("alice"),
+        StatusCode::NOT_FOUND,
+        "not_found",
     )
     .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_error(&error, "not_found");
 
-    let (status, _, body) = send(
-        state(true).await,
-        dev_token_request(json!({"user_id": "alice"})),
-    )
-    .await;
+    let (status, _, body) = send(state(true).await, dev_token_request("alice")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["expires_in"], 3600);
@@ -331,35 +329,31 @@ async fn dev_token_route_exists_only_when_enabled() {
         .unwrap();
     assert_eq!(user.as_str(), "alice");
 
-    let (status, _, error) = send(
-        state(true).await,
-        dev_token_request(json!({"user_id": "a/b"})),
+    assert_refused(
+        true,
+        dev_token_request("a/b"),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_user_id",
     )
     .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_error(&error, "invalid_user_id");
 
     // A user named "dev" still reaches the chat route next to /api/dev/token.
-    let (status, _, error) = send(
-        state(true).await,
+    assert_refused(
+        true,
         chat(
             "dev",
             Some(&token("dev")),
             json!({"message": ""}).to_string(),
         ),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "empty_message",
     )
     .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_error(&error, "empty_message");
 }
 
 #[tokio::test]
 async fn openapi_lists_every_route() {
-    let (status, headers, doc) = send(
-        state(false).await,
-        Request::get("/openapi.json").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let (status, headers, doc) = send(state(false).await, get("/openapi.json")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers[header::CONTENT_TYPE], "application/json");
     let paths = doc["paths"].as_object().unwrap();
@@ -390,11 +384,7 @@ async fn openapi_lists_every_route() {
         "bearer"
     );
 
-    let (_, _, doc) = send(
-        state(true).await,
-        Request::get("/openapi.json").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let (_, _, doc) = send(state(true).await, get("/openapi.json")).await;
     assert!(doc["paths"]["/api/dev/token"]["post"].is_object());
 }
 

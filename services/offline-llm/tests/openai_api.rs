@@ -17,8 +17,9 @@ use async_openai::types::chat::{
 };
 use futures::StreamExt;
 use offline_llm::{App, Config};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
-use testkit::Running;
+use testkit::{Running, expect_json, open_event_stream};
 
 /// A running server on a free port; stopped when dropped.
 struct Server {
@@ -53,48 +54,22 @@ impl Server {
     }
 }
 
-fn tool(name: &str, parameters: Value) -> ChatCompletionTools {
-    ChatCompletionTools::Function(ChatCompletionTool {
-        function: FunctionObject {
-            name: name.to_owned(),
-            description: Some(format!("The {name} task tool.")),
-            parameters: Some(parameters),
-            strict: None,
-        },
-    })
-}
-
-/// The task tools as agent-worker offers them (no user_id).
+/// The task tools as agent-worker offers them: the compiled-in definitions, in the
+/// model's view (no user_id).
 fn task_tools() -> Vec<ChatCompletionTools> {
-    vec![
-        tool(
-            "add_task",
-            json!({"type": "object", "properties": {
-                "title": {"type": "string"}, "description": {"type": "string"}},
-                "required": ["title"]}),
-        ),
-        tool(
-            "list_tasks",
-            json!({"type": "object", "properties": {
-                "status": {"type": "string", "enum": ["all", "pending", "completed"]}}}),
-        ),
-        tool(
-            "complete_task",
-            json!({"type": "object", "properties": {"task_id": {"type": "integer"}},
-                "required": ["task_id"]}),
-        ),
-        tool(
-            "delete_task",
-            json!({"type": "object", "properties": {"task_id": {"type": "integer"}},
-                "required": ["task_id"]}),
-        ),
-        tool(
-            "update_task",
-            json!({"type": "object", "properties": {"task_id": {"type": "integer"},
-                "title": {"type": "string"}, "description": {"type": "string"}},
-                "required": ["task_id"]}),
-        ),
-    ]
+    proto_schemas::tools::definitions()
+        .iter()
+        .map(|tool| {
+            ChatCompletionTools::Function(ChatCompletionTool {
+                function: FunctionObject {
+                    name: tool.name.to_owned(),
+                    description: Some(tool.description.to_owned()),
+                    parameters: Some(Value::Object(tool.parameters.clone())),
+                    strict: None,
+                },
+            })
+        })
+        .collect()
 }
 
 fn user(text: &str) -> ChatCompletionRequestMessage {
@@ -400,15 +375,13 @@ async fn malformed_or_incomplete_bodies_get_openai_error_json() {
     let http = reqwest::Client::new();
     let url = server.url("/chat/completions");
 
-    let malformed = http
-        .post(&url)
-        .header("content-type", "application/json")
-        .body("{\"model\": \"offline-llm\", \"messages\": [")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(malformed.status(), 400);
-    let body: Value = malformed.json().await.unwrap();
+    let body = expect_json(
+        http.post(&url)
+            .header("content-type", "application/json")
+            .body("{\"model\": \"offline-llm\", \"messages\": ["),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
     assert_eq!(body["error"]["type"], "invalid_request_error");
     assert!(
         body["error"]["message"]
@@ -419,20 +392,15 @@ async fn malformed_or_incomplete_bodies_get_openai_error_json() {
     );
     assert!(body["error"].get("param").is_some() && body["error"].get("code").is_some());
 
-    let no_messages = http
-        .post(&url)
-        .json(&json!({"model": "offline-llm"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(no_messages.status(), 400);
-    let body: Value = no_messages.json().await.unwrap();
+    let body = expect_json(
+        http.post(&url).json(&json!({"model": "offline-llm"})),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
     assert_eq!(body["error"]["param"], "messages");
     assert_eq!(body["error"]["code"], "missing_required_parameter");
 
-    let unknown = http.get(server.url("/nope")).send().await.unwrap();
-    assert_eq!(unknown.status(), 404);
-    let body: Value = unknown.json().await.unwrap();
+    let body = expect_json(http.get(server.url("/nope")), StatusCode::NOT_FOUND).await;
     assert_eq!(body["error"]["code"], "unknown_url");
 }
 
@@ -440,26 +408,17 @@ async fn malformed_or_incomplete_bodies_get_openai_error_json() {
 async fn the_raw_event_stream_is_openai_sse_ending_in_done() {
     let server = Server::start().await;
 
-    let response = reqwest::Client::new()
-        .post(server.url("/chat/completions"))
-        .json(&json!({
-            "model": "offline-llm",
-            "stream": true,
-            "messages": [{"role": "user", "content": "what can you do?"}]
-        }))
-        .send()
-        .await
-        .unwrap();
+    let response = open_event_stream(
+        reqwest::Client::new()
+            .post(server.url("/chat/completions"))
+            .json(&json!({
+                "model": "offline-llm",
+                "stream": true,
+                "messages": [{"role": "user", "content": "what can you do?"}]
+            })),
+    )
+    .await;
 
-    assert_eq!(response.status(), 200);
-    let content_type = response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        content_type.starts_with("text/event-stream"),
-        "{content_type}"
-    );
     let body = response.text().await.unwrap();
     let events: Vec<&str> = body
         .split("\n\n")
@@ -503,9 +462,8 @@ async fn configured_latency_delays_each_completion() {
 async fn health_answers_and_shutdown_stops_the_server() {
     let server = Server::start().await;
     let health_url = server.api_base.replace("/v1", "/healthz");
-    let health = reqwest::get(&health_url).await.unwrap();
-    assert_eq!(health.status(), 200);
-    assert_eq!(health.json::<Value>().await.unwrap()["status"], "ok");
+    let health = expect_json(reqwest::Client::new().get(&health_url), StatusCode::OK).await;
+    assert_eq!(health["status"], "ok");
 
     // Stops promptly.
     server.running.stop_within(Duration::from_secs(5)).await;

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Harness, call};
+use common::Harness;
 use proto_schemas::tasks::TOOL_NAMES;
 use rmcp::ServiceExt as _;
 use rmcp::model::{CallToolRequestParams, CallToolResult, Tool};
@@ -47,6 +47,24 @@ fn structured(result: &CallToolResult) -> Value {
     let text = result.content[0].as_text().expect("a text block");
     assert_eq!(serde_json::from_str::<Value>(&text.text).unwrap(), value);
     value
+}
+
+/// [`structured`] of a call of `name` with `arguments`.
+async fn call_structured(
+    client: &RunningService<RoleClient, ()>,
+    name: &'static str,
+    arguments: Value,
+) -> Value {
+    structured(&call_tool(client, name, arguments).await)
+}
+
+/// [`refusal`] of a call of `name` with `arguments`.
+async fn call_refused(
+    client: &RunningService<RoleClient, ()>,
+    name: &'static str,
+    arguments: Value,
+) -> Value {
+    refusal(&call_tool(client, name, arguments).await)
 }
 
 /// The `{"error", …}` JSON of a refused call.
@@ -276,35 +294,36 @@ async fn listed_schemas_are_self_contained_and_the_user_is_optional() {
 #[tokio::test]
 async fn calls_without_user_id_act_for_the_tokens_user() {
     let h = Harness::start(1).await;
-    h.output("bob", call("add_task", json!({"title": "Bob's task"})))
+    h.tool("bob", "add_task", json!({"title": "Bob's task"}))
         .await;
     let client = connect(h.replicas[0].mcp_url(), &h.token("alice")).await;
-
-    let added = call_tool(&client, "add_task", json!({"title": "Buy milk"})).await;
     assert_eq!(
-        structured(&added),
+        call_structured(&client, "add_task", json!({"title": "Buy milk"})).await,
         json!({"task_id": 1, "status": "created", "title": "Buy milk"})
     );
     // The token's own id is accepted as well, as before.
-    let named = call_tool(
-        &client,
-        "add_task",
-        json!({"user_id": "alice", "title": "Call mum"}),
-    )
-    .await;
-    assert_eq!(structured(&named)["task_id"], 2);
+    assert_eq!(
+        call_structured(
+            &client,
+            "add_task",
+            json!({"user_id": "alice", "title": "Call mum"})
+        )
+        .await["task_id"],
+        2
+    );
     let completed = call_tool(&client, "complete_task", json!({"task_id": 1})).await;
     assert_eq!(structured(&completed)["status"], "completed");
-    let updated = call_tool(
-        &client,
-        "update_task",
-        json!({"task_id": 2, "title": "Call dad"}),
-    )
-    .await;
-    assert_eq!(structured(&updated)["title"], "Call dad");
-    let listed = call_tool(&client, "list_tasks", json!({})).await;
     assert_eq!(
-        structured(&listed),
+        call_structured(
+            &client,
+            "update_task",
+            json!({"task_id": 2, "title": "Call dad"})
+        )
+        .await["title"],
+        "Call dad"
+    );
+    assert_eq!(
+        call_structured(&client, "list_tasks", json!({})).await,
         json!({
             "tasks": [
                 {"id": 1, "title": "Buy milk", "description": "", "completed": true},
@@ -328,28 +347,26 @@ async fn calls_without_user_id_act_for_the_tokens_user() {
 async fn every_tool_works_over_mcp() {
     let h = Harness::start(1).await;
     let client = connect(h.replicas[0].mcp_url(), &h.token("alice")).await;
-
-    let added = call_tool(
-        &client,
-        "add_task",
-        json!({"user_id": "alice", "title": "Buy milk"}),
-    )
-    .await;
     assert_eq!(
-        structured(&added),
+        call_structured(
+            &client,
+            "add_task",
+            json!({"user_id": "alice", "title": "Buy milk"})
+        )
+        .await,
         json!({"task_id": 1, "status": "created", "title": "Buy milk"})
     );
-    let added = call_tool(
-        &client,
-        "add_task",
-        json!({"user_id": "alice", "title": "Call mum", "description": "Sunday"}),
-    )
-    .await;
-    assert_eq!(structured(&added)["task_id"], 2);
-
-    let listed = call_tool(&client, "list_tasks", json!({"user_id": "alice"})).await;
     assert_eq!(
-        structured(&listed),
+        call_structured(
+            &client,
+            "add_task",
+            json!({"user_id": "alice", "title": "Call mum", "description": "Sunday"})
+        )
+        .await["task_id"],
+        2
+    );
+    assert_eq!(
+        call_structured(&client, "list_tasks", json!({"user_id": "alice"})).await,
         json!({
             "tasks": [
                 {"id": 1, "title": "Buy milk", "description": "", "completed": false},
@@ -360,43 +377,33 @@ async fn every_tool_works_over_mcp() {
         })
     );
 
-    let completed = call_tool(
-        &client,
-        "complete_task",
-        json!({"user_id": "alice", "task_id": 1}),
-    )
-    .await;
+    // Each change answers with the task it changed.
+    for (name, arguments, expected) in [
+        (
+            "complete_task",
+            json!({"user_id": "alice", "task_id": 1}),
+            json!({"task_id": 1, "status": "completed", "title": "Buy milk"}),
+        ),
+        (
+            "update_task",
+            json!({"user_id": "alice", "task_id": 2, "title": "Call dad"}),
+            json!({"task_id": 2, "status": "updated", "title": "Call dad"}),
+        ),
+    ] {
+        assert_eq!(call_structured(&client, name, arguments).await, expected);
+    }
+    let pending = json!({"user_id": "alice", "status": "pending"});
     assert_eq!(
-        structured(&completed),
-        json!({"task_id": 1, "status": "completed", "title": "Buy milk"})
+        call_structured(&client, "list_tasks", pending).await["count"],
+        1
     );
-    let pending = call_tool(
-        &client,
-        "list_tasks",
-        json!({"user_id": "alice", "status": "pending"}),
-    )
-    .await;
-    assert_eq!(structured(&pending)["count"], 1);
-
-    let updated = call_tool(
-        &client,
-        "update_task",
-        json!({"user_id": "alice", "task_id": 2, "title": "Call dad"}),
-    )
-    .await;
     assert_eq!(
-        structured(&updated),
-        json!({"task_id": 2, "status": "updated", "title": "Call dad"})
-    );
-
-    let deleted = call_tool(
-        &client,
-        "delete_task",
-        json!({"user_id": "alice", "task_id": 2}),
-    )
-    .await;
-    assert_eq!(
-        structured(&deleted),
+        call_structured(
+            &client,
+            "delete_task",
+            json!({"user_id": "alice", "task_id": 2})
+        )
+        .await,
         json!({"task_id": 2, "status": "deleted", "title": "Call dad"})
     );
 
@@ -411,13 +418,15 @@ async fn every_tool_works_over_mcp() {
         refusal(&missing),
         json!({"error": "Task not found", "task_id": 99})
     );
-    let blank = call_tool(
-        &client,
-        "add_task",
-        json!({"user_id": "alice", "title": "   "}),
-    )
-    .await;
-    assert_eq!(refusal(&blank), json!({"error": "Title must not be empty"}));
+    assert_eq!(
+        call_refused(
+            &client,
+            "add_task",
+            json!({"user_id": "alice", "title": "   "})
+        )
+        .await,
+        json!({"error": "Title must not be empty"})
+    );
     // Arguments that do not fit the schema are a tool error naming the problem.
     let untitled = call_tool(&client, "add_task", json!({"user_id": "alice"})).await;
     assert_eq!(untitled.is_error, Some(true));
@@ -425,7 +434,7 @@ async fn every_tool_works_over_mcp() {
     assert!(text.contains("missing field `title`"), "{text}");
 
     // The same list is what NATS commands see: one handler, one log.
-    let over_nats = h.output("alice", call("list_tasks", json!({}))).await;
+    let over_nats = h.tool("alice", "list_tasks", json!({})).await;
     assert_eq!(
         over_nats["tasks"],
         json!([{"id": 1, "title": "Buy milk", "description": "", "completed": true}])
@@ -492,7 +501,7 @@ async fn requests_without_a_valid_token_are_401() {
 #[tokio::test]
 async fn a_user_id_naming_someone_else_is_refused_and_changes_nothing() {
     let h = Harness::start(1).await;
-    h.output("bob", call("add_task", json!({"title": "Bob's task"})))
+    h.tool("bob", "add_task", json!({"title": "Bob's task"}))
         .await;
     let client = connect(h.replicas[0].mcp_url(), &h.token("alice")).await;
 
@@ -506,12 +515,15 @@ async fn a_user_id_naming_someone_else_is_refused_and_changes_nothing() {
             json!({"user_id": "bob", "task_id": 1, "title": "hijacked"}),
         ),
     ] {
-        let result = call_tool(&client, tool, arguments).await;
-        assert_eq!(refusal(&result), json!({"error": USER_MISMATCH}), "{tool}");
+        assert_eq!(
+            call_refused(&client, tool, arguments).await,
+            json!({"error": USER_MISMATCH}),
+            "{tool}"
+        );
     }
     assert_eq!(h.events("bob").await.len(), 1);
     assert!(h.events("alice").await.is_empty());
-    let bobs = h.output("bob", call("list_tasks", json!({}))).await;
+    let bobs = h.tool("bob", "list_tasks", json!({})).await;
     assert_eq!(
         bobs["tasks"],
         json!([{"id": 1, "title": "Bob's task", "description": "", "completed": false}])

@@ -26,12 +26,10 @@ async fn every_tool_works_over_nats() {
     let h = Harness::start(1).await;
 
     let added = h
-        .output(
+        .tool(
             "alice",
-            call(
-                "add_task",
-                json!({"title": " Buy milk ", "description": "2 litres"}),
-            ),
+            "add_task",
+            json!({"title": " Buy milk ", "description": "2 litres"}),
         )
         .await;
     assert_eq!(
@@ -39,14 +37,14 @@ async fn every_tool_works_over_nats() {
         json!({"task_id": 1, "status": "created", "title": "Buy milk"})
     );
     let added = h
-        .output("alice", call("add_task", json!({"title": "Call mum"})))
+        .tool("alice", "add_task", json!({"title": "Call mum"}))
         .await;
     assert_eq!(
         added,
         json!({"task_id": 2, "status": "created", "title": "Call mum"})
     );
 
-    let listed = h.output("alice", call("list_tasks", json!({}))).await;
+    let listed = h.tool("alice", "list_tasks", json!({})).await;
     assert_eq!(
         listed,
         json!({
@@ -60,7 +58,7 @@ async fn every_tool_works_over_nats() {
     );
 
     let completed = h
-        .output("alice", call("complete_task", json!({"task_id": 1})))
+        .tool("alice", "complete_task", json!({"task_id": 1}))
         .await;
     assert_eq!(
         completed,
@@ -68,58 +66,53 @@ async fn every_tool_works_over_nats() {
     );
     // Again: the same answer, and no second event.
     let again = h
-        .output("alice", call("complete_task", json!({"task_id": "1"})))
+        .tool("alice", "complete_task", json!({"task_id": "1"}))
         .await;
     assert_eq!(again, completed);
 
     let updated = h
-        .output(
+        .tool(
             "alice",
-            call("update_task", json!({"task_id": 2, "title": "Call dad"})),
+            "update_task",
+            json!({"task_id": 2, "title": "Call dad"}),
         )
         .await;
     assert_eq!(
         updated,
         json!({"task_id": 2, "status": "updated", "title": "Call dad"})
     );
-    let nothing = h
-        .output("alice", call("update_task", json!({"task_id": 2})))
-        .await;
+    let nothing = h.tool("alice", "update_task", json!({"task_id": 2})).await;
     assert_eq!(
         nothing,
         json!({"error": "Nothing to update: give a new title or a new description", "task_id": 2})
     );
 
     let pending = h
-        .output("alice", call("list_tasks", json!({"status": "pending"})))
+        .tool("alice", "list_tasks", json!({"status": "pending"}))
         .await;
     assert_eq!(pending["count"], 1);
     assert_eq!(pending["tasks"][0]["title"], "Call dad");
     let done = h
-        .output("alice", call("list_tasks", json!({"status": "completed"})))
+        .tool("alice", "list_tasks", json!({"status": "completed"}))
         .await;
     assert_eq!(done["tasks"][0]["id"], 1);
 
-    let deleted = h
-        .output("alice", call("delete_task", json!({"task_id": 1})))
-        .await;
+    let deleted = h.tool("alice", "delete_task", json!({"task_id": 1})).await;
     assert_eq!(
         deleted,
         json!({"task_id": 1, "status": "deleted", "title": "Buy milk"})
     );
-    let gone = h
-        .output("alice", call("delete_task", json!({"task_id": 1})))
-        .await;
+    let gone = h.tool("alice", "delete_task", json!({"task_id": 1})).await;
     assert_eq!(gone, json!({"error": "Task not found", "task_id": 1}));
 
     // A new task after a deletion gets a new number, never the deleted one.
     let added = h
-        .output("alice", call("add_task", json!({"title": "Water plants"})))
+        .tool("alice", "add_task", json!({"title": "Water plants"}))
         .await;
     assert_eq!(added["task_id"], 3);
 
     let too_long = h
-        .output("alice", call("add_task", json!({"title": "x".repeat(201)})))
+        .tool("alice", "add_task", json!({"title": "x".repeat(201)}))
         .await;
     assert_eq!(
         too_long,
@@ -155,7 +148,7 @@ async fn a_replayed_command_id_gets_the_first_reply_and_appends_nothing() {
     );
 
     // The list moves on; the replay still answers what the first delivery did.
-    h.output("alice", call("add_task", json!({"title": "Call mum"})))
+    h.tool("alice", "add_task", json!({"title": "Call mum"}))
         .await;
     let rename = command(
         "alice",
@@ -165,12 +158,10 @@ async fn a_replayed_command_id_gets_the_first_reply_and_appends_nothing() {
         ),
     );
     let renamed = h.send_command(&rename).await;
-    h.output(
+    h.tool(
         "alice",
-        call(
-            "update_task",
-            json!({"task_id": 1, "title": "Buy soy milk"}),
-        ),
+        "update_task",
+        json!({"task_id": 1, "title": "Buy soy milk"}),
     )
     .await;
     let delete = command("alice", call("delete_task", json!({"task_id": 2})));
@@ -207,8 +198,7 @@ async fn a_replayed_command_id_gets_the_first_reply_and_appends_nothing() {
 #[tokio::test]
 async fn duplicates_racing_on_two_replicas_are_applied_once() {
     let h = Harness::start(2).await;
-    h.output("alice", call("add_task", json!({"title": "first"})))
-        .await;
+    h.tool("alice", "add_task", json!({"title": "first"})).await;
 
     let add = command("alice", call("add_task", json!({"title": "Buy milk"})));
     let replies = futures::future::join_all((0..12).map(|_| h.send_command(&add))).await;
@@ -265,20 +255,17 @@ async fn fifty_concurrent_adds_get_fifty_consecutive_numbers() {
 #[tokio::test]
 async fn users_cannot_see_or_change_each_others_tasks() {
     let h = Harness::start(1).await;
-    h.output(
-        "alice",
-        call("add_task", json!({"title": "Alice's secret"})),
-    )
-    .await;
+    h.tool("alice", "add_task", json!({"title": "Alice's secret"}))
+        .await;
 
-    let listed = h.output("bob", call("list_tasks", json!({}))).await;
+    let listed = h.tool("bob", "list_tasks", json!({})).await;
     assert_eq!(listed, json!({"tasks": [], "count": 0, "filter": "all"}));
     for (tool, arguments) in [
         ("complete_task", json!({"task_id": 1})),
         ("delete_task", json!({"task_id": 1})),
         ("update_task", json!({"task_id": 1, "title": "mine now"})),
     ] {
-        let refused = h.output("bob", call(tool, arguments)).await;
+        let refused = h.tool("bob", tool, arguments).await;
         assert_eq!(
             refused,
             json!({"error": "Task not found", "task_id": 1}),
@@ -286,12 +273,10 @@ async fn users_cannot_see_or_change_each_others_tasks() {
         );
     }
     // Bob's own numbering starts at 1 and does not touch Alice's.
-    let bobs = h
-        .output("bob", call("add_task", json!({"title": "Bob's"})))
-        .await;
+    let bobs = h.tool("bob", "add_task", json!({"title": "Bob's"})).await;
     assert_eq!(bobs["task_id"], 1);
 
-    let alices = h.output("alice", call("list_tasks", json!({}))).await;
+    let alices = h.tool("alice", "list_tasks", json!({})).await;
     assert_eq!(
         alices["tasks"],
         json!([{"id": 1, "title": "Alice's secret", "description": "", "completed": false}])
@@ -331,10 +316,7 @@ async fn malformed_commands_get_a_clear_refusal() {
         );
     }
     // The service is still there.
-    assert_eq!(
-        h.output("alice", call("list_tasks", json!({}))).await["count"],
-        0
-    );
+    assert_eq!(h.tool("alice", "list_tasks", json!({})).await["count"], 0);
     h.stop().await;
 }
 
@@ -410,7 +392,7 @@ async fn store_failures_are_unavailable_and_the_command_can_be_retried() {
 #[tokio::test]
 async fn a_replica_that_stops_leaves_the_commands_to_the_others() {
     let mut h = Harness::start(2).await;
-    h.output("alice", call("add_task", json!({"title": "before"})))
+    h.tool("alice", "add_task", json!({"title": "before"}))
         .await;
     let stopping = h.replicas.remove(0);
     // Commands keep flowing while one replica drains and stops.
@@ -424,9 +406,7 @@ async fn a_replica_that_stops_leaves_the_commands_to_the_others() {
     for reply in replies {
         assert_eq!(output_json(reply)["status"], "created");
     }
-    let after = h
-        .output("alice", call("add_task", json!({"title": "after"})))
-        .await;
+    let after = h.tool("alice", "add_task", json!({"title": "after"})).await;
     assert_eq!(after["task_id"], 12);
     h.stop().await;
 }

@@ -13,13 +13,13 @@ use async_nats::jetstream;
 use clap::Parser as _;
 use eventlog::EventStore;
 use futures::StreamExt as _;
-use proto_schemas::chat::{ChatOutcome, ChatReply, ChatRequest, ChatStreamChunk};
-use proto_schemas::events::{ConversationEvent, StreamId, TaskEvent};
+use proto_schemas::chat::{ChatError, ChatOutcome, ChatReply, ChatRequest, ChatStreamChunk};
+use proto_schemas::events::{ConversationEvent, EventFamily, StreamId, TaskEvent};
 use proto_schemas::tasks::{
     ListTasksArgs, TaskCommand, TaskCommandReply, TaskView, ToolCall, ToolOutput,
 };
 use proto_schemas::{CommandId, ConversationId, RequestId};
-use testkit::{Running, TestBus, TestDatabase, user_id};
+use testkit::{ModelStub, Running, TestBus, TestDatabase, user_id};
 use tokio::task::JoinHandle;
 
 pub(crate) const SECRET: &str = "agent-worker-test-secret";
@@ -93,6 +93,19 @@ impl Stack {
         config.model_retry_base_ms = 50;
         config.system_prompt = None;
         config
+    }
+
+    /// Starts an in-process worker that asks `model` instead of offline-llm, with its
+    /// settings changed by `adjust`.
+    pub(crate) async fn spawn_worker_on(
+        &mut self,
+        model: &ModelStub,
+        adjust: impl FnOnce(&mut Config),
+    ) -> EventStore {
+        let mut config = self.worker_config();
+        config.provider.llm_base_url = Some(model.base.clone());
+        adjust(&mut config);
+        self.spawn_worker(config).await
     }
 
     /// Starts an in-process worker; the handle shares its event store's read count.
@@ -169,22 +182,25 @@ impl Stack {
         &self,
         conversation: ConversationId,
     ) -> Vec<ConversationEvent> {
-        self.store
-            .read_stream(&StreamId::Conversation(conversation).to_string())
-            .await
-            .expect("stream read")
-            .iter()
-            .map(|event| event.decode().expect("a conversation event"))
-            .collect()
+        self.events(StreamId::Conversation(conversation)).await
     }
 
     pub(crate) async fn task_events(&self, user: &str) -> Vec<TaskEvent> {
+        self.events(StreamId::Tasks(user_id(user))).await
+    }
+
+    /// Every event of `stream`, decoded.
+    async fn events<E: EventFamily>(&self, stream: StreamId) -> Vec<E> {
         self.store
-            .read_stream(&StreamId::Tasks(user_id(user)).to_string())
+            .read_stream(&stream.to_string())
             .await
             .expect("stream read")
             .iter()
-            .map(|event| event.decode().expect("a task event"))
+            .map(|event| {
+                event
+                    .decode()
+                    .unwrap_or_else(|error| panic!("an event of {stream}: {error}"))
+            })
             .collect()
     }
 
@@ -220,6 +236,15 @@ impl Stack {
             .await
             .expect("stream");
         stream.info().await.expect("stream info").state.messages
+    }
+
+    /// Waits until no chat request is left in the work queue (each was acked or
+    /// terminated, none is stuck).
+    pub(crate) async fn wait_queue_empty(&self) {
+        testkit::eventually(Duration::from_secs(10), "an empty work queue", || async {
+            (self.pending_requests().await == 0).then_some(())
+        })
+        .await;
     }
 
     /// Stops the workers, then the services.
@@ -271,6 +296,14 @@ pub(crate) fn answered(reply: &ChatReply) -> (&str, &[proto_schemas::chat::ToolC
             tool_calls,
         } => (response, tool_calls),
         ChatOutcome::Failed { error } => panic!("turn failed: {error:?}"),
+    }
+}
+
+/// The error of a failed reply; panics on an answer.
+pub(crate) fn failed(reply: &ChatReply) -> &ChatError {
+    match &reply.outcome {
+        ChatOutcome::Failed { error } => error,
+        ChatOutcome::Answered { .. } => panic!("expected a failed turn: {reply:?}"),
     }
 }
 

@@ -110,6 +110,29 @@ impl Gateway {
             .json(&body)
     }
 
+    /// `POST /api/{user}/chat` of `message` under an `Idempotency-Key`.
+    pub(crate) fn chat_with_key(
+        &self,
+        user: &str,
+        key: &str,
+        message: &str,
+    ) -> reqwest::RequestBuilder {
+        self.chat(user, serde_json::json!({ "message": message }))
+            .header("Idempotency-Key", key)
+    }
+
+    /// `POST /api/{user}/chat/stream` with `body` as the user's own token.
+    pub(crate) fn chat_stream(
+        &self,
+        user: &str,
+        body: serde_json::Value,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url(&format!("/api/{user}/chat/stream")))
+            .bearer_auth(self.token(user))
+            .json(&body)
+    }
+
     pub(crate) fn get(&self, user: &str, path: &str) -> reqwest::RequestBuilder {
         self.http.get(self.url(path)).bearer_auth(self.token(user))
     }

@@ -103,6 +103,16 @@ impl Harness {
         output_json(self.send(user, call).await)
     }
 
+    /// [`Self::output`] of the tool `name` called with `arguments` as a model gives them.
+    pub(crate) async fn tool(
+        &self,
+        user: &str,
+        name: &str,
+        arguments: serde_json::Value,
+    ) -> serde_json::Value {
+        self.output(user, call(name, arguments)).await
+    }
+
     pub(crate) async fn events(&self, user: &str) -> Vec<StoredEvent> {
         self.store
             .read_stream(&StreamId::Tasks(user_id(user)).to_string())
