@@ -86,6 +86,12 @@ pub enum Command {
     Verify(VerifyConfig),
 }
 
+/// What every `--batch-size` accepts: at least one event, and few enough that a
+/// batch's transaction stays short.
+fn batch_size_range() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=100_000)
+}
+
 /// Settings of `projection run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -96,45 +102,20 @@ pub struct Config {
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
     /// Most events the live projector applies in one transaction.
-    #[arg(
-        long = "batch-size",
-        env = "PROJECTION_BATCH_SIZE",
-        default_value_t = 1_000,
-        value_parser = clap::value_parser!(u32).range(1..=100_000)
-    )]
+    #[arg(long, env = "PROJECTION_BATCH_SIZE", default_value_t = 1_000, value_parser = batch_size_range())]
     pub batch_size: u32,
     /// How often the event log is read when no events.appended wake-up arrives, in milliseconds.
-    #[arg(
-        long = "poll-interval-ms",
-        env = "PROJECTION_POLL_INTERVAL_MS",
-        default_value_t = 500,
-        value_parser = clap::value_parser!(u64).range(1..)
-    )]
+    #[arg(long, env = "PROJECTION_POLL_INTERVAL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     pub poll_interval_ms: u64,
     /// How often a stand-by replica tries to become the writer, in milliseconds.
-    #[arg(
-        long = "standby-poll-ms",
-        env = "PROJECTION_STANDBY_POLL_MS",
-        default_value_t = 1_000,
-        value_parser = clap::value_parser!(u64).range(1..)
-    )]
+    #[arg(long, env = "PROJECTION_STANDBY_POLL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub standby_poll_ms: u64,
     /// First pause after a projection failure, in milliseconds (doubled on each failure
     /// in a row, up to 30 s).
-    #[arg(
-        long = "retry-delay-ms",
-        env = "PROJECTION_RETRY_DELAY_MS",
-        default_value_t = 1_000,
-        value_parser = clap::value_parser!(u64).range(1..)
-    )]
+    #[arg(long, env = "PROJECTION_RETRY_DELAY_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub retry_delay_ms: u64,
     /// Most queries this replica answers at once.
-    #[arg(
-        long = "query-concurrency",
-        env = "PROJECTION_QUERY_CONCURRENCY",
-        default_value_t = 64,
-        value_parser = clap::value_parser!(u16).range(1..)
-    )]
+    #[arg(long, env = "PROJECTION_QUERY_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub query_concurrency: u16,
 }
 
@@ -146,15 +127,10 @@ pub struct ReplayConfig {
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
     /// Events read and applied per transaction.
-    #[arg(
-        long = "batch-size",
-        env = "PROJECTION_REPLAY_BATCH_SIZE",
-        default_value_t = 5_000,
-        value_parser = clap::value_parser!(u32).range(1..=100_000)
-    )]
+    #[arg(long, env = "PROJECTION_REPLAY_BATCH_SIZE", default_value_t = 5_000, value_parser = batch_size_range())]
     pub batch_size: u32,
     /// How progress is shown on stderr: a bar on a terminal and plain lines otherwise (auto), or as asked.
-    #[arg(long = "progress", env = "PROJECTION_PROGRESS", value_enum, default_value_t = ProgressMode::Auto)]
+    #[arg(long, env = "PROJECTION_PROGRESS", value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
 }
 
@@ -175,19 +151,10 @@ pub struct VerifyConfig {
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
     /// Events read per query while folding the log.
-    #[arg(
-        long = "batch-size",
-        env = "PROJECTION_VERIFY_BATCH_SIZE",
-        default_value_t = 5_000,
-        value_parser = clap::value_parser!(u32).range(1..=100_000)
-    )]
+    #[arg(long, env = "PROJECTION_VERIFY_BATCH_SIZE", default_value_t = 5_000, value_parser = batch_size_range())]
     pub batch_size: u32,
     /// Most differences printed (all are counted).
-    #[arg(
-        long = "max-differences",
-        env = "PROJECTION_VERIFY_MAX_DIFFERENCES",
-        default_value_t = 50
-    )]
+    #[arg(long, env = "PROJECTION_VERIFY_MAX_DIFFERENCES", default_value_t = 50)]
     pub max_differences: usize,
 }
 

@@ -52,17 +52,13 @@ pub struct Config {
     #[command(flatten)]
     pub auth: AuthConfig,
     /// Address of the HTTP server (MCP at /mcp, health at /healthz); port 0 picks a free port.
-    #[arg(
-        long = "listen",
-        env = "TASK_SERVICE_LISTEN",
-        default_value = "127.0.0.1:8001"
-    )]
+    #[arg(long, env = "TASK_SERVICE_LISTEN", default_value = "127.0.0.1:8001")]
     pub listen: SocketAddr,
     /// Host names (or host:port) accepted in the Host header of /mcp requests, comma
     /// separated; guards against DNS rebinding. Add the names an ingress forwards, or
     /// "*" to accept any host.
     #[arg(
-        long = "mcp-allowed-hosts",
+        long,
         env = "MCP_ALLOWED_HOSTS",
         value_delimiter = ',',
         default_value = "localhost,127.0.0.1,::1"
@@ -70,7 +66,7 @@ pub struct Config {
     pub mcp_allowed_hosts: Vec<String>,
     /// Most NATS task commands this replica handles at once.
     #[arg(
-        long = "command-concurrency",
+        long,
         env = "TASK_SERVICE_COMMAND_CONCURRENCY",
         default_value_t = 64,
         value_parser = clap::value_parser!(u16).range(1..)
