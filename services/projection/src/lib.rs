@@ -189,11 +189,7 @@ impl App {
         let sql = Arc::new(schema::Sql::for_schema(schema::LIVE_SCHEMA));
         let reader = Reader::new(store.pool().clone(), Arc::clone(&sql));
 
-        let bus = config
-            .nats
-            .connect(SERVICE_NAME)
-            .await
-            .context("failed to connect to nats")?;
+        let bus = config.nats.connect(SERVICE_NAME).await?;
         let subjects = config.nats.subjects();
         let subscribers = queries::subscribe(&bus, &subjects)
             .await
@@ -224,20 +220,13 @@ impl App {
     /// Projects (while this replica holds the writer lock) and answers queries until
     /// `shutdown` is cancelled, then finishes the batch and queries in flight.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self {
-            config,
-            store,
-            reader,
-            sql,
-            bus,
-            subscribers,
-        } = self;
+        let config = &self.config;
         let subjects = config.nats.subjects();
         let writer = projector::Writer {
-            pool: store.pool().clone(),
-            store,
-            sql,
-            bus: bus.clone(),
+            pool: self.store.pool().clone(),
+            store: self.store,
+            sql: self.sql,
+            bus: self.bus.clone(),
             subjects: subjects.clone(),
             settings: projector::WriterSettings {
                 batch_size: config.batch_size,
@@ -248,16 +237,16 @@ impl App {
         };
         let writer = tokio::spawn(writer.run(shutdown.child_token()));
         queries::serve(
-            reader,
-            bus.clone(),
+            self.reader,
+            self.bus.clone(),
             subjects,
-            subscribers,
+            self.subscribers,
             usize::from(config.query_concurrency),
             shutdown.child_token(),
         )
         .await;
         writer.await.context("the projector task failed")?;
-        if let Err(error) = bus.flush().await {
+        if let Err(error) = self.bus.flush().await {
             tracing::debug!(%error, "failed to flush nats on shutdown");
         }
         Ok(())

@@ -90,11 +90,7 @@ impl App {
     /// to the task commands and binds the HTTP listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let store = config.database.open_event_store().await?;
-        let bus = config
-            .nats
-            .connect(SERVICE_NAME)
-            .await
-            .context("failed to connect to nats")?;
+        let bus = config.nats.connect(SERVICE_NAME).await?;
         let subjects = config.nats.subjects();
         let subscriber = bus
             .queue_subscribe(
@@ -131,37 +127,30 @@ impl App {
     /// Serves NATS commands and HTTP until `shutdown` is cancelled, then finishes the
     /// work in flight and returns.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self {
-            config,
-            handler,
-            bus,
-            subscriber,
-            listener,
-            local_addr,
-        } = self;
+        let config = &self.config;
         // Stops the NATS loop when either the caller or a failing HTTP server says so.
         let stop = shutdown.child_token();
         let commands = tokio::spawn(nats::serve(
-            handler.clone(),
-            bus.clone(),
-            subscriber,
+            self.handler.clone(),
+            self.bus.clone(),
+            self.subscriber,
             usize::from(config.command_concurrency),
             stop.clone(),
         ));
 
         let mcp_shutdown = CancellationToken::new();
         let router = http::router(
-            handler,
+            self.handler,
             config.auth.keys(),
             &config.mcp_allowed_hosts,
             mcp_shutdown.clone(),
         );
         tracing::info!(
-            addr = %local_addr,
+            addr = %self.local_addr,
             subject = %config.nats.subjects().task_commands(),
             "task-service serving"
         );
-        let served = axum::serve(listener, router)
+        let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(stop.clone().cancelled_owned())
             .await
             .context("http server failed");
@@ -170,7 +159,7 @@ impl App {
         mcp_shutdown.cancel();
         commands.await.context("task command loop panicked")?;
         // Sends the last replies and notices; bounded, as NATS may be what is down.
-        match tokio::time::timeout(NATS_READY_TIMEOUT, bus.flush()).await {
+        match tokio::time::timeout(NATS_READY_TIMEOUT, self.bus.flush()).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(%error, "failed to flush nats on shutdown"),
             Err(_) => tracing::warn!("timed out flushing nats on shutdown"),
