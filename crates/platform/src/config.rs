@@ -14,31 +14,21 @@ use crate::bus::BusError;
 #[derive(clap::Args, Debug, Clone)]
 pub struct NatsConfig {
     /// NATS server URL.
-    #[arg(
-        long = "nats-url",
-        env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        // May carry a password: --help must not print it from the environment.
-        hide_env_values = true
-    )]
+    // May carry a password: --help must not print it from the environment.
+    #[arg(long, env = "NATS_URL", default_value = Self::DEFAULT_URL, hide_env_values = true)]
     pub nats_url: String,
     /// Prefix of every subject, stream and bucket (lets several deployments or tests share one NATS).
-    #[arg(
-        long = "subject-prefix",
-        env = "TASKCHAT_SUBJECT_PREFIX",
-        default_value = proto_schemas::subjects::DEFAULT_PREFIX
-    )]
+    #[arg(long, env = "TASKCHAT_SUBJECT_PREFIX", default_value = proto_schemas::subjects::DEFAULT_PREFIX)]
     pub subject_prefix: String,
     /// Replicas of each JetStream stream this deployment creates (3 on a NATS cluster).
-    #[arg(
-        long = "stream-replicas",
-        env = "NATS_STREAM_REPLICAS",
-        default_value_t = 1
-    )]
+    #[arg(long, env = "NATS_STREAM_REPLICAS", default_value_t = 1)]
     pub stream_replicas: usize,
 }
 
 impl NatsConfig {
+    /// The server a developer machine runs (`deploy/local/services.sh`).
+    pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+
     /// Every subject, stream and bucket name under [`Self::subject_prefix`].
     pub fn subjects(&self) -> proto_schemas::Subjects {
         proto_schemas::Subjects::new(&self.subject_prefix)
@@ -111,24 +101,18 @@ fn log_nats_event(service: &str, url: &str, event: async_nats::Event) {
 #[derive(clap::Args, Debug, Clone)]
 pub struct DatabaseConfig {
     /// Postgres URL of the event log and read models.
-    #[arg(
-        long = "database-url",
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/taskchat",
-        // May carry a password: --help must not print it from the environment.
-        hide_env_values = true
-    )]
+    // May carry a password: --help must not print it from the environment.
+    #[arg(long, env = "DATABASE_URL", default_value = Self::DEFAULT_URL, hide_env_values = true)]
     pub database_url: String,
     /// Most connections the pool opens to Postgres.
-    #[arg(
-        long = "database-max-connections",
-        env = "DATABASE_MAX_CONNECTIONS",
-        default_value_t = 10
-    )]
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
     pub database_max_connections: u32,
 }
 
 impl DatabaseConfig {
+    /// The database a developer machine runs (`deploy/local/services.sh`).
+    pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/taskchat";
+
     /// How long a query waits for a free pooled connection before failing, so that
     /// an exhausted pool surfaces as an error instead of a hang.
     pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -168,10 +152,10 @@ pub enum LogFormat {
 #[derive(clap::Args, Debug, Clone)]
 pub struct TelemetryConfig {
     /// Log line format (the level filter comes from RUST_LOG).
-    #[arg(long = "log-format", env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
     /// OTLP/HTTP endpoint for traces, e.g. http://127.0.0.1:4318; tracing export is off when unset.
-    #[arg(long = "otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 }
 
@@ -180,7 +164,7 @@ pub struct TelemetryConfig {
 pub struct AuthConfig {
     /// HS256 secret that signs and verifies bearer tokens (`sub` = user id).
     #[arg(
-        long = "auth-jwt-secret",
+        long,
         env = "AUTH_JWT_SECRET",
         default_value = "taskchat-dev-secret-change-me",
         hide_env_values = true,

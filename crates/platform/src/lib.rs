@@ -8,6 +8,7 @@
 //! - [`telemetry`]: one tracing subscriber per process (`RUST_LOG`, plain or JSON
 //!   logs, OTLP export of spans when an endpoint is set).
 //! - [`shutdown`]: a `CancellationToken` cancelled on SIGTERM or SIGINT.
+//! - [`start`]: both of the above, as each service's `main` begins.
 //! - [`bus`]: JSON publish / request / reply over NATS with `traceparent` headers,
 //!   and the `events.appended` wake-ups that tail the event log.
 //! - [`trace`]: the W3C trace context of incoming HTTP requests.
@@ -23,6 +24,22 @@ pub mod telemetry;
 pub mod trace;
 
 pub use bus::BusError;
+
+/// What every service's `main` does before it builds the app: telemetry on, and the
+/// token that SIGTERM or SIGINT cancel armed.
+///
+/// Hold the guard until the service has stopped: dropping it exports the last spans.
+/// Call from inside the Tokio runtime, once per process.
+pub fn start(
+    service_name: &'static str,
+    telemetry: &config::TelemetryConfig,
+) -> anyhow::Result<(
+    telemetry::TelemetryGuard,
+    tokio_util::sync::CancellationToken,
+)> {
+    let guard = telemetry::init(service_name, telemetry)?;
+    Ok((guard, shutdown::signal_token()))
+}
 
 /// Binds a service's HTTP listener; returns it with the address it got (port 0 picks
 /// a free one).

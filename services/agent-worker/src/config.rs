@@ -23,36 +23,21 @@ pub struct Config {
     pub provider: ProviderArgs,
 
     /// Chat turns this replica runs at once.
-    #[arg(
-        long = "concurrency",
-        env = "AGENT_CONCURRENCY",
-        default_value_t = 8,
-        value_parser = clap::value_parser!(u16).range(1..)
-    )]
+    #[arg(long, env = "AGENT_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
     /// Deliveries of one chat request before the user gets an error instead (used when
     /// this replica creates the shared consumer).
-    #[arg(
-        long = "max-deliver",
-        env = "AGENT_MAX_DELIVER",
-        default_value_t = 4,
-        value_parser = clap::value_parser!(u32).range(1..)
-    )]
+    #[arg(long, env = "AGENT_MAX_DELIVER", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_deliver: u32,
     /// Seconds without an ack (or in-progress ack) before a request goes to another
     /// replica: how long a crashed worker's turn waits (used when this replica creates
     /// the shared consumer).
-    #[arg(
-        long = "ack-wait-secs",
-        env = "AGENT_ACK_WAIT_SECS",
-        default_value_t = 30,
-        value_parser = clap::value_parser!(u64).range(1..)
-    )]
+    #[arg(long, env = "AGENT_ACK_WAIT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub ack_wait_secs: u64,
     /// Milliseconds before a failed attempt is tried again, by attempt (the last
     /// repeats), comma separated.
     #[arg(
-        long = "redelivery-backoff-ms",
+        long,
         env = "AGENT_REDELIVERY_BACKOFF_MS",
         value_delimiter = ',',
         default_value = "2000,10000,30000"
@@ -60,17 +45,12 @@ pub struct Config {
     pub redelivery_backoff_ms: Vec<u64>,
 
     /// Model steps (calls) one turn may take before it ends with a friendly message.
-    #[arg(
-        long = "max-model-steps",
-        env = "AGENT_MAX_MODEL_STEPS",
-        default_value_t = 10,
-        value_parser = clap::value_parser!(u32).range(1..)
-    )]
+    #[arg(long, env = "AGENT_MAX_MODEL_STEPS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_model_steps: u32,
     /// Earlier user and assistant messages of the conversation shown to the model, at
     /// most the 100 the worker keeps per conversation.
     #[arg(
-        long = "history-messages",
+        long,
         env = "AGENT_HISTORY_MESSAGES",
         default_value_t = 20,
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
@@ -78,44 +58,25 @@ pub struct Config {
     )]
     pub history_messages: usize,
     /// Instructions for the model, replacing the built-in task-assistant prompt.
-    #[arg(long = "system-prompt", env = "AGENT_SYSTEM_PROMPT")]
+    #[arg(long, env = "AGENT_SYSTEM_PROMPT")]
     pub system_prompt: Option<String>,
 
     /// Seconds one model step may take, retries included.
-    #[arg(
-        long = "model-timeout-secs",
-        env = "MODEL_TIMEOUT_SECS",
-        default_value_t = 60,
-        value_parser = clap::value_parser!(u64).range(1..)
-    )]
+    #[arg(long, env = "MODEL_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub model_timeout_secs: u64,
     /// Retries of a model call on 429, 5xx and connection errors.
-    #[arg(long = "model-retries", env = "MODEL_RETRIES", default_value_t = 3)]
+    #[arg(long, env = "MODEL_RETRIES", default_value_t = 3)]
     pub model_retries: u32,
     /// Milliseconds before the first model retry (doubling, up to 8 s), unless the
     /// server's Retry-After says otherwise.
-    #[arg(
-        long = "model-retry-base-ms",
-        env = "MODEL_RETRY_BASE_MS",
-        default_value_t = 500
-    )]
+    #[arg(long, env = "MODEL_RETRY_BASE_MS", default_value_t = 500)]
     pub model_retry_base_ms: u64,
 
     /// Seconds one task command may take before it is sent again (same command id).
-    #[arg(
-        long = "tool-timeout-secs",
-        env = "AGENT_TOOL_TIMEOUT_SECS",
-        default_value_t = 10,
-        value_parser = clap::value_parser!(u64).range(1..)
-    )]
+    #[arg(long, env = "AGENT_TOOL_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub tool_timeout_secs: u64,
     /// Tries of one task command before the turn is left for a later delivery.
-    #[arg(
-        long = "tool-attempts",
-        env = "AGENT_TOOL_ATTEMPTS",
-        default_value_t = 4,
-        value_parser = clap::value_parser!(u32).range(1..)
-    )]
+    #[arg(long, env = "AGENT_TOOL_ATTEMPTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub tool_attempts: u32,
 }
 

@@ -88,11 +88,7 @@ impl App {
         }
 
         let store = config.database.open_event_store().await?;
-        let bus = config
-            .nats
-            .connect(SERVICE_NAME)
-            .await
-            .context("failed to connect to nats")?;
+        let bus = config.nats.connect(SERVICE_NAME).await?;
         let jetstream = jetstream::new(bus.clone());
         let subjects = config.nats.subjects();
         let (requests, _replies) = platform::streams::ensure_chat_streams(
@@ -148,27 +144,17 @@ impl App {
     /// Takes chat turns until `shutdown` is cancelled; then stops pulling, finishes the
     /// turns in flight and returns.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self {
-            config,
-            provider: _,
-            store,
-            bus,
-            jetstream,
-            consumer,
-            requests,
-            advisories,
-            model,
-        } = self;
+        let config = &self.config;
         let tools = tools::ToolCatalog::builtin();
         tracing::info!(tools = ?tools.names().collect::<Vec<_>>(), "task tools compiled in");
 
         let worker = Arc::new(Worker {
             replica: replica_name(),
-            conversations: Repository::new(store, RepositoryOptions::default()),
-            bus: bus.clone(),
-            jetstream,
+            conversations: Repository::new(self.store, RepositoryOptions::default()),
+            bus: self.bus.clone(),
+            jetstream: self.jetstream,
             subjects: config.nats.subjects(),
-            model,
+            model: self.model,
             tools,
             settings: TurnSettings {
                 max_model_steps: config.max_model_steps,
@@ -183,11 +169,11 @@ impl App {
         });
         let exhausted = tokio::spawn(consumer::answer_exhausted(
             Arc::clone(&worker),
-            requests,
-            advisories,
+            self.requests,
+            self.advisories,
             shutdown.clone(),
         ));
-        let info = &consumer.cached_info().config;
+        let info = &self.consumer.cached_info().config;
         tracing::info!(
             replica = %worker.replica,
             consumer = %info.durable_name.clone().unwrap_or_default(),
@@ -198,7 +184,7 @@ impl App {
         );
         consumer::run(
             worker,
-            consumer,
+            self.consumer,
             ConsumerSettings {
                 concurrency: usize::from(config.concurrency),
                 redelivery_backoff: config
@@ -213,7 +199,7 @@ impl App {
         exhausted
             .await
             .context("the exhausted-requests loop panicked")?;
-        if let Err(error) = bus.flush().await {
+        if let Err(error) = self.bus.flush().await {
             tracing::warn!(%error, "failed to flush nats on shutdown");
         }
         tracing::info!("agent-worker stopped");

@@ -49,36 +49,27 @@ pub struct Config {
     #[command(flatten)]
     pub auth: AuthConfig,
     /// Address of the HTTP server; port 0 picks a free port.
-    #[arg(
-        long = "listen",
-        env = "GATEWAY_LISTEN",
-        default_value = "127.0.0.1:8080"
-    )]
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Seconds a chat POST waits for the turn's reply before answering 504 (the turn
     /// itself goes on and shows in the conversation's history).
     #[arg(
-        long = "reply-timeout-secs",
+        long,
         env = "GATEWAY_REPLY_TIMEOUT_SECS",
         default_value_t = 60,
         value_parser = clap::value_parser!(u64).range(1..=3600)
     )]
     pub reply_timeout_secs: u64,
     /// Seconds a read waits for the projection before answering 503.
-    #[arg(
-        long = "query-timeout-secs",
-        env = "GATEWAY_QUERY_TIMEOUT_SECS",
-        default_value_t = 5,
-        value_parser = clap::value_parser!(u64).range(1..=3600)
-    )]
+    #[arg(long, env = "GATEWAY_QUERY_TIMEOUT_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub query_timeout_secs: u64,
     /// Largest request body accepted, in bytes; larger bodies get 413.
-    #[arg(long = "max-body-bytes", env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
     /// Enable `POST /api/dev/token {"user_id"}`, which hands a token to anyone who
     /// asks. For local development only.
     #[arg(
-        long = "auth-dev-login",
+        long,
         env = "AUTH_DEV_LOGIN",
         default_value_t = false,
         num_args = 0..=1,
@@ -87,12 +78,7 @@ pub struct Config {
     )]
     pub auth_dev_login: bool,
     /// Lifetime of the tokens `POST /api/dev/token` mints, e.g. 3600, 90m, 24h, 7d.
-    #[arg(
-        long = "dev-token-ttl",
-        env = "AUTH_DEV_TOKEN_TTL",
-        default_value = "24h",
-        value_parser = parse_duration
-    )]
+    #[arg(long, env = "AUTH_DEV_TOKEN_TTL", default_value = "24h", value_parser = parse_duration)]
     pub dev_token_ttl: Duration,
 }
 
@@ -112,10 +98,10 @@ pub struct TokenArgs {
     #[command(flatten)]
     pub auth: AuthConfig,
     /// The user the token acts for (its `sub`).
-    #[arg(long = "user", value_parser = parse_user)]
+    #[arg(long, value_parser = parse_user)]
     pub user: UserId,
     /// How long the token is valid, e.g. 3600, 90m, 24h, 7d.
-    #[arg(long = "ttl", default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub ttl: Duration,
 }
 

@@ -54,11 +54,7 @@ impl App {
     /// Connects to NATS, makes sure the chat streams and the idempotency bucket exist,
     /// and binds the HTTP listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let client = config
-            .nats
-            .connect(SERVICE_NAME)
-            .await
-            .context("failed to connect to nats")?;
+        let client = config.nats.connect(SERVICE_NAME).await?;
         // Long waits (replies, streams) end when the server stops; `run` cancels this.
         let shutdown = CancellationToken::new();
         let state = AppState::new(

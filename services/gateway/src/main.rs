@@ -16,10 +16,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(config) => {
-            let _telemetry = platform::telemetry::init(SERVICE_NAME, &config.telemetry)?;
-            let shutdown = platform::shutdown::signal_token();
-            let app = App::build(config).await?;
-            app.run(shutdown).await
+            let (_telemetry, shutdown) = platform::start(SERVICE_NAME, &config.telemetry)?;
+            App::build(config).await?.run(shutdown).await
         }
     }
 }

@@ -27,8 +27,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let _telemetry = platform::telemetry::init("offline-llm", &cli.telemetry)?;
-    let shutdown = platform::shutdown::signal_token();
+    let (_telemetry, shutdown) = platform::start("offline-llm", &cli.telemetry)?;
 
     let app = offline_llm::App::build(cli.config.clone())
         .await

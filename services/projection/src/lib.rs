@@ -86,6 +86,12 @@ pub enum Command {
     Verify(VerifyConfig),
 }
 
+/// What every `--batch-size` accepts: at least one event, and few enough that a
+/// batch's transaction stays short.
+fn batch_size_range() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=100_000)
+}
+
 /// Settings of `projection run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -96,20 +102,10 @@ pub struct Config {
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
     /// Most events the live projector applies in one transaction.
-    #[arg(
-        long = "batch-size",
-        env = "PROJECTION_BATCH_SIZE",
-        default_value_t = 1_000,
-        value_parser = clap::value_parser!(u32).range(1..=100_000)
-    )]
+    #[arg(long, env = "PROJECTION_BATCH_SIZE", default_value_t = 1_000, value_parser = batch_size_range())]
     pub batch_size: u32,
     /// How often the event log is read when no events.appended wake-up arrives, in milliseconds.
-    #[arg(
-        long = "poll-interval-ms",
-        env = "PROJECTION_POLL_INTERVAL_MS",
-        default_value_t = 500,
-        value_parser = clap::value_parser!(u64).range(1..)
-    )]
+    #[arg(long, env = "PROJECTION_POLL_INTERVAL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     pub poll_interval_ms: u64,
     /// The shortest time between two reads of the log while caught up, in
     /// milliseconds: appends that arrive meanwhile are applied as one batch (fewer
@@ -121,29 +117,14 @@ pub struct Config {
     )]
     pub min_read_interval_ms: u64,
     /// How often a stand-by replica tries to become the writer, in milliseconds.
-    #[arg(
-        long = "standby-poll-ms",
-        env = "PROJECTION_STANDBY_POLL_MS",
-        default_value_t = 1_000,
-        value_parser = clap::value_parser!(u64).range(1..)
-    )]
+    #[arg(long, env = "PROJECTION_STANDBY_POLL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub standby_poll_ms: u64,
     /// First pause after a projection failure, in milliseconds (doubled on each failure
     /// in a row, up to 30 s).
-    #[arg(
-        long = "retry-delay-ms",
-        env = "PROJECTION_RETRY_DELAY_MS",
-        default_value_t = 1_000,
-        value_parser = clap::value_parser!(u64).range(1..)
-    )]
+    #[arg(long, env = "PROJECTION_RETRY_DELAY_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub retry_delay_ms: u64,
     /// Most queries this replica answers at once.
-    #[arg(
-        long = "query-concurrency",
-        env = "PROJECTION_QUERY_CONCURRENCY",
-        default_value_t = 64,
-        value_parser = clap::value_parser!(u16).range(1..)
-    )]
+    #[arg(long, env = "PROJECTION_QUERY_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub query_concurrency: u16,
 }
 
@@ -155,15 +136,10 @@ pub struct ReplayConfig {
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
     /// Events read and applied per transaction.
-    #[arg(
-        long = "batch-size",
-        env = "PROJECTION_REPLAY_BATCH_SIZE",
-        default_value_t = 5_000,
-        value_parser = clap::value_parser!(u32).range(1..=100_000)
-    )]
+    #[arg(long, env = "PROJECTION_REPLAY_BATCH_SIZE", default_value_t = 5_000, value_parser = batch_size_range())]
     pub batch_size: u32,
     /// How progress is shown on stderr: a bar on a terminal and plain lines otherwise (auto), or as asked.
-    #[arg(long = "progress", env = "PROJECTION_PROGRESS", value_enum, default_value_t = ProgressMode::Auto)]
+    #[arg(long, env = "PROJECTION_PROGRESS", value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
 }
 
@@ -184,19 +160,10 @@ pub struct VerifyConfig {
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
     /// Events read per query while folding the log.
-    #[arg(
-        long = "batch-size",
-        env = "PROJECTION_VERIFY_BATCH_SIZE",
-        default_value_t = 5_000,
-        value_parser = clap::value_parser!(u32).range(1..=100_000)
-    )]
+    #[arg(long, env = "PROJECTION_VERIFY_BATCH_SIZE", default_value_t = 5_000, value_parser = batch_size_range())]
     pub batch_size: u32,
     /// Most differences printed (all are counted).
-    #[arg(
-        long = "max-differences",
-        env = "PROJECTION_VERIFY_MAX_DIFFERENCES",
-        default_value_t = 50
-    )]
+    #[arg(long, env = "PROJECTION_VERIFY_MAX_DIFFERENCES", default_value_t = 50)]
     pub max_differences: usize,
 }
 
@@ -231,11 +198,7 @@ impl App {
         let sql = Arc::new(schema::Sql::for_schema(schema::LIVE_SCHEMA));
         let reader = Reader::new(store.pool().clone(), Arc::clone(&sql));
 
-        let bus = config
-            .nats
-            .connect(SERVICE_NAME)
-            .await
-            .context("failed to connect to nats")?;
+        let bus = config.nats.connect(SERVICE_NAME).await?;
         let subjects = config.nats.subjects();
         let subscribers = queries::subscribe(&bus, &subjects)
             .await
@@ -266,20 +229,13 @@ impl App {
     /// Projects (while this replica holds the writer lock) and answers queries until
     /// `shutdown` is cancelled, then finishes the batch and queries in flight.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self {
-            config,
-            store,
-            reader,
-            sql,
-            bus,
-            subscribers,
-        } = self;
+        let config = &self.config;
         let subjects = config.nats.subjects();
         let writer = projector::Writer {
-            pool: store.pool().clone(),
-            store,
-            sql,
-            bus: bus.clone(),
+            pool: self.store.pool().clone(),
+            store: self.store,
+            sql: self.sql,
+            bus: self.bus.clone(),
             subjects: subjects.clone(),
             settings: projector::WriterSettings {
                 batch_size: config.batch_size,
@@ -291,16 +247,16 @@ impl App {
         };
         let writer = tokio::spawn(writer.run(shutdown.child_token()));
         queries::serve(
-            reader,
-            bus.clone(),
+            self.reader,
+            self.bus.clone(),
             subjects,
-            subscribers,
+            self.subscribers,
             usize::from(config.query_concurrency),
             shutdown.child_token(),
         )
         .await;
         writer.await.context("the projector task failed")?;
-        if let Err(error) = bus.flush().await {
+        if let Err(error) = self.bus.flush().await {
             tracing::debug!(%error, "failed to flush nats on shutdown");
         }
         Ok(())

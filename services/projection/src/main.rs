@@ -15,10 +15,8 @@ use projection::{App, Cli, Command, SERVICE_NAME};
 async fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().into_command() {
         Command::Run(config) => {
-            let _telemetry = platform::telemetry::init(SERVICE_NAME, &config.telemetry)?;
-            let shutdown = platform::shutdown::signal_token();
-            let app = App::build(config).await?;
-            app.run(shutdown).await?;
+            let (_telemetry, shutdown) = platform::start(SERVICE_NAME, &config.telemetry)?;
+            App::build(config).await?.run(shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay(config) => {

@@ -52,17 +52,13 @@ pub struct Config {
     #[command(flatten)]
     pub auth: AuthConfig,
     /// Address of the HTTP server (MCP at /mcp, health at /healthz); port 0 picks a free port.
-    #[arg(
-        long = "listen",
-        env = "TASK_SERVICE_LISTEN",
-        default_value = "127.0.0.1:8001"
-    )]
+    #[arg(long, env = "TASK_SERVICE_LISTEN", default_value = "127.0.0.1:8001")]
     pub listen: SocketAddr,
     /// Host names (or host:port) accepted in the Host header of /mcp requests, comma
     /// separated; guards against DNS rebinding. Add the names an ingress forwards, or
     /// "*" to accept any host.
     #[arg(
-        long = "mcp-allowed-hosts",
+        long,
         env = "MCP_ALLOWED_HOSTS",
         value_delimiter = ',',
         default_value = "localhost,127.0.0.1,::1"
@@ -70,7 +66,7 @@ pub struct Config {
     pub mcp_allowed_hosts: Vec<String>,
     /// Most NATS task commands this replica handles at once.
     #[arg(
-        long = "command-concurrency",
+        long,
         env = "TASK_SERVICE_COMMAND_CONCURRENCY",
         default_value_t = 64,
         value_parser = clap::value_parser!(u16).range(1..)
@@ -94,11 +90,7 @@ impl App {
     /// to the task commands and binds the HTTP listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let store = config.database.open_event_store().await?;
-        let bus = config
-            .nats
-            .connect(SERVICE_NAME)
-            .await
-            .context("failed to connect to nats")?;
+        let bus = config.nats.connect(SERVICE_NAME).await?;
         let subjects = config.nats.subjects();
         let subscriber = bus
             .queue_subscribe(
@@ -135,37 +127,30 @@ impl App {
     /// Serves NATS commands and HTTP until `shutdown` is cancelled, then finishes the
     /// work in flight and returns.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self {
-            config,
-            handler,
-            bus,
-            subscriber,
-            listener,
-            local_addr,
-        } = self;
+        let config = &self.config;
         // Stops the NATS loop when either the caller or a failing HTTP server says so.
         let stop = shutdown.child_token();
         let commands = tokio::spawn(nats::serve(
-            handler.clone(),
-            bus.clone(),
-            subscriber,
+            self.handler.clone(),
+            self.bus.clone(),
+            self.subscriber,
             usize::from(config.command_concurrency),
             stop.clone(),
         ));
 
         let mcp_shutdown = CancellationToken::new();
         let router = http::router(
-            handler,
+            self.handler,
             config.auth.keys(),
             &config.mcp_allowed_hosts,
             mcp_shutdown.clone(),
         );
         tracing::info!(
-            addr = %local_addr,
+            addr = %self.local_addr,
             subject = %config.nats.subjects().task_commands(),
             "task-service serving"
         );
-        let served = axum::serve(listener, router)
+        let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(stop.clone().cancelled_owned())
             .await
             .context("http server failed");
@@ -174,7 +159,7 @@ impl App {
         mcp_shutdown.cancel();
         commands.await.context("task command loop panicked")?;
         // Sends the last replies and notices; bounded, as NATS may be what is down.
-        match tokio::time::timeout(NATS_READY_TIMEOUT, bus.flush()).await {
+        match tokio::time::timeout(NATS_READY_TIMEOUT, self.bus.flush()).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(%error, "failed to flush nats on shutdown"),
             Err(_) => tracing::warn!("timed out flushing nats on shutdown"),

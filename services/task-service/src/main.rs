@@ -10,8 +10,6 @@ use task_service::{App, Config, SERVICE_NAME};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let _telemetry = platform::telemetry::init(SERVICE_NAME, &config.telemetry)?;
-    let shutdown = platform::shutdown::signal_token();
-    let app = App::build(config).await?;
-    app.run(shutdown).await
+    let (_telemetry, shutdown) = platform::start(SERVICE_NAME, &config.telemetry)?;
+    App::build(config).await?.run(shutdown).await
 }
