@@ -27,37 +27,29 @@ const JS: &str = "text/javascript; charset=utf-8";
 const SVG: &str = "image/svg+xml";
 
 const ASSETS: &[Asset] = &[
-    Asset {
-        path: "/",
-        content_type: HTML,
-        body: include_bytes!("../assets/index.html"),
-    },
-    Asset {
-        path: "/assets/app.css",
-        content_type: CSS,
-        body: include_bytes!("../assets/app.css"),
-    },
-    Asset {
-        path: "/assets/app.js",
-        content_type: JS,
-        body: include_bytes!("../assets/app.js"),
-    },
-    Asset {
-        path: "/assets/api.js",
-        content_type: JS,
-        body: include_bytes!("../assets/api.js"),
-    },
-    Asset {
-        path: "/assets/toolcalls.js",
-        content_type: JS,
-        body: include_bytes!("../assets/toolcalls.js"),
-    },
-    Asset {
-        path: "/assets/favicon.svg",
-        content_type: SVG,
-        body: include_bytes!("../assets/favicon.svg"),
-    },
+    asset("/", HTML, include_bytes!("../assets/index.html")),
+    asset("/assets/app.css", CSS, include_bytes!("../assets/app.css")),
+    asset("/assets/app.js", JS, include_bytes!("../assets/app.js")),
+    asset("/assets/api.js", JS, include_bytes!("../assets/api.js")),
+    asset(
+        "/assets/toolcalls.js",
+        JS,
+        include_bytes!("../assets/toolcalls.js"),
+    ),
+    asset(
+        "/assets/favicon.svg",
+        SVG,
+        include_bytes!("../assets/favicon.svg"),
+    ),
 ];
+
+const fn asset(path: &'static str, content_type: &'static str, body: &'static [u8]) -> Asset {
+    Asset {
+        path,
+        content_type,
+        body,
+    }
+}
 
 /// Everything the page loads comes from this origin; the API is same-origin too. No
 /// inline script or style is allowed, so injected markup cannot run.

@@ -110,11 +110,7 @@ pub struct Config {
     /// The shortest time between two reads of the log while caught up, in
     /// milliseconds: appends that arrive meanwhile are applied as one batch (fewer
     /// transactions under load), and the read models lag by up to this much more.
-    #[arg(
-        long = "min-read-interval-ms",
-        env = "PROJECTION_MIN_READ_INTERVAL_MS",
-        default_value_t = 20
-    )]
+    #[arg(long, env = "PROJECTION_MIN_READ_INTERVAL_MS", default_value_t = 20)]
     pub min_read_interval_ms: u64,
     /// How often a stand-by replica tries to become the writer, in milliseconds.
     #[arg(long, env = "PROJECTION_STANDBY_POLL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]

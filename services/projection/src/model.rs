@@ -438,6 +438,31 @@ mod tests {
         }
     }
 
+    /// Conversation `id` started by ada (its first event).
+    fn started(id: Uuid) -> Fact {
+        conv(
+            id,
+            1,
+            0,
+            ConversationEvent::ConversationStarted {
+                user_id: UserId::parse("ada").unwrap(),
+            },
+        )
+    }
+
+    /// The user's message of `request` as the conversation's second event.
+    fn said(id: Uuid, request: RequestId, text: &str) -> Fact {
+        conv(
+            id,
+            2,
+            1,
+            ConversationEvent::UserMessageReceived {
+                request_id: request,
+                text: text.into(),
+            },
+        )
+    }
+
     fn added(n: u32, title: &str) -> TaskEvent {
         TaskEvent::TaskAdded {
             task_id: TaskNumber(n),
@@ -532,23 +557,8 @@ mod tests {
             result,
         };
         let (models, anomalies) = fold(&[
-            conv(
-                id,
-                1,
-                0,
-                ConversationEvent::ConversationStarted {
-                    user_id: UserId::parse("ada").unwrap(),
-                },
-            ),
-            conv(
-                id,
-                2,
-                1,
-                ConversationEvent::UserMessageReceived {
-                    request_id: request,
-                    text: "Add milk and list".into(),
-                },
-            ),
+            started(id),
+            said(id, request, "Add milk and list"),
             conv(
                 id,
                 3,
@@ -626,23 +636,8 @@ mod tests {
         let id = Uuid::now_v7();
         let request = RequestId::new();
         let (models, _) = fold(&[
-            conv(
-                id,
-                1,
-                0,
-                ConversationEvent::ConversationStarted {
-                    user_id: UserId::parse("ada").unwrap(),
-                },
-            ),
-            conv(
-                id,
-                2,
-                1,
-                ConversationEvent::UserMessageReceived {
-                    request_id: request,
-                    text: "hi".into(),
-                },
-            ),
+            started(id),
+            said(id, request, "hi"),
             conv(
                 id,
                 3,

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use eventlog::{Checkpoint, StoredEvent};
+use itertools::Itertools as _;
 use proto_schemas::chat::ToolCallRecord;
 use proto_schemas::events::TaskEvent;
 use proto_schemas::queries::MessageRole;
@@ -281,6 +282,24 @@ async fn write_tasks(
     Ok(())
 }
 
+/// A read model's rows as one array per column, for the `unnest` statements.
+type Columns6<A, B, C, D, E, F> = (Vec<A>, Vec<B>, Vec<C>, Vec<D>, Vec<E>, Vec<F>);
+type Columns7<A, B, C, D, E, F, G> = (Vec<A>, Vec<B>, Vec<C>, Vec<D>, Vec<E>, Vec<F>, Vec<G>);
+
+/// Splits rows into [`Columns6`].
+fn columns6<A, B, C, D, E, F>(
+    rows: impl Iterator<Item = (A, B, C, D, E, F)>,
+) -> Columns6<A, B, C, D, E, F> {
+    rows.multiunzip()
+}
+
+/// Splits rows into [`Columns7`].
+fn columns7<A, B, C, D, E, F, G>(
+    rows: impl Iterator<Item = (A, B, C, D, E, F, G)>,
+) -> Columns7<A, B, C, D, E, F, G> {
+    rows.multiunzip()
+}
+
 async fn write_conversations(
     conn: &mut PgConnection,
     sql: &Sql,
@@ -289,23 +308,17 @@ async fn write_conversations(
     if models.conversations.is_empty() {
         return Ok(());
     }
-    let n = models.conversations.len();
-    let (mut ids, mut users, mut titles, mut counts, mut created, mut updated) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for (id, conversation) in &models.conversations {
-        ids.push(*id);
-        users.push(conversation.user_id.as_str());
-        titles.push(conversation.title.as_str());
-        counts.push(i32::try_from(conversation.message_count).unwrap_or(i32::MAX));
-        created.push(conversation.created_at);
-        updated.push(conversation.updated_at);
-    }
+    let (ids, users, titles, counts, created, updated) =
+        columns6(models.conversations.iter().map(|(id, conversation)| {
+            (
+                *id,
+                conversation.user_id.as_str(),
+                conversation.title.as_str(),
+                i32::try_from(conversation.message_count).unwrap_or(i32::MAX),
+                conversation.created_at,
+                conversation.updated_at,
+            )
+        }));
     query(&sql.upsert_conversations)
         .bind(&ids)
         .bind(&users)
@@ -326,34 +339,20 @@ async fn write_pending(
     if models.pending.is_empty() {
         return Ok(());
     }
-    let (
-        mut conversations,
-        mut requests,
-        mut ords,
-        mut call_ids,
-        mut names,
-        mut arguments,
-        mut results,
-    ) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    for (turn, calls) in &models.pending {
-        for (ord, call) in calls.iter().enumerate() {
-            conversations.push(turn.conversation_id);
-            requests.push(turn.request_id);
-            ords.push(i32::try_from(ord).unwrap_or(i32::MAX));
-            call_ids.push(call.call_id.as_str());
-            names.push(call.name.as_str());
-            arguments.push(&call.arguments);
-            results.push(call.result.as_ref());
-        }
-    }
+    let (conversations, requests, ords, call_ids, names, arguments, results) =
+        columns7(models.pending.iter().flat_map(|(turn, calls)| {
+            calls.iter().enumerate().map(move |(ord, call)| {
+                (
+                    turn.conversation_id,
+                    turn.request_id,
+                    i32::try_from(ord).unwrap_or(i32::MAX),
+                    call.call_id.as_str(),
+                    call.name.as_str(),
+                    &call.arguments,
+                    call.result.as_ref(),
+                )
+            })
+        }));
     query(&sql.insert_pending)
         .bind(&conversations)
         .bind(&requests)
@@ -375,33 +374,18 @@ async fn write_messages(
     if models.messages.is_empty() {
         return Ok(());
     }
-    let n = models.messages.len();
-    let (
-        mut conversations,
-        mut seqs,
-        mut roles,
-        mut contents,
-        mut tool_calls,
-        mut requests,
-        mut created,
-    ) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for (key, message) in &models.messages {
-        conversations.push(key.conversation_id);
-        seqs.push(key.seq);
-        roles.push(role_name(message.role));
-        contents.push(message.content.as_str());
-        tool_calls.push(serde_json::to_value(&message.tool_calls).expect("tool calls serialize"));
-        requests.push(message.request_id);
-        created.push(message.created_at);
-    }
+    let (conversations, seqs, roles, contents, tool_calls, requests, created) =
+        columns7(models.messages.iter().map(|(key, message)| {
+            (
+                key.conversation_id,
+                key.seq,
+                role_name(message.role),
+                message.content.as_str(),
+                serde_json::to_value(&message.tool_calls).expect("tool calls serialize"),
+                message.request_id,
+                message.created_at,
+            )
+        }));
     query(&sql.insert_messages)
         .bind(&conversations)
         .bind(&seqs)
