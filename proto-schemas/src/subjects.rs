@@ -1,7 +1,9 @@
 //! Every NATS subject, JetStream stream, consumer and KV bucket name, derived from one
 //! prefix so that tests (and several deployments on one NATS) never share a subject.
 
-use crate::ids::RequestId;
+use sha2::{Digest as _, Sha256};
+
+use crate::ids::{RequestId, UserId};
 
 /// The default prefix of every subject.
 pub const DEFAULT_PREFIX: &str = "taskchat";
@@ -42,9 +44,23 @@ impl Subjects {
         &self.prefix
     }
 
-    /// Chat requests (JetStream, work-queue retention): gateway -> agent-worker.
+    /// The chat requests of one user (JetStream, work-queue retention: gateway ->
+    /// agent-worker). A subject per user lets the requests stream bound each user's
+    /// turns on its own (see `platform::streams`). The user id is hashed: ids may hold
+    /// characters that mean something in a subject (`.`, `*`, `>`), and they need not
+    /// show on the bus.
+    pub fn chat_request(&self, user: &UserId) -> String {
+        let digest = Sha256::digest(user.as_str().as_bytes());
+        let token: String = digest[..16]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        format!("{}.chat.requests.{token}", self.prefix)
+    }
+
+    /// Every user's chat requests: the requests stream's subjects.
     pub fn chat_requests(&self) -> String {
-        format!("{}.chat.requests", self.prefix)
+        format!("{}.chat.requests.*", self.prefix)
     }
 
     /// The work-queue stream that holds chat requests until a worker acks them.
@@ -126,10 +142,22 @@ mod tests {
     #[test]
     fn names_follow_the_prefix() {
         let subjects = Subjects::new("test-1a");
-        assert_eq!(subjects.chat_requests(), "test-1a.chat.requests");
+        assert_eq!(subjects.chat_requests(), "test-1a.chat.requests.*");
         assert_eq!(subjects.chat_requests_stream(), "TEST_1A_CHAT_REQUESTS");
         assert_eq!(subjects.idempotency_bucket(), "TEST_1A_IDEMPOTENCY");
         let request = RequestId::new();
         assert!(subjects.chat_reply(request).ends_with(&request.to_string()));
+    }
+
+    #[test]
+    fn each_user_has_one_request_subject_whatever_the_id_holds() {
+        let subjects = Subjects::new("t");
+        let user = |id: &str| subjects.chat_request(&UserId::parse(id).unwrap());
+        let dotted = user("a.b>*");
+        let token = dotted.strip_prefix("t.chat.requests.").unwrap();
+        assert_eq!(token.len(), 32);
+        assert!(token.chars().all(|c| c.is_ascii_hexdigit()), "{dotted}");
+        assert_eq!(dotted, user("a.b>*"));
+        assert_ne!(dotted, user("a.b>"));
     }
 }

@@ -28,6 +28,8 @@ pub struct StackOptions {
     pub dev_login: bool,
     /// The gateway's wait for a reply before it answers 504.
     pub reply_timeout_secs: u64,
+    /// More environment for every service (a setting under test), set last.
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for StackOptions {
@@ -37,6 +39,7 @@ impl Default for StackOptions {
             llm_latency_ms: 0,
             dev_login: true,
             reply_timeout_secs: 30,
+            env: Vec::new(),
         }
     }
 }
@@ -189,6 +192,7 @@ impl Stack {
             ),
         ]
         .into_iter()
+        .chain(options.env.iter().cloned())
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
 

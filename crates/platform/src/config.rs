@@ -231,7 +231,7 @@ mod tests {
         assert_eq!(config.nats.subject_prefix, "taskchat");
         assert_eq!(
             config.nats.subjects().chat_requests(),
-            "taskchat.chat.requests"
+            "taskchat.chat.requests.*"
         );
         assert_eq!(
             config.database.database_url,

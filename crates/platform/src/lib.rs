@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod retry;
 pub mod shutdown;
 pub mod streams;
 pub mod telemetry;

@@ -25,14 +25,15 @@ pub struct Config {
     /// Chat turns this replica runs at once.
     #[arg(long, env = "AGENT_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
-    /// Deliveries of one chat request before the user gets an error instead (used when
-    /// this replica creates the shared consumer).
+    /// Deliveries of one chat request before the user gets an error instead (a
+    /// setting of the shared consumer: the replica started last sets it).
     #[arg(long, env = "AGENT_MAX_DELIVER", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_deliver: u32,
     /// Seconds without an ack (or in-progress ack) before a request goes to another
-    /// replica: how long a crashed worker's turn waits (used when this replica creates
-    /// the shared consumer).
-    #[arg(long, env = "AGENT_ACK_WAIT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    /// replica: how long a crashed worker's turn waits. A running turn sends an
+    /// in-progress ack every third of it, so a slow model call never times out (a
+    /// setting of the shared consumer: the replica started last sets it).
+    #[arg(long, env = "AGENT_ACK_WAIT_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub ack_wait_secs: u64,
     /// Milliseconds before a failed attempt is tried again, by attempt (the last
     /// repeats), comma separated.

@@ -45,8 +45,9 @@ pub(crate) struct ConsumerSettings {
     pub redelivery_backoff: Vec<Duration>,
 }
 
-/// The consumer configuration every replica asks for (the first replica creates it;
-/// later ones use the consumer as it is).
+/// The consumer configuration every replica asks for. It takes every request of the
+/// stream, whatever the user's subject (and requests an older gateway queued on the
+/// stream's earlier, single subject).
 pub(crate) fn consumer_config(
     subjects: &proto_schemas::Subjects,
     ack_wait: Duration,
@@ -55,13 +56,42 @@ pub(crate) fn consumer_config(
     jetstream::consumer::pull::Config {
         durable_name: Some(subjects.chat_workers_consumer()),
         description: Some("agent-worker replicas taking chat turns".into()),
-        filter_subject: subjects.chat_requests(),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         ack_wait,
         max_deliver,
         deliver_policy: jetstream::consumer::DeliverPolicy::All,
         ..Default::default()
     }
+}
+
+/// The shared consumer, created with `config` if missing. One made by an older
+/// version with a subject filter is replaced (the requests it had not acked stay in
+/// the work queue and go to the new one); one with other timings is updated, so that
+/// the replicas started last set them.
+pub(crate) async fn ensure_consumer(
+    requests: &jetstream::stream::Stream,
+    config: jetstream::consumer::pull::Config,
+) -> anyhow::Result<PullConsumer> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    let consumer: PullConsumer = requests
+        .get_or_create_consumer(&name, config.clone())
+        .await?;
+    let current = &consumer.cached_info().config;
+    if current.filter_subject != config.filter_subject {
+        tracing::info!(filter = %current.filter_subject, "replacing the chat workers consumer of an older version");
+        requests.delete_consumer(&name).await?;
+        return Ok(requests.get_or_create_consumer(&name, config).await?);
+    }
+    if current.ack_wait != config.ack_wait || current.max_deliver != config.max_deliver {
+        // The server updates a durable consumer that is created again with new timings.
+        match requests.create_consumer(config).await {
+            Ok(updated) => return Ok(updated),
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "could not update the chat workers consumer, using it as it is")
+            }
+        }
+    }
+    Ok(consumer)
 }
 
 /// The delay before the attempt after failed attempt `delivered` (1-based).

@@ -95,21 +95,21 @@ impl App {
             &jetstream,
             &subjects,
             config.nats.stream_replicas,
+            None,
         )
         .await
         .context("failed to create the chat streams")?;
         let consumer_name = subjects.chat_workers_consumer();
-        let consumer = requests
-            .get_or_create_consumer(
-                &consumer_name,
-                consumer::consumer_config(
-                    &subjects,
-                    Duration::from_secs(config.ack_wait_secs),
-                    i64::from(config.max_deliver),
-                ),
-            )
-            .await
-            .context("failed to create the chat workers consumer")?;
+        let consumer = consumer::ensure_consumer(
+            &requests,
+            consumer::consumer_config(
+                &subjects,
+                Duration::from_secs(config.ack_wait_secs),
+                i64::from(config.max_deliver),
+            ),
+        )
+        .await
+        .context("failed to create the chat workers consumer")?;
         let advisories = bus
             .queue_subscribe(
                 consumer::max_deliveries_subject(&subjects.chat_requests_stream(), &consumer_name),

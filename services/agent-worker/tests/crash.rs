@@ -187,8 +187,12 @@ async fn a_worker_killed_on_the_last_delivery_still_gets_the_user_an_answer() {
         |event| matches!(event, ConversationEvent::UserMessageReceived { .. }),
     )
     .await;
-    // The request is the process's now; this worker only takes over what is left.
-    stack.spawn_worker(stack.worker_config()).await;
+    // The request is the process's now; this worker only takes over what is left. It
+    // has the same consumer settings (the replica started last sets them).
+    let mut config = stack.worker_config();
+    config.ack_wait_secs = 2;
+    config.max_deliver = 1;
+    stack.spawn_worker(config).await;
     tool_call_ran(&stack, &process.log).await;
     process.kill();
 

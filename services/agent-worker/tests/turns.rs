@@ -523,3 +523,49 @@ async fn an_oversized_model_answer_ends_the_turn_with_a_clear_error() {
     assert_eq!(model.requests.lock().unwrap().len(), 1);
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_left_by_an_older_version_is_brought_up_to_date_and_loses_nothing() {
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
+    use std::time::Duration;
+
+    let mut stack = Stack::start(0).await;
+    let subjects = stack.bus.subjects.clone();
+    let requests = stack
+        .jetstream()
+        .get_stream(subjects.chat_requests_stream())
+        .await
+        .unwrap();
+    // What an older worker made: a subject filter and a 30 s ack wait.
+    requests
+        .create_consumer(pull::Config {
+            durable_name: Some(subjects.chat_workers_consumer()),
+            filter_subject: subjects.chat_requests(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let waiting = stack.new_chat("alice", "add a task to buy milk");
+    stack.publish(&waiting).await;
+
+    stack.spawn_worker(stack.worker_config()).await;
+    let reply = stack.reply(waiting.request_id).await;
+    let (_, calls) = answered(&reply);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = requests
+        .get_consumer(&subjects.chat_workers_consumer())
+        .await
+        .unwrap();
+    let config = &consumer.info().await.unwrap().config;
+    assert_eq!(config.filter_subject, "");
+    assert_eq!(config.ack_wait, Duration::from_secs(5));
+
+    // The replica started last sets the timings.
+    let mut later = stack.worker_config();
+    later.ack_wait_secs = 7;
+    stack.spawn_worker(later).await;
+    let config = &consumer.info().await.unwrap().config;
+    assert_eq!(config.ack_wait, Duration::from_secs(7));
+}

@@ -63,6 +63,18 @@ pub struct Config {
     /// Seconds a read waits for the projection before answering 503.
     #[arg(long, env = "GATEWAY_QUERY_TIMEOUT_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub query_timeout_secs: u64,
+    /// Chat turns one user may have waiting or running at once, across every gateway
+    /// replica (the requests stream enforces it); more get 429.
+    #[arg(long, env = "GATEWAY_MAX_TURNS_PER_USER", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_turns_per_user: u32,
+    /// Chat turns all users together may have waiting or running; more get 503, so
+    /// that an overloaded stack sheds load instead of answering everyone late.
+    #[arg(long, env = "GATEWAY_MAX_QUEUED_TURNS", default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_queued_turns: u32,
+    /// Chat messages one user may send per minute to one gateway replica; more get
+    /// 429 with the seconds to wait. 0 turns the limit off.
+    #[arg(long, env = "GATEWAY_TURNS_PER_MINUTE", default_value_t = 60)]
+    pub turns_per_minute: u32,
     /// Largest request body accepted, in bytes; larger bodies get 413.
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,

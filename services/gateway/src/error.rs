@@ -87,6 +87,17 @@ pub enum ApiError {
         request_id: RequestId,
         conversation_id: ConversationId,
     },
+    /// The user has as many turns waiting or running as one user may.
+    #[error(
+        "you already have {limit} messages being answered; wait for an answer, then send again"
+    )]
+    TooManyTurns { limit: u32 },
+    /// The user sent more messages within a minute than one user may.
+    #[error("too many messages in a short time; try again in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    /// The queue of turns is full: the service sheds load rather than answer late.
+    #[error("the assistant is busy right now; please try again in a few seconds")]
+    Busy,
     /// A backend (NATS, the projection) could not be reached; `cause` goes to the log.
     #[error("{what} is unavailable right now; please try again shortly")]
     Unavailable { what: &'static str, cause: String },
@@ -147,7 +158,10 @@ impl ApiError {
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TurnFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::ReplyTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::ShuttingDown { .. } | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyTurns { .. } | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::ShuttingDown { .. } | Self::Busy | Self::Unavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -174,8 +188,29 @@ impl ApiError {
             },
             Self::ReplyTimeout { .. } => "reply_timeout",
             Self::ShuttingDown { .. } => "shutting_down",
+            Self::TooManyTurns { .. } => "too_many_turns",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Busy => "busy",
             Self::Unavailable { .. } => "service_unavailable",
             Self::Internal { .. } => "internal",
+        }
+    }
+
+    /// The message bus could not be reached: a step that is safe to repeat may wait
+    /// for it to come back (a restart takes seconds).
+    pub fn is_bus_outage(&self) -> bool {
+        matches!(self, Self::Unavailable { what, .. } if *what == "the message bus")
+    }
+
+    /// Seconds the client should wait before trying again (`Retry-After`), for the
+    /// errors that a later retry can cure.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after_secs } => Some((*retry_after_secs).max(1)),
+            // A turn takes seconds; by then one of the user's turns has usually ended.
+            Self::TooManyTurns { .. } => Some(2),
+            Self::Busy | Self::Unavailable { .. } | Self::ShuttingDown { .. } => Some(5),
+            _ => None,
         }
     }
 
@@ -223,6 +258,7 @@ impl ApiError {
                 // The worker logged the cause; this line ties the HTTP answer to it.
                 tracing::warn!(?code, %request_id, "chat turn failed")
             }
+            Self::Busy => tracing::warn!("the chat queue is full, a turn was refused"),
             Self::ReplyTimeout { request_id, .. } => {
                 tracing::warn!(%request_id, "no reply within the timeout")
             }
@@ -241,6 +277,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.log();
         let mut response = (self.status(), Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after_secs() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if let Self::Unauthorized(error) = &self {
             // RFC 6750: say which scheme is expected, and whether the token was bad.
             let challenge = match error {
@@ -271,6 +312,45 @@ mod tests {
         let error = ApiError::unavailable("the projection", "no responders on queries.tasks");
         let body = serde_json::to_string(&error.body()).unwrap();
         assert!(!body.contains("responders"), "{body}");
+    }
+
+    #[test]
+    fn refusals_a_retry_can_cure_say_when_to_retry() {
+        let cases = [
+            (
+                ApiError::TooManyTurns { limit: 8 },
+                429,
+                "too_many_turns",
+                Some("2"),
+            ),
+            (
+                ApiError::RateLimited {
+                    retry_after_secs: 17,
+                },
+                429,
+                "rate_limited",
+                Some("17"),
+            ),
+            (ApiError::Busy, 503, "busy", Some("5")),
+            (
+                ApiError::unavailable("the message bus", "down"),
+                503,
+                "service_unavailable",
+                Some("5"),
+            ),
+            (ApiError::internal("bug"), 500, "internal", None),
+        ];
+        for (error, status, code, retry_after) in cases {
+            assert_eq!(error.code(), code);
+            let response = error.into_response();
+            assert_eq!(response.status().as_u16(), status, "{code}");
+            let header = response.headers().get(header::RETRY_AFTER);
+            assert_eq!(
+                header.map(|value| value.to_str().unwrap()),
+                retry_after,
+                "{code}"
+            );
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! [`App::build`] connects and binds; [`App::run`] serves until a shutdown token is
 //! cancelled. `main` and the tests drive it the same way.
 
+mod admission;
 mod api;
 mod config;
 mod error;

@@ -10,11 +10,12 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use platform::BusError;
 use platform::auth::JwtKeys;
-use platform::streams::{REPLY_RETENTION, ensure_chat_streams};
+use platform::streams::{QueueLimits, REPLY_RETENTION, ensure_chat_streams};
 use proto_schemas::Subjects;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::TurnRate;
 use crate::config::Config;
 use crate::error::ApiError;
 
@@ -27,6 +28,9 @@ pub struct Settings {
     pub dev_login: bool,
     pub dev_token_ttl: Duration,
     pub stream_replicas: usize,
+    pub queue_limits: QueueLimits,
+    /// Chat messages one user may send per minute (0: no limit).
+    pub turns_per_minute: u32,
 }
 
 impl Settings {
@@ -38,6 +42,11 @@ impl Settings {
             dev_login: config.auth_dev_login,
             dev_token_ttl: config.dev_token_ttl,
             stream_replicas: config.nats.stream_replicas,
+            queue_limits: QueueLimits {
+                per_user: config.max_turns_per_user,
+                total: config.max_queued_turns,
+            },
+            turns_per_minute: config.turns_per_minute,
         }
     }
 }
@@ -55,6 +64,7 @@ struct Inner {
     keys: JwtKeys,
     settings: Settings,
     idempotency: OnceCell<kv::Store>,
+    turn_rate: TurnRate,
     shutdown: CancellationToken,
 }
 
@@ -77,6 +87,7 @@ impl AppState {
         shutdown: CancellationToken,
     ) -> Self {
         let jetstream = jetstream::new(client.clone());
+        let turn_rate = TurnRate::per_minute(settings.turns_per_minute);
         Self {
             inner: Arc::new(Inner {
                 client,
@@ -85,6 +96,7 @@ impl AppState {
                 keys,
                 settings,
                 idempotency: OnceCell::new(),
+                turn_rate,
                 shutdown,
             }),
         }
@@ -96,6 +108,7 @@ impl AppState {
             &self.inner.jetstream,
             &self.inner.subjects,
             self.inner.settings.stream_replicas,
+            Some(self.inner.settings.queue_limits),
         )
         .await?;
         self.idempotency_store().await?;
@@ -120,6 +133,11 @@ impl AppState {
 
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    /// The per-user message rate of this replica.
+    pub(crate) fn turn_rate(&self) -> &TurnRate {
+        &self.inner.turn_rate
     }
 
     pub fn shutdown(&self) -> &CancellationToken {

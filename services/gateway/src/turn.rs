@@ -18,7 +18,9 @@ use proto_schemas::{ConversationId, RequestId, UserId};
 use crate::api::ChatBody;
 use crate::error::ApiError;
 use crate::idempotency::{self, Claim, Claimed, IdempotencyKey};
+use backon::Retryable as _;
 use platform::error_chain;
+use platform::streams::QueueRefusal;
 
 use crate::state::AppState;
 
@@ -88,8 +90,17 @@ pub(crate) async fn start(
     let claimed = match &key {
         None => Claimed::New(proposed),
         Some(key) => {
-            let store = state.idempotency().await?;
-            idempotency::claim(store, &idempotency::bucket_key(&user, key), proposed).await?
+            let bucket_key = idempotency::bucket_key(&user, key);
+            // Claiming is create-if-absent: a retry after a claim that went through
+            // unconfirmed finds it, with the same fingerprint, and carries on with it.
+            let attempt = || async {
+                let store = state.idempotency().await?;
+                idempotency::claim(store, &bucket_key, proposed.clone()).await
+            };
+            attempt
+                .retry(platform::retry::bus_outage())
+                .when(ApiError::is_bus_outage)
+                .await?
         }
     };
     let reused = matches!(claimed, Claimed::Existing(_));
@@ -135,6 +146,9 @@ pub(crate) async fn start(
             tracing::info!(%request_id, "answering a retried request from the stored reply");
             return Ok(turn);
         }
+    } else {
+        // A retry of an accepted message is not a new message: only new ones count.
+        state.turn_rate().admit(&user)?;
     }
 
     let request = ChatRequest {
@@ -145,11 +159,18 @@ pub(crate) async fn start(
         message: input.message,
         received_at: chrono::Utc::now(),
     };
-    publish(state, &request).await?;
+    // The request id is the message id: a publish repeated after one that went
+    // through unconfirmed is dropped by the stream as a duplicate.
+    (|| publish(state, &request))
+        .retry(platform::retry::bus_outage())
+        .when(ApiError::is_bus_outage)
+        .await?;
     Ok(turn)
 }
 
-/// Publishes the request with `Nats-Msg-Id` = request id and waits for the stream's ack.
+/// Publishes the request to its user's subject with `Nats-Msg-Id` = request id and
+/// waits for the stream's ack; the stream refuses it when the user, or everyone
+/// together, has as many turns waiting or running as its limits allow.
 async fn publish(state: &AppState, request: &ChatRequest) -> Result<(), ApiError> {
     let payload = platform::bus::encode_json(request).map_err(ApiError::internal)?;
     // Headers first: `headers` replaces the map that `message_id` writes into.
@@ -157,13 +178,21 @@ async fn publish(state: &AppState, request: &ChatRequest) -> Result<(), ApiError
         .payload(payload)
         .headers(platform::bus::traced_headers())
         .message_id(request.request_id.to_string());
+    let refused =
+        |error: async_nats::jetstream::context::PublishError| match QueueRefusal::of(&error) {
+            Some(QueueRefusal::UserLimit) => ApiError::TooManyTurns {
+                limit: state.settings().queue_limits.per_user,
+            },
+            Some(QueueRefusal::Full) => ApiError::Busy,
+            None => ApiError::unavailable("the message bus", error_chain(&error)),
+        };
     let ack = state
         .jetstream()
-        .send_publish(state.subjects().chat_requests(), message)
+        .send_publish(state.subjects().chat_request(&request.user_id), message)
         .await
-        .map_err(|error| ApiError::unavailable("the message bus", error_chain(&error)))?
+        .map_err(refused)?
         .await
-        .map_err(|error| ApiError::unavailable("the message bus", error_chain(&error)))?;
+        .map_err(refused)?;
     tracing::info!(
         request_id = %request.request_id,
         conversation_id = %request.conversation_id,

@@ -29,6 +29,8 @@ async fn state(dev_login: bool) -> AppState {
         dev_login,
         dev_token_ttl: Duration::from_secs(3600),
         stream_replicas: 1,
+        queue_limits: Default::default(),
+        turns_per_minute: 0,
     };
     AppState::new(
         client,

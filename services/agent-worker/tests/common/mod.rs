@@ -64,7 +64,7 @@ impl Stack {
         let (llm_base, llm) = offline_llm(latency_ms).await;
         let store = EventStore::connect(&db.url, 5).await.expect("event store");
         // The gateway's side: requests can be published before any worker runs.
-        platform::streams::ensure_chat_streams(&bus.jetstream(), &bus.subjects, 1)
+        platform::streams::ensure_chat_streams(&bus.jetstream(), &bus.subjects, 1, None)
             .await
             .expect("chat streams");
         Self {
@@ -267,7 +267,7 @@ pub(crate) async fn publish_request(
         .payload(serde_json::to_vec(request).unwrap().into())
         .message_id(request.request_id.to_string());
     jetstream
-        .send_publish(subjects.chat_requests(), publish)
+        .send_publish(subjects.chat_request(&request.user_id), publish)
         .await
         .expect("publish")
         .await

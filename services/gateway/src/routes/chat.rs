@@ -37,7 +37,10 @@ use crate::turn::{self, ChatInput};
         (status = 415, description = "The body is not sent as application/json", body = ErrorBody),
         (status = 422, description = "Empty or over-long message, bad conversation id or Idempotency-Key", body = ErrorBody),
         (status = 502, description = "The model or its provider failed; the body carries the request id", body = ErrorBody),
-        (status = 503, description = "The message bus is unavailable", body = ErrorBody),
+        (status = 429, description = "The user has too many turns running (`too_many_turns`) or sent too many messages this minute (`rate_limited`); see `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before sending again"))),
+        (status = 503, description = "The message bus is unavailable, or the queue of turns is full (`busy`); see `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before sending again"))),
         (status = 504, description = "No reply in time; the turn goes on (the body carries the request id)", body = ErrorBody),
     ),
     security(("bearer" = []))

@@ -52,7 +52,10 @@ const EVENT_BUFFER: usize = 64;
         (status = 413, description = "The body is over the size limit", body = ErrorBody),
         (status = 415, description = "The body is not sent as application/json", body = ErrorBody),
         (status = 422, description = "Empty or over-long message, bad conversation id or Idempotency-Key", body = ErrorBody),
-        (status = 503, description = "The message bus is unavailable", body = ErrorBody),
+        (status = 429, description = "The user has too many turns running (`too_many_turns`) or sent too many messages this minute (`rate_limited`); see `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before sending again"))),
+        (status = 503, description = "The message bus is unavailable, or the queue of turns is full (`busy`); see `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before sending again"))),
     ),
     security(("bearer" = []))
 )]

@@ -1,0 +1,28 @@
+//! The workspace's retry schedules, built on `backon`: code that tries an operation
+//! again takes its schedule from here instead of writing its own loop, so that every
+//! retry in the system backs off the same way (exponentially, with jitter, bounded).
+
+use std::time::Duration;
+
+use backon::ExponentialBuilder;
+
+/// For a server that should answer in a moment (a JetStream API call, a connection
+/// being re-established): 4 more tries over about a second.
+pub fn quick() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_millis(500))
+        .with_max_times(4)
+        .with_jitter()
+}
+
+/// For an idempotent step that needs the message bus while it may be restarting
+/// (the client reconnects on its own; JetStream needs a moment after that): 8 more
+/// tries over about 10 s, well within what a client waits for a chat answer.
+pub fn bus_outage() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(8)
+        .with_jitter()
+}
