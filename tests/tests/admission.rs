@@ -33,6 +33,17 @@ impl Answer {
     }
 }
 
+/// A stack whose model takes `model_ms` per call, with one admission `setting`.
+async fn stack_with(model_ms: u64, setting: &'static str, value: &str) -> Stack {
+    Stack::start_with(StackOptions {
+        llm_latency_ms: model_ms,
+        env: vec![(setting, value.to_owned())],
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
 async fn chat(stack: &Stack, user: &str, message: &str) -> Answer {
     let response = stack
         .http()
@@ -73,13 +84,7 @@ async fn task_count(stack: &Stack, user: &str) -> usize {
 #[tokio::test]
 async fn a_user_over_their_limit_gets_429_while_others_are_answered() {
     // Each model call takes 1 s, so the first turns still run when the rest arrive.
-    let stack = Stack::start_with(StackOptions {
-        llm_latency_ms: 1_000,
-        env: vec![("GATEWAY_MAX_TURNS_PER_USER", "2".into())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let stack = stack_with(1_000, "GATEWAY_MAX_TURNS_PER_USER", "2").await;
     let messages: Vec<String> = (0..6)
         .map(|n| format!("add a task to buy milk {n}"))
         .collect();
@@ -121,13 +126,7 @@ async fn a_user_over_their_limit_gets_429_while_others_are_answered() {
 
 #[tokio::test]
 async fn a_full_queue_sheds_new_turns_with_503() {
-    let stack = Stack::start_with(StackOptions {
-        llm_latency_ms: 1_000,
-        env: vec![("GATEWAY_MAX_QUEUED_TURNS", "2".into())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let stack = stack_with(1_000, "GATEWAY_MAX_QUEUED_TURNS", "2").await;
     let users = ["ann", "ben", "cat", "dan"];
     let answers = join_all(
         users
@@ -155,12 +154,7 @@ async fn a_full_queue_sheds_new_turns_with_503() {
 
 #[tokio::test]
 async fn a_user_sending_faster_than_the_rate_gets_429_with_the_wait() {
-    let stack = Stack::start_with(StackOptions {
-        env: vec![("GATEWAY_TURNS_PER_MINUTE", "2".into())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let stack = stack_with(0, "GATEWAY_TURNS_PER_MINUTE", "2").await;
     for n in 0..2 {
         let answer = chat(&stack, "eager", &format!("add a task to read book {n}")).await;
         assert_eq!(answer.status, StatusCode::OK, "{answer:?}");

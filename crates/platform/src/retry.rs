@@ -9,20 +9,21 @@ use backon::ExponentialBuilder;
 /// For a server that should answer in a moment (a JetStream API call, a connection
 /// being re-established): 4 more tries over about a second.
 pub fn quick() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_millis(500))
-        .with_max_times(4)
-        .with_jitter()
+    schedule(Duration::from_millis(50), Duration::from_millis(500), 4)
 }
 
 /// For an idempotent step that needs the message bus while it may be restarting
 /// (the client reconnects on its own; JetStream needs a moment after that): 8 more
 /// tries over about 10 s, well within what a client waits for a chat answer.
 pub fn bus_outage() -> ExponentialBuilder {
+    schedule(Duration::from_millis(200), Duration::from_secs(2), 8)
+}
+
+/// Pauses doubling from `first` up to `longest`, each jittered, for `retries` more tries.
+fn schedule(first: Duration, longest: Duration, retries: usize) -> ExponentialBuilder {
     ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(2))
-        .with_max_times(8)
+        .with_min_delay(first)
+        .with_max_delay(longest)
+        .with_max_times(retries)
         .with_jitter()
 }
