@@ -159,6 +159,22 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
 }
 
+/// How the process stops.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct ShutdownConfig {
+    /// Seconds from SIGTERM (or SIGINT) to a forced exit: in-flight work gets this long
+    /// to finish, whatever NATS or Postgres are doing. Keep it under the orchestrator's
+    /// grace period (Kubernetes: terminationGracePeriodSeconds, 30 by default).
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..))]
+    pub shutdown_grace_secs: u64,
+}
+
+impl ShutdownConfig {
+    pub fn grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
 /// The secret behind bearer tokens.
 #[derive(clap::Args, Debug, Clone)]
 pub struct AuthConfig {

@@ -1,15 +1,20 @@
 //! The root shutdown signal: SIGTERM (Kubernetes, docker stop) or SIGINT (Ctrl-C)
 //! cancel one token; the HTTP server, consumers and other loops watch child tokens,
-//! finish what they are doing and stop.
+//! finish what they are doing and stop. A process that has not stopped within its
+//! grace period then exits anyway: a shutdown that waits on an unreachable NATS or
+//! Postgres must not hang until the orchestrator kills it.
+
+use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-/// A token cancelled on the first SIGTERM or SIGINT. Call from inside the runtime.
+/// A token cancelled on the first SIGTERM or SIGINT; `grace` after that the process
+/// exits with status 1 if it is still running. Call from inside the runtime.
 ///
 /// The handlers are installed before this returns, so a signal that arrives right
 /// after start-up is not lost (nor does it kill the process with the default action).
-pub fn signal_token() -> CancellationToken {
+pub fn signal_token(grace: Duration) -> CancellationToken {
     let token = CancellationToken::new();
     let mut terminate = signal(SignalKind::terminate());
     let mut interrupt = signal(SignalKind::interrupt());
@@ -29,6 +34,12 @@ pub fn signal_token() -> CancellationToken {
             () = cancel.cancelled() => return,
         }
         cancel.cancel();
+        tokio::time::sleep(grace).await;
+        tracing::error!(
+            grace_secs = grace.as_secs(),
+            "shutdown did not finish within its grace period, exiting now"
+        );
+        std::process::exit(1);
     });
     token
 }
@@ -43,7 +54,8 @@ mod tests {
     // `signal_token` must turn it into a cancellation instead of an exit.
     #[tokio::test]
     async fn sigterm_cancels_the_token() {
-        let token = signal_token();
+        // The test ends long before the grace period would end the test process.
+        let token = signal_token(Duration::from_secs(3600));
         assert!(!token.is_cancelled());
         let status = std::process::Command::new("kill")
             .args(["-TERM", &std::process::id().to_string()])

@@ -1,7 +1,7 @@
 //! Every setting of agent-worker: a flag, an environment variable and a default that
 //! works on a developer machine (`agent-worker --help` lists them).
 
-use platform::config::{DatabaseConfig, NatsConfig, TelemetryConfig};
+use platform::config::{DatabaseConfig, NatsConfig, ShutdownConfig, TelemetryConfig};
 
 use crate::conversation::MESSAGES_KEPT;
 use crate::provider::ProviderArgs;
@@ -19,6 +19,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+    #[command(flatten)]
+    pub shutdown: ShutdownConfig,
     #[command(flatten)]
     pub provider: ProviderArgs,
 

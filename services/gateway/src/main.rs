@@ -16,7 +16,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(config) => {
-            let (_telemetry, shutdown) = platform::start(SERVICE_NAME, &config.telemetry)?;
+            let (_telemetry, shutdown) =
+                platform::start(SERVICE_NAME, &config.telemetry, &config.shutdown)?;
             App::build(config).await?.run(shutdown).await
         }
     }

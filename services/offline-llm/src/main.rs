@@ -5,7 +5,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use platform::config::TelemetryConfig;
+use platform::config::{ShutdownConfig, TelemetryConfig};
 
 /// Rule-based stand-in for an OpenAI-compatible language model, for demos and tests.
 ///
@@ -22,12 +22,14 @@ struct Cli {
     config: offline_llm::Config,
     #[command(flatten)]
     telemetry: TelemetryConfig,
+    #[command(flatten)]
+    shutdown: ShutdownConfig,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let (_telemetry, shutdown) = platform::start("offline-llm", &cli.telemetry)?;
+    let (_telemetry, shutdown) = platform::start("offline-llm", &cli.telemetry, &cli.shutdown)?;
 
     let app = offline_llm::App::build(cli.config.clone())
         .await

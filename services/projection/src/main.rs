@@ -15,7 +15,8 @@ use projection::{App, Cli, Command, SERVICE_NAME};
 async fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().into_command() {
         Command::Run(config) => {
-            let (_telemetry, shutdown) = platform::start(SERVICE_NAME, &config.telemetry)?;
+            let (_telemetry, shutdown) =
+                platform::start(SERVICE_NAME, &config.telemetry, &config.shutdown)?;
             App::build(config).await?.run(shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }

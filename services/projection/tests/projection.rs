@@ -33,6 +33,9 @@ fn config(db: &TestDatabase, bus: &TestBus) -> Config {
             log_format: Default::default(),
             otlp_endpoint: None,
         },
+        shutdown: platform::config::ShutdownConfig {
+            shutdown_grace_secs: 25,
+        },
         batch_size: 1_000,
         poll_interval_ms: 100,
         min_read_interval_ms: 20,

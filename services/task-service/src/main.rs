@@ -10,6 +10,7 @@ use task_service::{App, Config, SERVICE_NAME};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let (_telemetry, shutdown) = platform::start(SERVICE_NAME, &config.telemetry)?;
+    let (_telemetry, shutdown) =
+        platform::start(SERVICE_NAME, &config.telemetry, &config.shutdown)?;
     App::build(config).await?.run(shutdown).await
 }
