@@ -159,6 +159,16 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
 }
 
+/// What every service process is started with ([`crate::start`]): how it logs and
+/// exports traces, and how it stops.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProcessConfig {
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+    #[command(flatten)]
+    pub shutdown: ShutdownConfig,
+}
+
 /// How the process stops.
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct ShutdownConfig {

@@ -27,21 +27,20 @@ pub mod trace;
 pub use bus::BusError;
 
 /// What every service's `main` does before it builds the app: telemetry on, and the
-/// token that SIGTERM or SIGINT cancel armed (with the forced exit after `shutdown`'s
-/// grace period).
+/// token that SIGTERM or SIGINT cancel armed (with the forced exit after the grace
+/// period).
 ///
 /// Hold the guard until the service has stopped: dropping it exports the last spans.
 /// Call from inside the Tokio runtime, once per process.
 pub fn start(
     service_name: &'static str,
-    telemetry: &config::TelemetryConfig,
-    shutdown: &config::ShutdownConfig,
+    process: &config::ProcessConfig,
 ) -> anyhow::Result<(
     telemetry::TelemetryGuard,
     tokio_util::sync::CancellationToken,
 )> {
-    let guard = telemetry::init(service_name, telemetry)?;
-    Ok((guard, shutdown::signal_token(shutdown.grace())))
+    let guard = telemetry::init(service_name, &process.telemetry)?;
+    Ok((guard, shutdown::signal_token(process.shutdown.grace())))
 }
 
 /// Binds a service's HTTP listener; returns it with the address it got (port 0 picks

@@ -1,7 +1,7 @@
 //! Every setting of agent-worker: a flag, an environment variable and a default that
 //! works on a developer machine (`agent-worker --help` lists them).
 
-use platform::config::{DatabaseConfig, NatsConfig, ShutdownConfig, TelemetryConfig};
+use platform::config::{DatabaseConfig, NatsConfig, ProcessConfig};
 
 use crate::conversation::MESSAGES_KEPT;
 use crate::provider::ProviderArgs;
@@ -18,9 +18,7 @@ pub struct Config {
     #[command(flatten)]
     pub database: DatabaseConfig,
     #[command(flatten)]
-    pub telemetry: TelemetryConfig,
-    #[command(flatten)]
-    pub shutdown: ShutdownConfig,
+    pub process: ProcessConfig,
     #[command(flatten)]
     pub provider: ProviderArgs,
 

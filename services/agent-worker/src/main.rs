@@ -10,7 +10,6 @@ use clap::Parser as _;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let (_telemetry, shutdown) =
-        platform::start(SERVICE_NAME, &config.telemetry, &config.shutdown)?;
+    let (_telemetry, shutdown) = platform::start(SERVICE_NAME, &config.process)?;
     App::build(config).await?.run(shutdown).await
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use platform::config::{AuthConfig, NatsConfig, ShutdownConfig, TelemetryConfig};
+use platform::config::{AuthConfig, NatsConfig, ProcessConfig};
 use proto_schemas::UserId;
 
 /// The gateway binary's arguments. Without a subcommand it serves, taking the
@@ -45,9 +45,7 @@ pub struct Config {
     #[command(flatten)]
     pub nats: NatsConfig,
     #[command(flatten)]
-    pub telemetry: TelemetryConfig,
-    #[command(flatten)]
-    pub shutdown: ShutdownConfig,
+    pub process: ProcessConfig,
     #[command(flatten)]
     pub auth: AuthConfig,
     /// Address of the HTTP server; port 0 picks a free port.

@@ -16,8 +16,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(config) => {
-            let (_telemetry, shutdown) =
-                platform::start(SERVICE_NAME, &config.telemetry, &config.shutdown)?;
+            let (_telemetry, shutdown) = platform::start(SERVICE_NAME, &config.process)?;
             App::build(config).await?.run(shutdown).await
         }
     }

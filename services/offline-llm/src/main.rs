@@ -5,7 +5,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use platform::config::{ShutdownConfig, TelemetryConfig};
+use platform::config::ProcessConfig;
 
 /// Rule-based stand-in for an OpenAI-compatible language model, for demos and tests.
 ///
@@ -21,15 +21,13 @@ struct Cli {
     #[command(flatten)]
     config: offline_llm::Config,
     #[command(flatten)]
-    telemetry: TelemetryConfig,
-    #[command(flatten)]
-    shutdown: ShutdownConfig,
+    process: ProcessConfig,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let (_telemetry, shutdown) = platform::start("offline-llm", &cli.telemetry, &cli.shutdown)?;
+    let (_telemetry, shutdown) = platform::start("offline-llm", &cli.process)?;
 
     let app = offline_llm::App::build(cli.config.clone())
         .await

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use eventlog::EventStore;
-use platform::config::{DatabaseConfig, NatsConfig, ShutdownConfig, TelemetryConfig};
+use platform::config::{DatabaseConfig, NatsConfig, ProcessConfig, TelemetryConfig};
 use sqlx::{Connection as _, PgPool};
 use tokio_util::sync::CancellationToken;
 
@@ -100,9 +100,7 @@ pub struct Config {
     #[command(flatten)]
     pub database: DatabaseConfig,
     #[command(flatten)]
-    pub telemetry: TelemetryConfig,
-    #[command(flatten)]
-    pub shutdown: ShutdownConfig,
+    pub process: ProcessConfig,
     /// Most events the live projector applies in one transaction.
     #[arg(long, env = "PROJECTION_BATCH_SIZE", default_value_t = 1_000, value_parser = batch_size_range())]
     pub batch_size: u32,

@@ -15,8 +15,7 @@ use projection::{App, Cli, Command, SERVICE_NAME};
 async fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().into_command() {
         Command::Run(config) => {
-            let (_telemetry, shutdown) =
-                platform::start(SERVICE_NAME, &config.telemetry, &config.shutdown)?;
+            let (_telemetry, shutdown) = platform::start(SERVICE_NAME, &config.process)?;
             App::build(config).await?.run(shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }

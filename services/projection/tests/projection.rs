@@ -29,12 +29,14 @@ fn config(db: &TestDatabase, bus: &TestBus) -> Config {
     Config {
         nats: bus.nats_config(),
         database: db.database_config(),
-        telemetry: platform::config::TelemetryConfig {
-            log_format: Default::default(),
-            otlp_endpoint: None,
-        },
-        shutdown: platform::config::ShutdownConfig {
-            shutdown_grace_secs: 25,
+        process: platform::config::ProcessConfig {
+            telemetry: platform::config::TelemetryConfig {
+                log_format: Default::default(),
+                otlp_endpoint: None,
+            },
+            shutdown: platform::config::ShutdownConfig {
+                shutdown_grace_secs: 25,
+            },
         },
         batch_size: 1_000,
         poll_interval_ms: 100,

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use platform::config::{AuthConfig, DatabaseConfig, NatsConfig, ShutdownConfig, TelemetryConfig};
+use platform::config::{AuthConfig, DatabaseConfig, NatsConfig, ProcessConfig};
 use tokio_util::sync::CancellationToken;
 
 pub use handler::CommandHandler;
@@ -48,9 +48,7 @@ pub struct Config {
     #[command(flatten)]
     pub database: DatabaseConfig,
     #[command(flatten)]
-    pub telemetry: TelemetryConfig,
-    #[command(flatten)]
-    pub shutdown: ShutdownConfig,
+    pub process: ProcessConfig,
     #[command(flatten)]
     pub auth: AuthConfig,
     /// Address of the HTTP server (MCP at /mcp, health at /healthz); port 0 picks a free port.
