@@ -15,33 +15,21 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use reqwest::StatusCode;
 use serde_json::json;
-use system_tests::{Stack, StackOptions};
+use system_tests::{Stack, StackOptions, env_number};
 use tokio_util::sync::CancellationToken;
 
-fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(run())
-}
-
-fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
-    match std::env::var(name) {
-        Ok(raw) => raw
-            .trim()
-            .parse()
-            .with_context(|| format!("{name}={raw:?} is not a whole number")),
-        Err(_) => Ok(default),
-    }
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run().await
 }
 
 async fn run() -> anyhow::Result<()> {
-    let model_ms = env_number("FLOOD_MODEL_MS", 200)?;
-    let calm_turns = env_number("FLOOD_CALM_TURNS", 20)?.max(1);
-    let burst = env_number("FLOOD_BURST", 200)?.max(1);
+    let model_ms = env_number("FLOOD_MODEL_MS", 200, 0)?;
+    let calm_turns = env_number("FLOOD_CALM_TURNS", 20, 1)?;
+    let burst = env_number("FLOOD_BURST", 200, 1)?;
     println!(
         "flood benchmark: model {model_ms} ms per call, 2 agent-workers; a calm user's {calm_turns} \
          turns, idle and while another user sends {burst} turns at once every second"

@@ -431,3 +431,23 @@ async fn json_answer(
         serde_json::from_str(&text).with_context(|| format!("non-JSON body ({status}): {text}"))?;
     Ok((status, json))
 }
+
+/// A whole-number setting of a benchmark from the environment: `default` when unset,
+/// an error when it is not a number or is below `min`.
+pub fn env_number<T>(name: &str, default: T, min: T) -> anyhow::Result<T>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let Ok(raw) = std::env::var(name) else {
+        return Ok(default);
+    };
+    let value: T = raw
+        .trim()
+        .parse()
+        .ok()
+        .with_context(|| format!("{name}={raw:?} is not a whole number"))?;
+    if value < min {
+        anyhow::bail!("{name}={value} is below the minimum of {min}");
+    }
+    Ok(value)
+}

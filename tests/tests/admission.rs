@@ -45,14 +45,20 @@ async fn stack_with(model_ms: u64, setting: &'static str, value: &str) -> Stack 
 }
 
 async fn chat(stack: &Stack, user: &str, message: &str) -> Answer {
-    let response = stack
+    chat_with_key(stack, user, message, None).await
+}
+
+/// [`chat`], with an `Idempotency-Key` when one is given.
+async fn chat_with_key(stack: &Stack, user: &str, message: &str, key: Option<&str>) -> Answer {
+    let mut request = stack
         .http()
         .post(format!("{}/api/{user}/chat", stack.gateway))
         .bearer_auth(stack.token(user))
-        .json(&json!({ "message": message }))
-        .send()
-        .await
-        .expect("the gateway answers");
+        .json(&json!({ "message": message }));
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.expect("the gateway answers");
     let status = response.status();
     let retry_after = response.headers().get("retry-after").map(|value| {
         value
@@ -159,9 +165,13 @@ async fn a_user_sending_faster_than_the_rate_gets_429_with_the_wait() {
         let answer = chat(&stack, "eager", &format!("add a task to read book {n}")).await;
         assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
     }
-    let refused = chat(&stack, "eager", "add a task to read book 2").await;
+    let refused = chat_with_key(&stack, "eager", "add a task to read book 2", Some("b2")).await;
     let wait = refused.assert_refused(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
     assert!(wait <= 60, "{refused:?}");
+    // A refused message left nothing behind: retried with its key, it is a new message
+    // again, and still over the rate.
+    let retried = chat_with_key(&stack, "eager", "add a task to read book 2", Some("b2")).await;
+    retried.assert_refused(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
     // Another user's quota is their own.
     let other = chat(&stack, "patient", "add a task to read a poem").await;
     assert_eq!(other.status, StatusCode::OK, "{other:?}");

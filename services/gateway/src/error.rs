@@ -196,6 +196,14 @@ impl ApiError {
         }
     }
 
+    /// A new turn refused before it was queued (nothing of it was stored).
+    pub fn is_admission_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::TooManyTurns { .. } | Self::RateLimited { .. } | Self::Busy
+        )
+    }
+
     /// The message bus could not be reached: a step that is safe to repeat may wait
     /// for it to come back (a restart takes seconds).
     pub fn is_bus_outage(&self) -> bool {

@@ -150,6 +150,14 @@ pub(crate) async fn claim(
     ))
 }
 
+/// Forgets the claim on `key` (best effort: a claim left behind only makes a retry
+/// look for the turn it stands for).
+pub(crate) async fn release(store: &kv::Store, key: &str) {
+    if let Err(error) = store.delete(key).await {
+        tracing::warn!(error = %error_chain(&error), "could not release an Idempotency-Key");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use axum::http::HeaderValue;

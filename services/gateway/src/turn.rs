@@ -87,15 +87,15 @@ pub(crate) async fn start(
         new_conversation: input.conversation.is_none(),
         fingerprint: idempotency::fingerprint(&input.message, input.conversation),
     };
-    let claimed = match &key {
+    let bucket_key = key.as_ref().map(|key| idempotency::bucket_key(&user, key));
+    let claimed = match &bucket_key {
         None => Claimed::New(proposed),
-        Some(key) => {
-            let bucket_key = idempotency::bucket_key(&user, key);
+        Some(bucket_key) => {
             // Claiming is create-if-absent: a retry after a claim that went through
             // unconfirmed finds it, with the same fingerprint, and carries on with it.
             let attempt = || async {
                 let store = state.idempotency().await?;
-                idempotency::claim(store, &bucket_key, proposed.clone()).await
+                idempotency::claim(store, bucket_key, proposed.clone()).await
             };
             attempt
                 .retry(platform::retry::bus_outage())
@@ -111,6 +111,10 @@ pub(crate) async fn start(
         ..
     } = claimed.claim().clone();
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
+    // A retry of an accepted message is not a new message: only new ones count.
+    if !reused && let Err(refusal) = state.turn_rate().admit(&user) {
+        return Err(unclaim(state, bucket_key.as_deref(), refusal).await);
+    }
 
     let subjects = state.subjects();
     let bus_down = |error: &dyn std::error::Error| {
@@ -146,9 +150,6 @@ pub(crate) async fn start(
             tracing::info!(%request_id, "answering a retried request from the stored reply");
             return Ok(turn);
         }
-    } else {
-        // A retry of an accepted message is not a new message: only new ones count.
-        state.turn_rate().admit(&user)?;
     }
 
     let request = ChatRequest {
@@ -161,11 +162,31 @@ pub(crate) async fn start(
     };
     // The request id is the message id: a publish repeated after one that went
     // through unconfirmed is dropped by the stream as a duplicate.
-    (|| publish(state, &request))
+    let published = (|| publish(state, &request))
         .retry(platform::retry::bus_outage())
         .when(ApiError::is_bus_outage)
-        .await?;
-    Ok(turn)
+        .await;
+    match published {
+        Ok(()) => Ok(turn),
+        Err(refusal) if !reused => Err(unclaim(state, bucket_key.as_deref(), refusal).await),
+        Err(error) => Err(error),
+    }
+}
+
+/// A new message refused at admission leaves nothing behind: its Idempotency-Key is
+/// released, so that a retry with the same key is admitted (or refused) afresh rather
+/// than taken for an accepted message. Any other error keeps the claim (the request
+/// may have been queued without the gateway hearing back).
+async fn unclaim(state: &AppState, bucket_key: Option<&str>, error: ApiError) -> ApiError {
+    if let (Some(bucket_key), true) = (bucket_key, error.is_admission_refusal()) {
+        match state.idempotency().await {
+            Ok(store) => idempotency::release(store, bucket_key).await,
+            Err(failed) => {
+                tracing::warn!(error = %failed, "could not release a refused Idempotency-Key")
+            }
+        }
+    }
+    error
 }
 
 /// Publishes the request to its user's subject with `Nats-Msg-Id` = request id and

@@ -42,7 +42,7 @@ use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use system_tests::{Stack, StackOptions};
+use system_tests::{Stack, StackOptions, env_number};
 
 const SERVICES: [&str; 5] = [
     "offline-llm",
@@ -94,24 +94,6 @@ impl Settings {
             self.workers, self.users, self.seconds, self.warmup_seconds, self.long_turns
         )
     }
-}
-
-fn env_number<T>(name: &str, default: T, min: T) -> anyhow::Result<T>
-where
-    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
-{
-    let Ok(raw) = std::env::var(name) else {
-        return Ok(default);
-    };
-    let value: T = raw
-        .trim()
-        .parse()
-        .ok()
-        .with_context(|| format!("{name}={raw:?} is not a whole number"))?;
-    if value < min {
-        bail!("{name}={value} is below the minimum of {min}");
-    }
-    Ok(value)
 }
 
 /// `system_tests::binary` panics on a missing binary with the debug build's command;
