@@ -165,3 +165,77 @@ fn past_token(stack: &Stack) -> String {
         nbf: None,
     })
 }
+
+/// A client that sends its body too slowly gets 408 with the error body and the
+/// connection closed; one that never finishes its request head, or sits idle on a
+/// keep-alive connection, is disconnected.
+#[tokio::test]
+async fn slow_and_idle_connections_are_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let stack = Stack::start_with(system_tests::StackOptions {
+        env: vec![
+            ("GATEWAY_BODY_READ_TIMEOUT_SECS", "1".to_owned()),
+            ("HTTP_HEADER_READ_TIMEOUT_SECS", "1".to_owned()),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let address = stack.gateway.trim_start_matches("http://").to_owned();
+    let token = stack.token("erin");
+
+    // Half a body, then nothing.
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /api/erin/chat HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: 40\r\n\r\n{{\"message\": "
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), slow.read_to_string(&mut answer))
+        .await
+        .expect("the gateway closes a slow body's connection")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.to_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_error(&body, "request_timeout");
+
+    // Half a request head, then nothing: closed without an answer.
+    let mut stalled = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut rest))
+        .await
+        .expect("the gateway closes a connection whose head does not arrive")
+        .ok();
+
+    // A kept-alive connection that goes quiet after one answer is closed too.
+    let mut idle = tokio::net::TcpStream::connect(&address).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0_u8; 1024];
+    let read = idle.read(&mut first).await.unwrap();
+    assert!(
+        first[..read].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&first[..read])
+    );
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut rest))
+        .await
+        .expect("the gateway closes an idle keep-alive connection")
+        .ok();
+
+    // Nothing above reached the log.
+    let tasks = stack.get_ok("erin", "/api/erin/tasks").await;
+    assert_eq!(tasks["items"], json!([]));
+}

@@ -14,10 +14,12 @@
 //! - [`trace`]: the W3C trace context of incoming HTTP requests.
 //! - [`streams`]: the JetStream streams of a chat turn (requests, replies).
 //! - [`auth`]: HS256 JWTs whose `sub` is the user id.
+//! - [`http`]: the HTTP accept loop, with header read timeouts.
 
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod http;
 pub mod retry;
 pub mod shutdown;
 pub mod streams;

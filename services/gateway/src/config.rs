@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use platform::config::{AuthConfig, NatsConfig, ProcessConfig};
+use platform::http::HttpConfig;
 use proto_schemas::UserId;
 
 /// The gateway binary's arguments. Without a subcommand it serves, taking the
@@ -48,6 +49,8 @@ pub struct Config {
     pub process: ProcessConfig,
     #[command(flatten)]
     pub auth: AuthConfig,
+    #[command(flatten)]
+    pub http: HttpConfig,
     /// Address of the HTTP server; port 0 picks a free port.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -75,6 +78,10 @@ pub struct Config {
     /// 429 with the seconds to wait. 0 turns the limit off.
     #[arg(long, env = "GATEWAY_TURNS_PER_MINUTE", default_value_t = 60)]
     pub turns_per_minute: u32,
+    /// Seconds a client may take to send a request body once its head has arrived;
+    /// slower clients get 408 and the connection is closed.
+    #[arg(long, env = "GATEWAY_BODY_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_read_timeout_secs: u64,
     /// Largest request body accepted, in bytes; larger bodies get 413.
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -101,6 +108,10 @@ impl Config {
 
     pub fn query_timeout(&self) -> Duration {
         Duration::from_secs(self.query_timeout_secs)
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_read_timeout_secs)
     }
 }
 

@@ -55,6 +55,14 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The client did not send its whole body in time; the connection is closed.
+    #[error("the request body did not arrive within {seconds} s")]
+    RequestTimeout { seconds: u64 },
+    /// More header fields, or more header bytes, than the gateway reads.
+    #[error(
+        "the request headers are too large: at most {max_fields} fields and {max_bytes} bytes are read"
+    )]
+    HeadersTooLarge { max_fields: usize, max_bytes: usize },
     /// Well-formed input that breaks a rule (422).
     #[error("{message}")]
     Invalid { code: &'static str, message: String },
@@ -155,6 +163,8 @@ impl ApiError {
             Self::MalformedJson(_) | Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TurnFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::ReplyTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -178,6 +188,8 @@ impl ApiError {
             Self::BadRequest { code, .. } => code,
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::RequestTimeout { .. } => "request_timeout",
+            Self::HeadersTooLarge { .. } => "headers_too_large",
             Self::Invalid { code, .. } => code,
             Self::ConversationNotFound { .. } => "conversation_not_found",
             Self::TurnFailed { code, .. } => match code {
@@ -289,6 +301,13 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if matches!(self, Self::RequestTimeout { .. }) {
+            // The rest of the body may still be on its way: the connection cannot be
+            // reused for another request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Self::Unauthorized(error) = &self {
             // RFC 6750: say which scheme is expected, and whether the token was bad.

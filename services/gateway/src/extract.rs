@@ -1,6 +1,7 @@
 //! Extractors that turn a request into checked inputs or an [`ApiError`]: the verified
 //! user of `/api/{user_id}/…` routes, JSON bodies and query strings with the error
-//! statuses the API promises (400 / 413 / 415 / 422).
+//! statuses the API promises (400 / 408 / 413 / 415 / 422), and the limit on
+//! request headers (431).
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection, RawPathParamsRejection};
@@ -60,9 +61,16 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Json(value) = Json::<serde_json::Value>::from_request(request, state)
+        let settings = state.settings();
+        // A total deadline, not one per chunk: a client dripping a byte at a time would
+        // otherwise hold the connection for as long as it likes.
+        let read = Json::<serde_json::Value>::from_request(request, state);
+        let Json(value) = tokio::time::timeout(settings.body_read_timeout, read)
             .await
-            .map_err(|rejection| json_rejection(rejection, state.settings().max_body_bytes))?;
+            .map_err(|_| ApiError::RequestTimeout {
+                seconds: settings.body_read_timeout.as_secs(),
+            })?
+            .map_err(|rejection| json_rejection(rejection, settings.max_body_bytes))?;
         // serde reads a struct from a JSON array too (fields by position): the API's
         // bodies are objects, so anything else is the wrong shape.
         if !value.is_object() {
@@ -127,4 +135,36 @@ fn query_rejection(rejection: QueryRejection) -> ApiError {
         text.trim_start_matches("Failed to deserialize query string: ")
             .to_owned(),
     )
+}
+
+/// Header fields the gateway reads; hyper itself stops at
+/// [`platform::http::MAX_HEADER_FIELDS`] with a bare 431, this answers with the API's
+/// error body well before that.
+pub(crate) const MAX_HEADER_FIELDS: usize = 100;
+
+/// Header bytes (names and values) the gateway reads: room for an identity provider's
+/// large JWT several times over.
+pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Middleware: 431 with the API's error body when a request's headers pass
+/// [`MAX_HEADER_FIELDS`] or [`MAX_HEADER_BYTES`].
+pub(crate) async fn limit_headers(
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+
+    let headers = request.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > MAX_HEADER_FIELDS || bytes > MAX_HEADER_BYTES {
+        return ApiError::HeadersTooLarge {
+            max_fields: MAX_HEADER_FIELDS,
+            max_bytes: MAX_HEADER_BYTES,
+        }
+        .into_response();
+    }
+    next.run(request).await
 }

@@ -105,18 +105,16 @@ impl App {
             dev_login = state.settings().dev_login,
             "gateway serving"
         );
-        let stop = shutdown.clone();
-        let served = axum::serve(listener, router(state))
-            .with_graceful_shutdown(async move {
-                stop.cancelled().await;
-                waits.cancel();
-            })
-            .await
-            .context("http server failed");
+        let http = state.settings().http;
+        platform::http::serve(listener, router(state), http, async move {
+            shutdown.cancelled().await;
+            waits.cancel();
+        })
+        .await;
         if let Err(error) = client.flush().await {
             tracing::warn!(%error, "failed to flush nats on shutdown");
         }
         tracing::info!("gateway stopped");
-        served
+        Ok(())
     }
 }

@@ -25,6 +25,10 @@ pub struct Settings {
     pub reply_timeout: Duration,
     pub query_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Connection-level limits of the HTTP server.
+    pub http: platform::http::HttpConfig,
+    /// How long a client may take to send a request body (408 after that).
+    pub body_read_timeout: Duration,
     pub dev_login: bool,
     pub dev_token_ttl: Duration,
     pub stream_replicas: usize,
@@ -39,6 +43,8 @@ impl Settings {
             reply_timeout: config.reply_timeout(),
             query_timeout: config.query_timeout(),
             max_body_bytes: config.max_body_bytes,
+            body_read_timeout: config.body_read_timeout(),
+            http: config.http,
             dev_login: config.auth_dev_login,
             dev_token_ttl: config.dev_token_ttl,
             stream_replicas: config.nats.stream_replicas,

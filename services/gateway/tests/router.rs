@@ -26,6 +26,8 @@ async fn state(dev_login: bool) -> AppState {
         reply_timeout: Duration::from_secs(1),
         query_timeout: Duration::from_secs(1),
         max_body_bytes: MAX_BODY,
+        body_read_timeout: Duration::from_secs(1),
+        http: Default::default(),
         dev_login,
         dev_token_ttl: Duration::from_secs(3600),
         stream_replicas: 1,
@@ -171,6 +173,40 @@ async fn tokens_are_required_and_checked() {
         .body(Body::empty())
         .unwrap();
     assert_refused(false, request, StatusCode::BAD_REQUEST, "invalid_path").await;
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431_with_the_error_body() {
+    let ada = token("ada");
+    let mut many =
+        Request::get("/api/ada/tasks").header(header::AUTHORIZATION, format!("Bearer {ada}"));
+    for index in 0..120 {
+        many = many.header(format!("x-filler-{index}"), "1");
+    }
+    let error = assert_refused(
+        false,
+        many.body(Body::empty()).unwrap(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers_too_large",
+    )
+    .await;
+    assert!(
+        error["error"]["message"].as_str().unwrap().contains("100"),
+        "{error}"
+    );
+
+    let big = Request::get("/api/ada/tasks")
+        .header(header::AUTHORIZATION, format!("Bearer {ada}"))
+        .header("x-filler", "x".repeat(20 * 1024))
+        .body(Body::empty())
+        .unwrap();
+    assert_refused(
+        false,
+        big,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers_too_large",
+    )
+    .await;
 }
 
 /// An HS256 token with arbitrary claims, signed with the test secret.

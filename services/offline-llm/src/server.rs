@@ -26,9 +26,6 @@ pub enum Error {
     /// The bound socket has no readable local address.
     #[error("failed to read the listener's local address")]
     LocalAddr(#[source] io::Error),
-    /// Serving failed.
-    #[error("server failed")]
-    Serve(#[source] io::Error),
 }
 
 /// A bound, not yet running offline-llm server.
@@ -78,8 +75,12 @@ pub async fn run(
     router: Router,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .map_err(Error::Serve)
+    platform::http::serve(
+        listener,
+        router,
+        platform::http::HttpConfig::default(),
+        shutdown.cancelled_owned(),
+    )
+    .await;
+    Ok(())
 }

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use platform::config::{AuthConfig, DatabaseConfig, NatsConfig, ProcessConfig};
+use platform::http::HttpConfig;
 use tokio_util::sync::CancellationToken;
 
 pub use handler::CommandHandler;
@@ -51,6 +52,8 @@ pub struct Config {
     pub process: ProcessConfig,
     #[command(flatten)]
     pub auth: AuthConfig,
+    #[command(flatten)]
+    pub http: HttpConfig,
     /// Address of the HTTP server (MCP at /mcp, health at /healthz); port 0 picks a free port.
     #[arg(long, env = "TASK_SERVICE_LISTEN", default_value = "127.0.0.1:8001")]
     pub listen: SocketAddr,
@@ -150,10 +153,13 @@ impl App {
             subject = %config.nats.subjects().task_commands(),
             "task-service serving"
         );
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .await
-            .context("http server failed");
+        platform::http::serve(
+            self.listener,
+            router,
+            config.http,
+            stop.clone().cancelled_owned(),
+        )
+        .await;
         stop.cancel();
         // Only now: cancelling earlier would cut off tool calls still being answered.
         mcp_shutdown.cancel();
@@ -165,7 +171,7 @@ impl App {
             Err(_) => tracing::warn!("timed out flushing nats on shutdown"),
         }
         tracing::info!("task-service stopped");
-        served
+        Ok(())
     }
 }
 

@@ -149,6 +149,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(axum::middleware::from_fn(crate::extract::limit_headers))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
