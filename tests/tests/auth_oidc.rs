@@ -199,7 +199,10 @@ async fn identity_provider_tokens_work_everywhere_and_wrong_ones_are_refused() {
         },
     )
     .await;
-    assert_eq!(mcp_task_titles(&stack, "ada", &ada).await, vec![title.clone()]);
+    assert_eq!(
+        mcp_task_titles(&stack, "ada", &ada).await,
+        vec![title.clone()]
+    );
 
     // What the web page does with a pasted token: ask who it is, load the page's
     // lists, stream a turn.

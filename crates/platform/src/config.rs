@@ -220,11 +220,11 @@ pub struct AuthConfig {
     pub auth_jwks_url: Option<url::Url>,
     /// The `iss` identity-provider tokens must carry (the provider's issuer URL); also
     /// named as the authorization server in /.well-known/oauth-protected-resource.
-    #[arg(long, env = "AUTH_ISSUER")]
+    #[arg(long, env = "AUTH_ISSUER", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub auth_issuer: Option<String>,
     /// A value identity-provider tokens must carry in `aud` (the API identifier or
     /// client id the provider puts there).
-    #[arg(long, env = "AUTH_AUDIENCE")]
+    #[arg(long, env = "AUTH_AUDIENCE", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub auth_audience: Option<String>,
     /// The claim of identity-provider tokens that holds the taskchat user id (e.g.
     /// `sub`, `email`, `preferred_username`); its value must be a valid user id.
@@ -627,6 +627,11 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert!(TestConfig::try_parse_from(["svc", "--auth-user-claim", ""]).is_err());
+        for flag in ["--auth-user-claim", "--auth-issuer", "--auth-audience"] {
+            assert!(
+                TestConfig::try_parse_from(["svc", flag, ""]).is_err(),
+                "{flag}"
+            );
+        }
     }
 }

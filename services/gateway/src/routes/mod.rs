@@ -91,6 +91,10 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
+                    .description(Some(
+                        "HS256 signed with AUTH_JWT_SECRET (`sub` = user id), or an identity \
+                         provider's RS256/ES256/EdDSA token checked against AUTH_JWKS_URL",
+                    ))
                     .build(),
             ),
         );
