@@ -237,6 +237,13 @@ fn verify_with(
     UserId::parse(user).map_err(|_| AuthError::Invalid)
 }
 
+/// Whether a refresh waits for one that is under way.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    Yes,
+    No,
+}
+
 /// The cached keys and when they were fetched.
 struct Cache {
     keys: KeySet,
@@ -319,13 +326,15 @@ impl IdentityProvider {
             return Err(AuthError::Invalid);
         }
         if self.is_stale() {
-            self.refresh().await;
+            // Old keys still verify while someone else fetches new ones: a slow
+            // provider must not hold up every request.
+            self.refresh(Wait::No).await;
         }
         let key = match self.cached(header) {
             Some(key) => key,
             None => {
                 // A key id we do not know: the provider may have rotated its keys.
-                self.refresh().await;
+                self.refresh(Wait::Yes).await;
                 self.cached(header).ok_or(AuthError::Invalid)?
             }
         };
@@ -361,9 +370,16 @@ impl IdentityProvider {
 
     /// Fetches the document again unless that was done less than `min_refresh` ago (or
     /// while this call waited for another fetch). A failed fetch keeps the old keys.
-    async fn refresh(&self) {
+    /// With [`Wait::No`], returns at once when another fetch is under way.
+    async fn refresh(&self, wait: Wait) {
         let asked = Instant::now();
-        let mut last = self.last_fetch.lock().await;
+        let mut last = match wait {
+            Wait::Yes => self.last_fetch.lock().await,
+            Wait::No => match self.last_fetch.try_lock() {
+                Ok(last) => last,
+                Err(_) => return,
+            },
+        };
         if let Some(at) = *last
             && (at >= asked || at.elapsed() < self.min_refresh)
         {
