@@ -419,6 +419,7 @@ async fn openapi_lists_every_route() {
             "get",
         ),
         ("/api/{user_id}/tasks", "get"),
+        ("/api/me", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
     ] {
