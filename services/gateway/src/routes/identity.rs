@@ -30,10 +30,10 @@ pub(crate) const REALM: &str = "taskchat";
     ),
     security(("bearer" = []))
 )]
-pub(crate) async fn get_me(TokenUser(user): TokenUser) -> Result<Json<Me>, ApiError> {
-    Ok(Json(Me {
+pub(crate) async fn get_me(TokenUser(user): TokenUser) -> Json<Me> {
+    Json(Me {
         user_id: user.to_string(),
-    }))
+    })
 }
 
 /// `GET /.well-known/oauth-protected-resource`: the gateway's RFC 9728 metadata.
