@@ -150,7 +150,11 @@ else
 fi
 
 trap - INT TERM
-token=$("$BIN_DIR/gateway" token --user demo --ttl 24h)
+# Without dev mode or AUTH_JWT_SECRET (an identity provider's tokens only) there is no
+# secret to mint a demo token with.
+if ! token=$("$BIN_DIR/gateway" token --user demo --ttl 24h 2>/dev/null); then
+  token="(none: no AUTH_JWT_SECRET and no dev mode; use a token of your identity provider)"
+fi
 
 cat <<EOF
 

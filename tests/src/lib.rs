@@ -17,7 +17,7 @@ use testkit::{TestBus, TestDatabase, free_port};
 use tokio::process::{Child, Command};
 
 /// The secret the stack's services sign and verify tokens with.
-pub const JWT_SECRET: &str = "system-tests-secret";
+pub const JWT_SECRET: &str = "system-tests-secret-of-at-least-32-bytes";
 
 /// What to start.
 #[derive(Debug, Clone)]

@@ -1,6 +1,7 @@
 //! The web chat page in a real browser: Debian's headless Chromium, driven through
 //! chromedriver, signs in to the gateway's page with dev login, chats, watches the task
-//! panel follow, and reloads. Every service runs as a real process (see the harness).
+//! panel follow, and reloads; without dev login it signs in with pasted tokens, one of
+//! them an identity provider's. Every service runs as a real process (see the harness).
 //!
 //! Screenshots go to `target/system-tests/screenshots/` (also when a step fails), so a
 //! person can look at what the page showed. Needs `/usr/bin/chromium` and
@@ -19,7 +20,7 @@ use platform::auth::{Claims, JwtKeys};
 use proto_schemas::UserId;
 use serde_json::{Value, json};
 use system_tests::{Stack, StackOptions};
-use testkit::free_port;
+use testkit::{KeyKind, TestIdp, TestKey, free_port};
 use tokio::process::{Child, Command};
 
 /// How long a chat turn may take to show on the page (the model loop, over NATS).
@@ -561,6 +562,29 @@ async fn sign_in_with_tokens(stack: &Stack, browser: &Browser) -> anyhow::Result
     Ok(())
 }
 
+/// With an identity provider that names its user in `email`, a person pastes the
+/// provider's RS256 access token and the page opens as that user (the server, not the
+/// page, reads the token's user).
+async fn sign_in_with_a_provider_token(
+    browser: &Browser,
+    gateway: &str,
+    token: &str,
+) -> anyhow::Result<()> {
+    browser.client.goto(&format!("{gateway}/")).await?;
+    browser
+        .wait_until(
+            "the token form",
+            UI,
+            "return document.activeElement === document.getElementById('token-input');",
+            vec![],
+        )
+        .await?;
+    browser.sign_in_with_token(token).await?;
+    browser.wait_signed_in_empty("grace@example.com").await?;
+    browser.screenshot("browser-7-identity-provider").await?;
+    Ok(())
+}
+
 /// Runs `steps` in a fresh browser against `stack`; on failure saves a screenshot and
 /// panics with what went wrong, what the page showed and where the logs are.
 async fn in_browser<F>(stack: &Stack, name: &str, steps: F)
@@ -613,4 +637,38 @@ async fn without_dev_login_a_person_signs_in_with_a_token_and_bad_tokens_are_exp
     };
     let stack = Stack::start_with(options).await.expect("the stack starts");
     in_browser(&stack, "browser-tokens", sign_in_with_tokens).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_provider_token_signs_in_on_the_page() {
+    Installed::find()
+        .map_err(|error| format!("{error:#}"))
+        .unwrap();
+    let idp = TestIdp::start().await.expect("the provider serves");
+    let key = TestKey::generate(KeyKind::Rsa, "rsa-1");
+    idp.publish(&key);
+    let options = StackOptions {
+        dev_login: false,
+        env: vec![
+            ("AUTH_JWKS_URL", idp.jwks_url().to_owned()),
+            ("AUTH_ISSUER", "https://idp.test.example/".to_owned()),
+            ("AUTH_USER_CLAIM", "email".to_owned()),
+        ],
+        ..StackOptions::default()
+    };
+    let stack = Stack::start_with(options).await.expect("the stack starts");
+    let token = key.sign(&json!({
+        "sub": "auth0|5f7c8ec7",
+        "email": "grace@example.com",
+        "iss": "https://idp.test.example/",
+        "exp": chrono::Utc::now().timestamp() + 3600,
+    }));
+    in_browser(
+        &stack,
+        "browser-idp",
+        async |stack: &Stack, browser: &Browser| {
+            sign_in_with_a_provider_token(browser, &stack.gateway, &token).await
+        },
+    )
+    .await;
 }

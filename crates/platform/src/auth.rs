@@ -1,7 +1,19 @@
-//! Bearer tokens: HS256 JWTs whose `sub` claim is the user id. The gateway verifies
-//! them; the user id they carry is the only one a request may act for (invariant 6).
+//! Bearer tokens and the user they name: the user id a verified token carries is the
+//! only one a request may act for (invariant 6). The gateway and task-service's MCP
+//! endpoint verify tokens with one [`TokenVerifier`], which accepts:
+//! - HS256 tokens signed with the shared `AUTH_JWT_SECRET` ([`JwtKeys`]; `sub` is the
+//!   user id): local use, `gateway token`, dev login;
+//! - tokens of an identity provider, verified with its JWKS ([`IdentityProvider`]).
+//!
+//! The token's `alg` picks the verifier, and each accepts only its own algorithms, so
+//! a token cannot be verified by the other's key. [`resource`] holds the RFC 9728
+//! metadata and the `WWW-Authenticate` challenge that tell clients where tokens come from.
+
+mod jwks;
+pub mod resource;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
@@ -9,8 +21,14 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use proto_schemas::UserId;
 use serde::{Deserialize, Serialize};
 
-/// Clock skew tolerated when checking `exp`.
+pub use jwks::{ASYMMETRIC_ALGORITHMS, IdentityProvider, JwksError, MAX_KEY_AGE, ProviderRules};
+
+/// Clock skew tolerated when checking `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 30;
+
+/// The shortest `AUTH_JWT_SECRET` accepted outside dev mode: HS256 needs a key of at
+/// least the hash's size (RFC 7518 section 3.2).
+pub const MIN_SECRET_BYTES: usize = 32;
 
 /// The claims of a taskchat token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +118,60 @@ impl JwtKeys {
                 _ => AuthError::Invalid,
             })?;
         UserId::parse(&data.claims.sub).map_err(|_| AuthError::Invalid)
+    }
+}
+
+/// Verifies bearer tokens of every kind the deployment accepts (see the module docs).
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TokenVerifier {
+    local: Option<JwtKeys>,
+    provider: Option<Arc<IdentityProvider>>,
+}
+
+impl TokenVerifier {
+    /// A verifier of HS256 tokens (`local`) and identity-provider tokens (`provider`),
+    /// each when given.
+    pub fn new(local: Option<JwtKeys>, provider: Option<IdentityProvider>) -> Self {
+        Self {
+            local,
+            provider: provider.map(Arc::new),
+        }
+    }
+
+    /// The user a token names, when one of the configured verifiers accepts it.
+    pub async fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
+        match (&self.local, &self.provider) {
+            (Some(local), _) if header.alg == Algorithm::HS256 => local.verify(token),
+            (_, Some(provider)) if ASYMMETRIC_ALGORITHMS.contains(&header.alg) => {
+                provider.verify(token, &header).await
+            }
+            _ => Err(AuthError::Invalid),
+        }
+    }
+
+    /// The keys that sign HS256 tokens, when `AUTH_JWT_SECRET` (or dev mode) gives one.
+    pub fn signing_keys(&self) -> Option<&JwtKeys> {
+        self.local.as_ref()
+    }
+
+    /// The identity provider, when tokens of one are accepted.
+    pub fn provider(&self) -> Option<&IdentityProvider> {
+        self.provider.as_deref()
+    }
+
+    /// The issuer of identity-provider tokens (`AUTH_ISSUER`), when set.
+    pub fn issuer(&self) -> Option<&str> {
+        self.provider()
+            .and_then(|provider| provider.rules().issuer.as_deref())
+    }
+}
+
+impl From<JwtKeys> for TokenVerifier {
+    /// A verifier of HS256 tokens only.
+    fn from(keys: JwtKeys) -> Self {
+        Self::new(Some(keys), None)
     }
 }
 
@@ -278,6 +350,49 @@ mod tests {
             JwtKeys::new(b"secret").verify(&token),
             Err(AuthError::Invalid)
         );
+    }
+
+    /// An identity provider whose JWKS is never reachable: verifying any token with it
+    /// would have to fetch.
+    fn unreachable_provider() -> IdentityProvider {
+        IdentityProvider::new(
+            url::Url::parse("http://127.0.0.1:1/jwks.json").unwrap(),
+            ProviderRules {
+                issuer: None,
+                audience: None,
+                user_claim: "sub".into(),
+            },
+            Duration::from_secs(60),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_verifier_takes_only_its_own_algorithms() {
+        let secret = b"a-secret-of-at-least-thirty-two-bytes";
+        let hs256 = JwtKeys::new(secret).mint(&ada(), Duration::from_secs(600));
+
+        let local = TokenVerifier::from(JwtKeys::new(secret));
+        assert_eq!(local.verify(&hs256).await, Ok(ada()));
+        // An asymmetric token goes nowhere without a provider.
+        let ed_header = Header::new(Algorithm::EdDSA);
+        let claims = serde_json::json!({"sub": "ada", "exp": now() + 600});
+        let forged = format!(
+            "{}.{}.c2ln",
+            base64url(serde_json::to_string(&ed_header).unwrap().as_bytes()),
+            base64url(claims.to_string().as_bytes())
+        );
+        assert_eq!(local.verify(&forged).await, Err(AuthError::Invalid));
+
+        // With only a provider, an HS256 token is refused before any key is fetched:
+        // a public key can never be used as an HMAC secret.
+        let provider_only = TokenVerifier::new(None, Some(unreachable_provider()));
+        assert_eq!(provider_only.verify(&hs256).await, Err(AuthError::Invalid));
+        let hs384 = encode_raw(&Header::new(Algorithm::HS384), &claims, secret);
+        let both = TokenVerifier::new(Some(JwtKeys::new(secret)), Some(unreachable_provider()));
+        assert_eq!(both.verify(&hs384).await, Err(AuthError::Invalid));
+        assert_eq!(both.verify(&hs256).await, Ok(ada()));
+        assert_eq!(both.verify("not-a-jwt").await, Err(AuthError::Invalid));
     }
 
     #[test]

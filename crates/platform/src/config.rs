@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::builder::BoolishValueParser;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::PgPoolOptions;
 
@@ -185,31 +186,200 @@ impl ShutdownConfig {
     }
 }
 
-/// The secret behind bearer tokens.
+/// How bearer tokens are verified: a shared HS256 secret, an identity provider's
+/// JWKS, or both; and whether this is a development deployment.
 #[derive(clap::Args, Debug, Clone)]
 pub struct AuthConfig {
-    /// HS256 secret that signs and verifies bearer tokens (`sub` = user id).
+    /// HS256 secret that signs and verifies local bearer tokens (`sub` = the user id):
+    /// at least 32 bytes outside dev mode. Unset: no HS256 token is accepted, except in
+    /// dev mode, which then uses a built-in development secret.
     #[arg(
         long,
         env = "AUTH_JWT_SECRET",
-        default_value = "taskchat-dev-secret-change-me",
         hide_env_values = true,
-        hide_default_value = true,
         value_parser = parse_secret
     )]
-    pub auth_jwt_secret: SecretString,
+    pub auth_jwt_secret: Option<SecretString>,
+    /// Development mode, for a local stack only: the gateway hands a token for any user
+    /// to anyone who asks (`POST /api/dev/token`), and AUTH_JWT_SECRET may be short or
+    /// unset.
+    #[arg(
+        long,
+        env = "AUTH_DEV_LOGIN",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    pub auth_dev_login: bool,
+    /// JWKS URL of an identity provider (e.g. https://TENANT.auth0.com/.well-known/jwks.json,
+    /// https://KEYCLOAK/realms/REALM/protocol/openid-connect/certs): its RS256, ES256 or
+    /// EdDSA tokens are accepted. The keys are cached and fetched again when a token
+    /// names an unknown key id.
+    #[arg(long, env = "AUTH_JWKS_URL", value_parser = parse_jwks_url)]
+    pub auth_jwks_url: Option<url::Url>,
+    /// The `iss` identity-provider tokens must carry (the provider's issuer URL); also
+    /// named as the authorization server in /.well-known/oauth-protected-resource.
+    #[arg(long, env = "AUTH_ISSUER", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub auth_issuer: Option<String>,
+    /// A value identity-provider tokens must carry in `aud` (the API identifier or
+    /// client id the provider puts there).
+    #[arg(long, env = "AUTH_AUDIENCE", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub auth_audience: Option<String>,
+    /// The claim of identity-provider tokens that holds the taskchat user id (e.g.
+    /// `sub`, `email`, `preferred_username`); its value must be a valid user id.
+    #[arg(long, env = "AUTH_USER_CLAIM", default_value = "sub", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub auth_user_claim: String,
+    /// Fewest seconds between two fetches of the JWKS, so that tokens with made-up key
+    /// ids cannot make the service hammer the identity provider.
+    #[arg(long, env = "AUTH_JWKS_MIN_REFRESH_SECS", default_value_t = 30)]
+    pub auth_jwks_min_refresh_secs: u64,
+}
+
+/// Auth settings a service cannot start with.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error(
+        "AUTH_JWT_SECRET is {len} bytes; outside dev mode it must be at least {min} \
+         (e.g. `openssl rand -base64 48`), or set AUTH_DEV_LOGIN=true on a development machine",
+        min = crate::auth::MIN_SECRET_BYTES
+    )]
+    ShortSecret { len: usize },
+    #[error(
+        "no way to verify bearer tokens: set AUTH_JWKS_URL (an identity provider), \
+         AUTH_JWT_SECRET (at least {min} bytes), or AUTH_DEV_LOGIN=true on a development machine",
+        min = crate::auth::MIN_SECRET_BYTES
+    )]
+    NoVerifier,
+    #[error(
+        "no secret to sign tokens with: set AUTH_JWT_SECRET, or AUTH_DEV_LOGIN=true on a development machine"
+    )]
+    NoSecret,
+    #[error(
+        "AUTH_ISSUER and AUTH_AUDIENCE apply to identity-provider tokens: set AUTH_JWKS_URL too"
+    )]
+    ProviderRulesWithoutJwks,
+    #[error("failed to build the HTTP client of the JWKS: {0}")]
+    Client(#[source] reqwest::Error),
+    #[error("AUTH_JWKS_URL cannot be used: {0}")]
+    Jwks(#[source] crate::auth::JwksError),
 }
 
 impl AuthConfig {
-    /// Signing and verifying keys for [`Self::auth_jwt_secret`].
-    pub fn keys(&self) -> crate::auth::JwtKeys {
-        crate::auth::JwtKeys::new(self.auth_jwt_secret.expose_secret().as_bytes())
+    /// The HS256 secret of a development machine, used in dev mode when
+    /// AUTH_JWT_SECRET is unset. Public, hence never accepted outside dev mode.
+    pub const DEV_SECRET: &str = "taskchat-dev-secret-change-me";
+
+    /// The HS256 keys of [`Self::auth_jwt_secret`] (the development secret in dev mode
+    /// when it is unset); None when HS256 tokens are off. A short secret is refused
+    /// outside dev mode.
+    pub fn signing_keys(&self) -> Result<Option<crate::auth::JwtKeys>, AuthConfigError> {
+        let secret = self
+            .auth_jwt_secret
+            .as_ref()
+            .map(|secret| secret.expose_secret())
+            .filter(|secret| !secret.is_empty());
+        let secret = match (secret, self.auth_dev_login) {
+            (Some(secret), true) => secret,
+            (None, true) => Self::DEV_SECRET,
+            (Some(secret), false) if secret.len() < crate::auth::MIN_SECRET_BYTES => {
+                return Err(AuthConfigError::ShortSecret { len: secret.len() });
+            }
+            (Some(secret), false) => secret,
+            (None, false) => return Ok(None),
+        };
+        Ok(Some(crate::auth::JwtKeys::new(secret.as_bytes())))
+    }
+
+    /// [`Self::signing_keys`] for a command that signs: an error when there are none.
+    pub fn require_signing_keys(&self) -> Result<crate::auth::JwtKeys, AuthConfigError> {
+        self.signing_keys()?.ok_or(AuthConfigError::NoSecret)
+    }
+
+    /// The verifier these settings describe, with the identity provider's keys loaded.
+    /// Refuses settings that cannot work (a short secret outside dev mode, nothing to
+    /// verify with, a JWKS URL that answers with something other than keys); a provider
+    /// that is only unreachable is logged and tried again when tokens arrive.
+    pub async fn verifier(&self) -> Result<crate::auth::TokenVerifier, AuthConfigError> {
+        use crate::auth::{IdentityProvider, ProviderRules, TokenVerifier};
+
+        let local = self.signing_keys()?;
+        let Some(url) = &self.auth_jwks_url else {
+            if self.auth_issuer.is_some() || self.auth_audience.is_some() {
+                return Err(AuthConfigError::ProviderRulesWithoutJwks);
+            }
+            return match local {
+                Some(keys) => Ok(TokenVerifier::new(Some(keys), None)),
+                None => Err(AuthConfigError::NoVerifier),
+            };
+        };
+        let rules = ProviderRules {
+            issuer: self.auth_issuer.clone(),
+            audience: self.auth_audience.clone(),
+            user_claim: self.auth_user_claim.clone(),
+        };
+        if rules.issuer.is_none() {
+            tracing::warn!(
+                "AUTH_ISSUER is unset: tokens signed by the JWKS keys are accepted whatever their issuer"
+            );
+        }
+        if rules.audience.is_none() {
+            tracing::warn!(
+                "AUTH_AUDIENCE is unset: tokens the identity provider issued for other applications are accepted too"
+            );
+        }
+        let provider = IdentityProvider::new(
+            url.clone(),
+            rules,
+            Duration::from_secs(self.auth_jwks_min_refresh_secs),
+        )
+        .map_err(AuthConfigError::Client)?;
+        match provider.load().await {
+            Ok(()) => {
+                tracing::info!(url = %redact_urls(url.as_str()), "identity provider keys loaded")
+            }
+            Err(error) if error.is_transient() => tracing::warn!(
+                error = %crate::error_chain(&error),
+                "identity provider unreachable at start-up; its tokens are refused until its keys can be fetched"
+            ),
+            Err(error) => return Err(AuthConfigError::Jwks(error)),
+        }
+        Ok(TokenVerifier::new(local, Some(provider)))
     }
 }
 
 // clap needs a parser for types that are not `FromStr`; a secret is any string.
 fn parse_secret(raw: &str) -> Result<SecretString, std::convert::Infallible> {
     Ok(SecretString::from(raw))
+}
+
+/// Parses a service's public URL setting: an http(s) URL with no query or fragment,
+/// its path without a trailing slash.
+pub fn parse_public_url(raw: &str) -> Result<url::Url, String> {
+    let mut url =
+        url::Url::parse(raw.trim()).map_err(|error| format!("{raw:?} is not a URL: {error}"))?;
+    if !matches!(url.scheme(), "http" | "https")
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return Err(format!(
+            "{raw:?} must be an http(s) URL without a query or fragment"
+        ));
+    }
+    let path = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&path);
+    Ok(url)
+}
+
+fn parse_jwks_url(raw: &str) -> Result<url::Url, String> {
+    let url =
+        url::Url::parse(raw.trim()).map_err(|error| format!("{raw:?} is not a URL: {error}"))?;
+    match url.scheme() {
+        "https" | "http" => Ok(url),
+        other => Err(format!(
+            "the JWKS is fetched over https (or http), not {other}"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -232,7 +402,7 @@ mod tests {
 
     // The environment may set these on a developer machine or in CI; `try_parse_from`
     // reads env vars, so tests that check defaults only run when they are unset.
-    const ENV_VARS: [&str; 7] = [
+    const ENV_VARS: [&str; 13] = [
         "NATS_URL",
         "TASKCHAT_SUBJECT_PREFIX",
         "DATABASE_URL",
@@ -240,6 +410,12 @@ mod tests {
         "LOG_FORMAT",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "AUTH_JWT_SECRET",
+        "AUTH_DEV_LOGIN",
+        "AUTH_JWKS_URL",
+        "AUTH_ISSUER",
+        "AUTH_AUDIENCE",
+        "AUTH_USER_CLAIM",
+        "AUTH_JWKS_MIN_REFRESH_SECS",
     ];
 
     fn env_is_clean() -> bool {
@@ -266,10 +442,12 @@ mod tests {
         assert_eq!(config.database.database_max_connections, 10);
         assert_eq!(config.telemetry.log_format, LogFormat::Plain);
         assert_eq!(config.telemetry.otlp_endpoint, None);
-        assert_eq!(
-            config.auth.auth_jwt_secret.expose_secret(),
-            "taskchat-dev-secret-change-me"
-        );
+        // No secret is built in outside dev mode: a public default would let anyone
+        // sign tokens.
+        assert!(config.auth.auth_jwt_secret.is_none());
+        assert!(!config.auth.auth_dev_login);
+        assert_eq!(config.auth.auth_user_claim, "sub");
+        assert_eq!(config.auth.auth_jwks_min_refresh_secs, 30);
     }
 
     #[test]
@@ -304,7 +482,10 @@ mod tests {
             config.telemetry.otlp_endpoint.as_deref(),
             Some("http://collector:4318")
         );
-        assert_eq!(config.auth.auth_jwt_secret.expose_secret(), "s3cret");
+        assert_eq!(
+            config.auth.auth_jwt_secret.unwrap().expose_secret(),
+            "s3cret"
+        );
     }
 
     #[test]
@@ -320,7 +501,7 @@ mod tests {
     fn secrets_stay_out_of_debug_output_and_help() {
         let config = TestConfig::try_parse_from(["svc", "--auth-jwt-secret", "s3cret"]).unwrap();
         assert!(!format!("{config:?}").contains("s3cret"));
-        assert!(!format!("{:?}", config.auth.keys()).contains("s3cret"));
+        assert!(!format!("{:?}", config.auth.signing_keys()).contains("s3cret"));
 
         let help = <TestConfig as clap::CommandFactory>::command()
             .render_long_help()
@@ -357,10 +538,100 @@ mod tests {
     }
 
     #[test]
-    fn keys_from_config_verify_their_own_tokens() {
-        let config = TestConfig::try_parse_from(["svc", "--auth-jwt-secret", "abc"]).unwrap();
+    fn public_urls_are_http_origins_or_paths() {
+        assert_eq!(
+            parse_public_url("https://chat.example.com/")
+                .unwrap()
+                .as_str(),
+            "https://chat.example.com/"
+        );
+        assert_eq!(
+            parse_public_url("https://example.com/chat/")
+                .unwrap()
+                .as_str(),
+            "https://example.com/chat"
+        );
+        for bad in [
+            "chat.example.com",
+            "ftp://h",
+            "https://h/?q",
+            "https://h/#f",
+        ] {
+            assert!(parse_public_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn auth(args: &[&str]) -> AuthConfig {
+        TestConfig::try_parse_from(std::iter::once("svc").chain(args.iter().copied()))
+            .unwrap()
+            .auth
+    }
+
+    const LONG_SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[tokio::test]
+    async fn keys_from_config_verify_their_own_tokens() {
         let user = proto_schemas::UserId::parse("ada").unwrap();
-        let token = config.auth.keys().mint(&user, Duration::from_secs(60));
-        assert_eq!(config.auth.keys().verify(&token).unwrap(), user);
+        for args in [
+            &["--auth-jwt-secret", LONG_SECRET][..],
+            &["--auth-dev-login"],
+            &["--auth-dev-login", "--auth-jwt-secret", "short"],
+        ] {
+            let config = auth(args);
+            let token = config
+                .require_signing_keys()
+                .unwrap()
+                .mint(&user, Duration::from_secs(60));
+            let verifier = config.verifier().await.unwrap();
+            assert_eq!(verifier.verify(&token).await, Ok(user.clone()), "{args:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unusable_auth_settings_refuse_to_start_with_a_reason() {
+        let short = &LONG_SECRET[1..];
+        let error = auth(&["--auth-jwt-secret", short])
+            .verifier()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, AuthConfigError::ShortSecret { len: 31 }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("at least 32"), "{error}");
+
+        let error = auth(&[]).verifier().await.unwrap_err();
+        assert!(matches!(error, AuthConfigError::NoVerifier), "{error}");
+        assert!(matches!(
+            auth(&[]).require_signing_keys(),
+            Err(AuthConfigError::NoSecret)
+        ));
+
+        let error = auth(&[
+            "--auth-jwt-secret",
+            LONG_SECRET,
+            "--auth-issuer",
+            "https://idp",
+        ])
+        .verifier()
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(error, AuthConfigError::ProviderRulesWithoutJwks),
+            "{error}"
+        );
+
+        for bad in ["not a url", "ftp://idp/jwks"] {
+            assert!(
+                TestConfig::try_parse_from(["svc", "--auth-jwks-url", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
+        for flag in ["--auth-user-claim", "--auth-issuer", "--auth-audience"] {
+            assert!(
+                TestConfig::try_parse_from(["svc", flag, ""]).is_err(),
+                "{flag}"
+            );
+        }
     }
 }

@@ -13,7 +13,8 @@
 //!   and the `events.appended` wake-ups that tail the event log.
 //! - [`trace`]: the W3C trace context of incoming HTTP requests.
 //! - [`streams`]: the JetStream streams of a chat turn (requests, replies).
-//! - [`auth`]: HS256 JWTs whose `sub` is the user id.
+//! - [`auth`]: bearer tokens (HS256 with the shared secret, or an identity
+//!   provider's via its JWKS) and the RFC 9728 metadata that points clients at it.
 //! - [`http`]: the HTTP accept loop, with header read timeouts.
 
 pub mod auth;

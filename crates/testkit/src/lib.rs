@@ -5,7 +5,8 @@
 //!
 //! Services and stubs run in-process as a [`Running`] task; [`ModelStub`] is a scripted
 //! OpenAI-compatible server and [`read_events`] reads a Server-Sent Events response;
-//! [`expect_json`] and [`open_event_stream`] check an HTTP answer's status and body.
+//! [`expect_json`] and [`open_event_stream`] check an HTTP answer's status and body;
+//! [`TestIdp`] is an identity provider serving a JWKS of keys made in the test.
 //!
 //! Both fixtures clean up after themselves when dropped, best effort: a test that
 //! crashes the process can leave a `test_…` database or `T…` streams behind, which
@@ -19,11 +20,13 @@ use futures::TryStreamExt;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 mod http;
+mod idp;
 mod model_stub;
 mod running;
 mod sse;
 
 pub use http::{expect_json, open_event_stream};
+pub use idp::{KeyKind, TestIdp, TestKey};
 pub use model_stub::{ModelStub, Requests, Scripted};
 pub use running::Running;
 pub use sse::{SseEvent, read_events};

@@ -136,8 +136,9 @@ export async function devLoginAvailable() {
 
 /**
  * Reads the claims of a JWT without verifying it (the server verifies; the page only
- * needs to know whose token it is and when it runs out).
- * @returns {{sub: string, exp?: number}}
+ * needs to know when it runs out). Which user a token is for is the server's answer
+ * (`whoAmI`): an identity provider may put the user in a claim other than `sub`.
+ * @returns {{exp?: number}}
  */
 export function decodeToken(token) {
   const parts = token.trim().split(".");
@@ -151,10 +152,18 @@ export function decodeToken(token) {
   } catch {
     throw new Error("This token cannot be read: its middle part is not base64url JSON.");
   }
-  if (!claims || typeof claims.sub !== "string" || !claims.sub) {
-    throw new Error("This token names no user (it has no \"sub\" claim).");
+  if (!claims || typeof claims !== "object") {
+    throw new Error("This token cannot be read: its middle part is not a JSON object.");
   }
   return claims;
+}
+
+/**
+ * Asks the server which user `token` signs in as. Resolves with `{user_id}`; rejects
+ * with an ApiError (401 when the server does not accept the token).
+ */
+export function whoAmI(token) {
+  return requestJson("GET", "/api/me", { token });
 }
 
 /**

@@ -2,7 +2,7 @@
 // and tool-call chips, and the task panel. State that must survive a reload (the token
 // and the open conversation) lives in localStorage; everything else is fetched.
 
-import { Api, ApiError, decodeToken, devLoginAvailable, devToken, sentence } from "./api.js";
+import { Api, ApiError, decodeToken, devLoginAvailable, devToken, sentence, whoAmI } from "./api.js";
 import { describeFinished, describeRaw, describeStarted } from "./toolcalls.js";
 
 const SESSION_KEY = "taskchat.session";
@@ -133,11 +133,17 @@ function isExpired(session) {
   return typeof session.exp === "number" && session.exp * 1000 <= Date.now();
 }
 
-/** Starts a session with `token`, checking it names a user and has not run out. */
+/**
+ * Starts a session with `token`: checks it has not run out, then asks the server
+ * which user it is for (the server verifies it; that user is whoever the token names
+ * by the deployment's rules, e.g. an identity provider's user claim).
+ */
 async function signIn(token) {
-  const claims = decodeToken(token);
-  const session = { token: token.trim(), userId: claims.sub, exp: claims.exp };
-  if (isExpired(session)) throw new Error("This token has expired. Get a new one and try again.");
+  const trimmed = token.trim();
+  const claims = decodeToken(trimmed);
+  if (isExpired({ exp: claims.exp })) throw new Error("This token has expired. Get a new one and try again.");
+  const me = await whoAmI(trimmed);
+  const session = { token: trimmed, userId: me.user_id, exp: claims.exp };
   localStorage.setItem(SESSION_KEY, JSON.stringify(session));
   await enterApp(session);
 }

@@ -292,6 +292,13 @@ pub(crate) struct DevToken {
     pub expires_in: u64,
 }
 
+/// Who a token signs in as (`GET /api/me`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Me {
+    /// The user the token acts for: the `{user_id}` of every `/api/{user_id}/…` route.
+    pub user_id: String,
+}
+
 /// `/healthz`: the process is alive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub(crate) struct Health {

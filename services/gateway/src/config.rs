@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::builder::BoolishValueParser;
 use platform::config::{AuthConfig, NatsConfig, ProcessConfig};
 use platform::http::HttpConfig;
 use proto_schemas::UserId;
@@ -32,6 +31,8 @@ impl Cli {
     }
 }
 
+// Built once per process from the command line: boxing the larger variant saves nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Serve the HTTP API (the default).
@@ -85,18 +86,12 @@ pub struct Config {
     /// Largest request body accepted, in bytes; larger bodies get 413.
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
-    /// Enable `POST /api/dev/token {"user_id"}`, which hands a token to anyone who
-    /// asks. For local development only.
-    #[arg(
-        long,
-        env = "AUTH_DEV_LOGIN",
-        default_value_t = false,
-        num_args = 0..=1,
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
-    pub auth_dev_login: bool,
-    /// Lifetime of the tokens `POST /api/dev/token` mints, e.g. 3600, 90m, 24h, 7d.
+    /// The public URL of the gateway (e.g. https://chat.example.com), named in its OAuth
+    /// protected-resource metadata and the 401 challenge that points at it; when unset,
+    /// taken from each request's Host header (and X-Forwarded-Proto).
+    #[arg(long, env = "GATEWAY_PUBLIC_URL", value_parser = platform::config::parse_public_url)]
+    pub public_url: Option<url::Url>,
+    /// Lifetime of the tokens `POST /api/dev/token` mints (AUTH_DEV_LOGIN), e.g. 3600, 90m, 24h, 7d.
     #[arg(long, env = "AUTH_DEV_TOKEN_TTL", default_value = "24h", value_parser = parse_duration)]
     pub dev_token_ttl: Duration,
 }
@@ -129,9 +124,9 @@ pub struct TokenArgs {
 }
 
 impl TokenArgs {
-    /// The signed token.
-    pub fn mint(&self) -> String {
-        self.auth.keys().mint(&self.user, self.ttl)
+    /// The signed token; an error when the settings give no secret to sign with.
+    pub fn mint(&self) -> Result<String, platform::config::AuthConfigError> {
+        Ok(self.auth.require_signing_keys()?.mint(&self.user, self.ttl))
     }
 }
 
@@ -171,6 +166,8 @@ mod tests {
 
     use super::*;
 
+    const SECRET: &str = "cli-secret-of-at-least-thirty-two-bytes";
+
     #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
@@ -205,7 +202,7 @@ mod tests {
         let Command::Serve(config) = cli.into_command() else {
             panic!("expected serve");
         };
-        assert!(config.auth_dev_login);
+        assert!(config.auth.auth_dev_login);
     }
 
     #[test]
@@ -219,7 +216,7 @@ mod tests {
         ] {
             let cli =
                 Cli::try_parse_from(["gateway", &format!("--auth-dev-login={value}")]).unwrap();
-            assert_eq!(cli.serve.auth_dev_login, expected, "{value}");
+            assert_eq!(cli.serve.auth.auth_dev_login, expected, "{value}");
         }
         assert!(Cli::try_parse_from(["gateway", "--auth-dev-login=maybe"]).is_err());
     }
@@ -234,16 +231,37 @@ mod tests {
             "--ttl",
             "1h",
             "--auth-jwt-secret",
-            "cli-secret",
+            SECRET,
         ])
         .unwrap();
         let Command::Token(args) = cli.into_command() else {
             panic!("expected token");
         };
-        assert_eq!(args.auth.auth_jwt_secret.expose_secret(), "cli-secret");
-        let token = args.mint();
-        let keys = platform::auth::JwtKeys::new(b"cli-secret");
+        assert_eq!(
+            args.auth.auth_jwt_secret.as_ref().unwrap().expose_secret(),
+            SECRET
+        );
+        let token = args.mint().unwrap();
+        let keys = platform::auth::JwtKeys::new(SECRET.as_bytes());
         assert_eq!(keys.verify(&token).unwrap().as_str(), "alice");
+    }
+
+    #[test]
+    fn token_subcommand_refuses_a_short_secret_outside_dev_mode() {
+        let cli = Cli::try_parse_from([
+            "gateway",
+            "token",
+            "--user",
+            "alice",
+            "--auth-jwt-secret",
+            "short",
+        ])
+        .unwrap();
+        let Command::Token(args) = cli.into_command() else {
+            panic!("expected token");
+        };
+        let error = args.mint().unwrap_err().to_string();
+        assert!(error.contains("at least 32"), "{error}");
     }
 
     #[test]

@@ -310,17 +310,13 @@ impl IntoResponse for ApiError {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Self::Unauthorized(error) = &self {
-            // RFC 6750: say which scheme is expected, and whether the token was bad.
-            let challenge = match error {
-                AuthError::Missing => r#"Bearer realm="taskchat""#,
-                AuthError::Invalid | AuthError::Expired => {
-                    r#"Bearer realm="taskchat", error="invalid_token""#
-                }
-            };
+            // RFC 6750: say which scheme is expected, and whether the token was bad. The
+            // router's layer adds where the metadata is, and needs the error for that.
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
+                platform::auth::resource::challenge(crate::routes::REALM, *error, None),
             );
+            response.extensions_mut().insert(*error);
         }
         response
     }

@@ -15,7 +15,23 @@ use serde::de::DeserializeOwned;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The user a request acts for: the token's `sub`, which must equal the path's
+/// The user a bearer token names, verified. Missing, invalid or expired token → 401.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TokenUser(pub UserId);
+
+impl FromRequestParts<AppState> for TokenUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(parts.headers.get(header::AUTHORIZATION))?;
+        Ok(Self(state.verifier().verify(token).await?))
+    }
+}
+
+/// The user a request acts for: the token's user, which must equal the path's
 /// `{user_id}`. Missing, invalid or expired token → 401; another user's path → 403.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AuthUser(pub UserId);
@@ -27,8 +43,7 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer_token(parts.headers.get(header::AUTHORIZATION))?;
-        let user = state.keys().verify(token)?;
+        let TokenUser(user) = TokenUser::from_request_parts(parts, state).await?;
         let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|rejection| match rejection {

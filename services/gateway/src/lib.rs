@@ -55,13 +55,19 @@ impl App {
     /// Connects to NATS, makes sure the chat streams and the idempotency bucket exist,
     /// and binds the HTTP listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // First, so that unusable auth settings stop the start with their reason.
+        let verifier = config
+            .auth
+            .verifier()
+            .await
+            .context("refusing to start with these auth settings")?;
         let client = config.nats.connect(SERVICE_NAME).await?;
         // Long waits (replies, streams) end when the server stops; `run` cancels this.
         let shutdown = CancellationToken::new();
         let state = AppState::new(
             client,
             config.nats.subjects(),
-            config.auth.keys(),
+            verifier,
             Settings::from_config(&config),
             shutdown.clone(),
         );

@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().into_command() {
         Command::Token(args) => {
             // Only the token on stdout, so `TOKEN=$(gateway token --user demo)` works.
-            println!("{}", args.mint());
+            println!("{}", args.mint()?);
             Ok(())
         }
         Command::Serve(config) => {

@@ -1,5 +1,5 @@
 //! What every handler shares: the NATS client and JetStream context, the subject
-//! names, the token keys, the settings and the shutdown token.
+//! names, the token verifier, the settings and the shutdown token.
 //!
 //! Building the state touches no network, so routers can be tested without NATS;
 //! [`AppState::prepare`] creates the streams and the idempotency bucket at start-up.
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use platform::BusError;
-use platform::auth::JwtKeys;
+use platform::auth::TokenVerifier;
 use platform::streams::{QueueLimits, REPLY_RETENTION, ensure_chat_streams};
 use proto_schemas::Subjects;
 use tokio::sync::OnceCell;
@@ -31,6 +31,8 @@ pub struct Settings {
     pub body_read_timeout: Duration,
     pub dev_login: bool,
     pub dev_token_ttl: Duration,
+    /// The gateway's public URL (`GATEWAY_PUBLIC_URL`); None: from each request's Host.
+    pub public_url: Option<url::Url>,
     pub stream_replicas: usize,
     pub queue_limits: QueueLimits,
     /// Chat messages one user may send per minute (0: no limit).
@@ -45,8 +47,9 @@ impl Settings {
             max_body_bytes: config.max_body_bytes,
             body_read_timeout: config.body_read_timeout(),
             http: config.http,
-            dev_login: config.auth_dev_login,
+            dev_login: config.auth.auth_dev_login,
             dev_token_ttl: config.dev_token_ttl,
+            public_url: config.public_url.clone(),
             stream_replicas: config.nats.stream_replicas,
             queue_limits: QueueLimits {
                 per_user: config.max_turns_per_user,
@@ -67,7 +70,7 @@ struct Inner {
     client: async_nats::Client,
     jetstream: jetstream::Context,
     subjects: Subjects,
-    keys: JwtKeys,
+    verifier: TokenVerifier,
     settings: Settings,
     idempotency: OnceCell<kv::Store>,
     turn_rate: TurnRate,
@@ -88,7 +91,7 @@ impl AppState {
     pub fn new(
         client: async_nats::Client,
         subjects: Subjects,
-        keys: JwtKeys,
+        verifier: TokenVerifier,
         settings: Settings,
         shutdown: CancellationToken,
     ) -> Self {
@@ -99,7 +102,7 @@ impl AppState {
                 client,
                 jetstream,
                 subjects,
-                keys,
+                verifier,
                 settings,
                 idempotency: OnceCell::new(),
                 turn_rate,
@@ -133,8 +136,8 @@ impl AppState {
         &self.inner.subjects
     }
 
-    pub fn keys(&self) -> &JwtKeys {
-        &self.inner.keys
+    pub fn verifier(&self) -> &TokenVerifier {
+        &self.inner.verifier
     }
 
     pub fn settings(&self) -> &Settings {

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
-const SECRET: &[u8] = b"router-test-secret";
+const SECRET: &[u8] = b"router-test-secret-of-at-least-32-bytes";
 const MAX_BODY: usize = 16 * 1024;
 
 /// A state whose NATS client never connects (nothing listens on port 1).
@@ -33,11 +33,12 @@ async fn state(dev_login: bool) -> AppState {
         stream_replicas: 1,
         queue_limits: Default::default(),
         turns_per_minute: 0,
+        public_url: None,
     };
     AppState::new(
         client,
         Subjects::new("router"),
-        JwtKeys::new(SECRET),
+        JwtKeys::new(SECRET).into(),
         settings,
         CancellationToken::new(),
     )
@@ -207,6 +208,56 @@ async fn oversized_headers_get_431_with_the_error_body() {
         "headers_too_large",
     )
     .await;
+}
+
+#[tokio::test]
+async fn me_names_the_token_user_and_refusals_point_at_the_resource_metadata() {
+    let request = Request::get("/api/me")
+        .header(header::AUTHORIZATION, format!("Bearer {}", token("ada")))
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = send(state(false).await, request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"user_id": "ada"}));
+
+    // Refused with or without a token: the challenge says where the metadata is.
+    for (token, invalid) in [(None, false), (Some("not.a.jwt"), true)] {
+        let mut request = Request::get("/api/me").header(header::HOST, "chat.example:8080");
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let (status, headers, _) =
+            send(state(false).await, request.body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let challenge = headers[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert!(
+            challenge.starts_with("Bearer realm=\"taskchat\""),
+            "{challenge}"
+        );
+        assert_eq!(
+            challenge.contains("error=\"invalid_token\""),
+            invalid,
+            "{challenge}"
+        );
+        assert!(
+            challenge.contains(
+                "resource_metadata=\"http://chat.example:8080/.well-known/oauth-protected-resource\""
+            ),
+            "{challenge}"
+        );
+    }
+
+    // The document names the gateway; no issuer is configured, so no authorization server.
+    let request = Request::get("/.well-known/oauth-protected-resource")
+        .header(header::HOST, "chat.example:8080")
+        .header("x-forwarded-proto", "https")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = send(state(false).await, request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["resource"], "https://chat.example:8080/");
+    assert_eq!(body["bearer_methods_supported"], json!(["header"]));
+    assert!(body.get("authorization_servers").is_none(), "{body}");
 }
 
 /// An HS256 token with arbitrary claims, signed with the test secret.
@@ -404,6 +455,7 @@ async fn openapi_lists_every_route() {
             "get",
         ),
         ("/api/{user_id}/tasks", "get"),
+        ("/api/me", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
     ] {

@@ -26,7 +26,7 @@ use task_service::{App, Config};
 use testkit::{TestBus, TestDatabase};
 use tokio_util::sync::CancellationToken;
 
-const SECRET: &str = "bench-secret";
+const SECRET: &str = "task-service-bench-secret-of-32-bytes-or-more";
 const WARMUP: Duration = Duration::from_secs(1);
 const TASKS_PER_USER: u64 = 100;
 const CONCURRENCY: [usize; 2] = [1, 32];

@@ -8,7 +8,8 @@
 //!   command id, optimistic appends retried from fresh state.
 //! - [`nats`]: the queue-group request-reply subscription on `tasks.commands`.
 //! - [`mcp`]: the five tools over MCP (rmcp, streamable HTTP, stateless).
-//! - [`http`]: the axum router (`/mcp` behind bearer auth, `/healthz`).
+//! - [`http`]: the axum router (`/mcp` behind bearer auth, its RFC 9728 metadata,
+//!   `/healthz`).
 //!
 //! [`App::build`] connects and binds; [`App::run`] serves until a shutdown token is
 //! cancelled. `main` and the tests drive it the same way.
@@ -67,6 +68,11 @@ pub struct Config {
         default_value = "localhost,127.0.0.1,::1"
     )]
     pub mcp_allowed_hosts: Vec<String>,
+    /// The public URL of the MCP endpoint (e.g. https://tasks.example.com/mcp), named
+    /// in its OAuth protected-resource metadata and the 401 challenge that points at
+    /// it; when unset, taken from each request's Host header (and X-Forwarded-Proto).
+    #[arg(long, env = "MCP_PUBLIC_URL", value_parser = platform::config::parse_public_url)]
+    pub mcp_public_url: Option<url::Url>,
     /// Most NATS task commands this replica handles at once.
     #[arg(
         long,
@@ -82,6 +88,7 @@ pub struct Config {
 pub struct App {
     config: Config,
     handler: CommandHandler,
+    verifier: platform::auth::TokenVerifier,
     bus: async_nats::Client,
     subscriber: async_nats::Subscriber,
     listener: tokio::net::TcpListener,
@@ -92,6 +99,12 @@ impl App {
     /// Connects to Postgres (running the event log's migrations) and NATS, subscribes
     /// to the task commands and binds the HTTP listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // First, so that unusable auth settings stop the start with their reason.
+        let verifier = config
+            .auth
+            .verifier()
+            .await
+            .context("refusing to start with these auth settings")?;
         let store = config.database.open_event_store().await?;
         let bus = config.nats.connect(SERVICE_NAME).await?;
         let subjects = config.nats.subjects();
@@ -110,6 +123,7 @@ impl App {
         Ok(Self {
             config,
             handler,
+            verifier,
             bus,
             subscriber,
             listener,
@@ -144,7 +158,10 @@ impl App {
         let mcp_shutdown = CancellationToken::new();
         let router = http::router(
             self.handler,
-            config.auth.keys(),
+            http::Auth {
+                verifier: self.verifier,
+                public_url: config.mcp_public_url.clone(),
+            },
             &config.mcp_allowed_hosts,
             mcp_shutdown.clone(),
         );
@@ -204,6 +221,13 @@ mod tests {
             "--log-format",
             "--otlp-endpoint",
             "--auth-jwt-secret",
+            "--auth-dev-login",
+            "--auth-jwks-url",
+            "AUTH_ISSUER",
+            "AUTH_AUDIENCE",
+            "AUTH_USER_CLAIM",
+            "--mcp-public-url",
+            "MCP_PUBLIC_URL",
         ] {
             assert!(help.contains(setting), "--help does not mention {setting}");
         }

@@ -22,7 +22,7 @@ use proto_schemas::{CommandId, ConversationId, RequestId};
 use testkit::{ModelStub, Running, TestBus, TestDatabase, user_id};
 use tokio::task::JoinHandle;
 
-pub(crate) const SECRET: &str = "agent-worker-test-secret";
+pub(crate) const SECRET: &str = "agent-worker-test-secret-of-32-bytes-or-more";
 /// Generous: the machine is small and shared.
 pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 

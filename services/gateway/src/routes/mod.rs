@@ -4,6 +4,7 @@
 pub(crate) mod chat;
 pub(crate) mod dev;
 pub(crate) mod health;
+pub(crate) mod identity;
 pub(crate) mod reads;
 pub(crate) mod stream;
 
@@ -24,6 +25,8 @@ use crate::api;
 use crate::error::{ApiError, ErrorBody, ErrorDetail};
 use crate::state::AppState;
 
+pub(crate) use identity::REALM;
+
 /// The path of the development login route, present only with `AUTH_DEV_LOGIN=true`.
 pub(crate) const DEV_TOKEN_PATH: &str = "/api/dev/token";
 
@@ -32,7 +35,7 @@ pub(crate) const DEV_TOKEN_PATH: &str = "/api/dev/token";
 #[openapi(
     info(
         title = "taskchat",
-        description = "An AI assistant that manages your todo list through chat. Send `Authorization: Bearer <JWT>` (HS256, `sub` = user id) on every `/api/{user_id}/…` route."
+        description = "An AI assistant that manages your todo list through chat. Send `Authorization: Bearer <JWT>` on every `/api/{user_id}/…` route: an HS256 token signed with the deployment's secret (`sub` = user id), or a token of the deployment's identity provider (RS256, ES256 or EdDSA, checked against its JWKS). `GET /api/me` says which user a token acts for."
     ),
     paths(
         chat::post_chat,
@@ -40,6 +43,7 @@ pub(crate) const DEV_TOKEN_PATH: &str = "/api/dev/token";
         reads::get_tasks,
         reads::get_conversations,
         reads::get_messages,
+        identity::get_me,
         dev::post_dev_token,
         health::healthz,
         health::readyz,
@@ -87,6 +91,10 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
+                    .description(Some(
+                        "HS256 signed with AUTH_JWT_SECRET (`sub` = user id), or an identity \
+                         provider's RS256/ES256/EdDSA token checked against AUTH_JWKS_URL",
+                    ))
                     .build(),
             ),
         );
@@ -140,7 +148,12 @@ pub fn router(state: AppState) -> Router {
             "/api/{user_id}/conversations/{conversation_id}/messages",
             get(reads::get_messages),
         )
-        .route("/api/{user_id}/tasks", get(reads::get_tasks));
+        .route("/api/{user_id}/tasks", get(reads::get_tasks))
+        .route("/api/me", get(identity::get_me))
+        .route(
+            platform::auth::resource::METADATA_PATH,
+            get(identity::protected_resource),
+        );
     if settings.dev_login {
         routes = routes.route(DEV_TOKEN_PATH, post(dev::post_dev_token));
     }
@@ -150,6 +163,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .layer(axum::middleware::from_fn(crate::extract::limit_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            identity::point_challenges_at_metadata,
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)

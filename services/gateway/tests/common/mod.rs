@@ -19,7 +19,7 @@ use proto_schemas::chat::{ChatOutcome, ChatReply, ChatRequest, ChatStreamChunk};
 use testkit::{Running, TestBus, user_id};
 use tokio::task::JoinHandle;
 
-pub(crate) const SECRET: &str = "gateway-test-secret";
+pub(crate) const SECRET: &str = "gateway-test-secret-of-at-least-32-bytes";
 
 /// A running gateway and the bus it is on.
 pub(crate) struct Gateway {

@@ -15,7 +15,7 @@ use proto_schemas::tasks::{TaskCommand, TaskCommandReply, ToolCall};
 use task_service::{App, Config};
 use testkit::{Running, TestBus, TestDatabase, user_id};
 
-pub(crate) const SECRET: &str = "task-service-test-secret";
+pub(crate) const SECRET: &str = "task-service-test-secret-of-32-bytes-or-more";
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One running replica.
