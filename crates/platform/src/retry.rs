@@ -19,6 +19,13 @@ pub fn bus_outage() -> ExponentialBuilder {
     schedule(Duration::from_millis(200), Duration::from_secs(2), 8)
 }
 
+/// For a request to another service that may be restarting or briefly overloaded:
+/// `attempts` tries in all (at least one), pauses doubling from 200 ms up to 3 s.
+pub fn service_call(attempts: u32) -> ExponentialBuilder {
+    let retries = usize::try_from(attempts.saturating_sub(1)).unwrap_or(usize::MAX);
+    schedule(Duration::from_millis(200), Duration::from_secs(3), retries)
+}
+
 /// Pauses doubling from `first` up to `longest`, each jittered, for `retries` more tries.
 fn schedule(first: Duration, longest: Duration, retries: usize) -> ExponentialBuilder {
     ExponentialBuilder::default()

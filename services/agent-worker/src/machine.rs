@@ -30,6 +30,26 @@ use serde_json::Value;
 /// commands.
 pub const MAX_CALLS_PER_STEP: usize = 16;
 
+/// The most bytes of one tool's result that a turn records and shows the model. Well
+/// under the bus's 1 MiB payload limit (the result travels in the turn's events and
+/// its reply), and still room for hundreds of tasks in one list.
+pub const MAX_TOOL_RESULT_BYTES: usize = 128 * 1024;
+
+/// `result`, or the error the model reads instead when it is larger than
+/// [`MAX_TOOL_RESULT_BYTES`]: a result that is too large is not recorded at all.
+pub fn bounded_result(result: Value) -> Value {
+    let size = serde_json::to_vec(&result).map_or(usize::MAX, |bytes| bytes.len());
+    if size <= MAX_TOOL_RESULT_BYTES {
+        return result;
+    }
+    serde_json::json!({
+        "error": format!(
+            "The tool's result was {size} bytes, more than the {MAX_TOOL_RESULT_BYTES} bytes \
+             one tool call may return. Ask for less, e.g. list_tasks with a status filter."
+        )
+    })
+}
+
 /// Why a request is refused before anything is recorded (the gateway checks the same;
 /// the worker does not trust the queue to hold only what the gateway let through).
 pub fn invalid_message(request: &ChatRequest) -> Option<String> {
@@ -635,6 +655,18 @@ mod tests {
             recorded_call_id(&state, "dup", 1, 1, &["dup".into()]),
             "call_1_1"
         );
+    }
+
+    #[test]
+    fn oversized_tool_results_become_an_error_the_model_reads() {
+        let small = serde_json::json!([{"id": 1, "title": "Milk"}]);
+        assert_eq!(bounded_result(small.clone()), small);
+        let task = serde_json::json!({"id": 1, "title": "x".repeat(200)});
+        let huge = Value::Array(vec![task; 1_000]);
+        let bounded = bounded_result(huge);
+        let message = bounded["error"].as_str().unwrap();
+        assert!(message.contains("131072 bytes"), "{message}");
+        assert!(serde_json::to_vec(&bounded).unwrap().len() < 1024);
     }
 
     #[test]

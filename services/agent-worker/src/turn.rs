@@ -499,7 +499,7 @@ impl Worker {
         };
         self.publish_chunk(request.request_id, &chunk).await;
         let result = match tool_command(&self.tools, request, call) {
-            Ok(command) => self.send_command(&command).await?,
+            Ok(command) => machine::bounded_result(self.send_command(&command).await?),
             Err(refusal) => {
                 tracing::info!(tool = %call.name, result = %refusal, "tool call refused before sending");
                 refusal
@@ -516,11 +516,13 @@ impl Worker {
     }
 
     /// Sends a task command, retrying (with the same command id, so it applies once)
-    /// while task-service is unreachable, slow or reports itself unavailable.
+    /// while task-service is unreachable, slow or reports itself unavailable; a
+    /// failure that another try cannot cure ends at once.
     async fn send_command(&self, command: &TaskCommand) -> Result<Value, TurnError> {
-        let mut wait = Duration::from_millis(200);
-        let mut reason = String::new();
-        for attempt in 1..=self.settings.tool_attempts.max(1) {
+        use backon::Retryable as _;
+
+        let name = command.call.name();
+        let attempt = || async {
             let reply = platform::bus::request_json::<_, TaskCommandReply>(
                 &self.bus,
                 self.subjects.task_commands(),
@@ -529,35 +531,28 @@ impl Worker {
             )
             .await;
             match reply {
-                Ok(TaskCommandReply::Applied { output }) => {
-                    return Ok(serde_json::to_value(output)
-                        .unwrap_or_else(|error| json!({"error": error.to_string()})));
-                }
-                Ok(TaskCommandReply::Unavailable { reason: why }) => reason = why,
-                Err(error) if error.is_transient() => reason = platform::error_chain(&error),
-                Err(error) => {
-                    return Err(TurnError::ToolUnavailable {
-                        name: command.call.name().to_owned(),
-                        reason: platform::error_chain(&error),
-                    });
-                }
+                Ok(TaskCommandReply::Applied { output }) => Ok(serde_json::to_value(output)
+                    .unwrap_or_else(|error| json!({"error": error.to_string()}))),
+                Ok(TaskCommandReply::Unavailable { reason }) => Err((true, reason)),
+                Err(error) => Err((error.is_transient(), platform::error_chain(&error))),
             }
-            tracing::warn!(
-                attempt,
-                tool = command.call.name(),
-                command_id = %command.command_id,
-                %reason,
-                "task command failed, retrying"
-            );
-            if attempt < self.settings.tool_attempts {
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(3));
-            }
-        }
-        Err(TurnError::ToolUnavailable {
-            name: command.call.name().to_owned(),
-            reason,
-        })
+        };
+        attempt
+            .retry(platform::retry::service_call(self.settings.tool_attempts))
+            .when(|(transient, _)| *transient)
+            .notify(|(_, reason), _| {
+                tracing::warn!(
+                    tool = name,
+                    command_id = %command.command_id,
+                    %reason,
+                    "task command failed, retrying"
+                );
+            })
+            .await
+            .map_err(|(_, reason)| TurnError::ToolUnavailable {
+                name: name.to_owned(),
+                reason,
+            })
     }
 
     /// Publishes the final reply to the replies stream, where the gateway (or a retried
