@@ -45,6 +45,7 @@ async fn run() -> anyhow::Result<()> {
         reply_timeout_secs: 60,
         // Only the turns-in-flight limit refuses the flood here, not the message rate.
         env: vec![("GATEWAY_TURNS_PER_MINUTE", "0".into())],
+        ..Default::default()
     })
     .await?;
     let http = reqwest::Client::builder()

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use platform::auth::JwtKeys;
-use testkit::{TestBus, TestDatabase, free_port};
+use testkit::{NatsServer, TestBus, TestDatabase, free_port};
 use tokio::process::{Child, Command};
 
 /// The secret the stack's services sign and verify tokens with.
@@ -30,6 +30,9 @@ pub struct StackOptions {
     pub reply_timeout_secs: u64,
     /// More environment for every service (a setting under test), set last.
     pub env: Vec<(&'static str, String)>,
+    /// Run the stack on a NATS server of its own ([`Stack::nats_server`]), which the
+    /// test may kill and restart, instead of the machine's shared one.
+    pub own_nats: bool,
 }
 
 impl Default for StackOptions {
@@ -40,6 +43,7 @@ impl Default for StackOptions {
             dev_login: true,
             reply_timeout_secs: 30,
             env: Vec::new(),
+            own_nats: false,
         }
     }
 }
@@ -104,6 +108,9 @@ pub struct Stack {
     pub llm: String,
     pub db: TestDatabase,
     pub bus: TestBus,
+    /// The stack's own NATS server, with [`StackOptions::own_nats`]; after `bus`, so
+    /// that the bus cleans up before the server goes.
+    nats: Option<NatsServer>,
     pub keys: JwtKeys,
     pub options: StackOptions,
     http: reqwest::Client,
@@ -157,7 +164,15 @@ impl Stack {
 
     async fn try_start(options: StackOptions) -> Result<Self, StartError> {
         let db = TestDatabase::create().await?;
-        let bus = TestBus::new().await?;
+        let nats = if options.own_nats {
+            Some(NatsServer::start().await?)
+        } else {
+            None
+        };
+        let bus = match &nats {
+            Some(server) => TestBus::at(server.url.clone()).await?,
+            None => TestBus::new().await?,
+        };
         let logs = binary("gateway")
             .parent()
             .expect("target dir")
@@ -202,6 +217,7 @@ impl Stack {
             llm,
             db,
             bus,
+            nats,
             keys: JwtKeys::new(JWT_SECRET.as_bytes()),
             options: options.clone(),
             http: reqwest::Client::builder()
@@ -255,6 +271,13 @@ impl Stack {
         self.services
             .insert(name.to_owned(), Service { child, log });
         Ok(())
+    }
+
+    /// The stack's own NATS server (started with [`StackOptions::own_nats`]).
+    pub fn nats_server(&mut self) -> &mut NatsServer {
+        self.nats
+            .as_mut()
+            .expect("the stack was started with StackOptions::own_nats")
     }
 
     /// Kills a service with SIGKILL and waits for it to be gone.

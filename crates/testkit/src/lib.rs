@@ -6,7 +6,8 @@
 //! Services and stubs run in-process as a [`Running`] task; [`ModelStub`] is a scripted
 //! OpenAI-compatible server and [`read_events`] reads a Server-Sent Events response;
 //! [`expect_json`] and [`open_event_stream`] check an HTTP answer's status and body;
-//! [`TestIdp`] is an identity provider serving a JWKS of keys made in the test.
+//! [`TestIdp`] is an identity provider serving a JWKS of keys made in the test;
+//! [`NatsServer`] is a NATS server of the test's own, to kill and restart.
 //!
 //! Both fixtures clean up after themselves when dropped, best effort: a test that
 //! crashes the process can leave a `test_…` database or `T…` streams behind, which
@@ -22,12 +23,14 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 mod http;
 mod idp;
 mod model_stub;
+mod nats_server;
 mod running;
 mod sse;
 
 pub use http::{expect_json, open_event_stream};
 pub use idp::{KeyKind, TestIdp, TestKey};
 pub use model_stub::{ModelStub, Requests, Scripted};
+pub use nats_server::NatsServer;
 pub use running::Running;
 pub use sse::{SseEvent, read_events};
 
@@ -160,8 +163,12 @@ impl TestBus {
     /// Connects to the test NATS server under a new prefix. Unlike services, fails
     /// at once when the server is unreachable.
     pub async fn new() -> anyhow::Result<Self> {
+        Self::at(nats_url()).await
+    }
+
+    /// [`Self::new`] on the server at `nats_url` (a [`NatsServer`]'s, say).
+    pub async fn at(nats_url: String) -> anyhow::Result<Self> {
         let prefix = format!("t{}", random_hex12());
-        let nats_url = nats_url();
         let client = async_nats::ConnectOptions::new()
             .name(format!("testkit-{prefix}"))
             .connect(nats_url.as_str())

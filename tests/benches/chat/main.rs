@@ -141,6 +141,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         // The clients are synthetic users sending turns back to back, far faster than
         // a person: the per-user message rate would refuse most of them.
         env: vec![("GATEWAY_TURNS_PER_MINUTE", "0".into())],
+        ..Default::default()
     })
     .await?;
     println!("service logs: {}\n", stack.logs().display());
