@@ -8,7 +8,8 @@
 #   make bench-gateway       POST /api/{user}/chat, whole stack: turns/s and p50/p90/p99 at 1
 #                            and 64 users, CPU ms and SQL statements per turn, a 1,000-turn
 #                            conversation's first turns against its last; then one user
-#                            flooding (200 turns at once) against a calm user's latency
+#                            flooding (200 turns at once) against a calm user's latency;
+#                            then a worker killed under load: how long its turns wait
 #   make replay / verify     rebuild the read models / check them against the log
 #   make lint             rustfmt check and clippy with warnings as errors
 #   make schemas          regenerate proto-schemas/schemas/*.json from the Rust types
@@ -78,6 +79,7 @@ bench-gateway: services
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench -p system-tests --bench chat
 	$(CARGO) bench -p system-tests --bench flood
+	$(CARGO) bench -p system-tests --bench failover
 
 # Rebuild every read model from the event log (swapped in while queries go on), and
 # check the live read models against a fresh fold of the log.

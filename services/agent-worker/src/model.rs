@@ -21,7 +21,7 @@ use futures::StreamExt as _;
 use secrecy::ExposeSecret as _;
 
 use crate::provider::Provider;
-use crate::transport::{RetryPolicy, RetryingTransport, jitter};
+use crate::transport::{RetryPolicy, RetryingTransport};
 
 /// How long a connection to the model server may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -155,21 +155,23 @@ impl ModelClient {
         request: &CreateChatCompletionRequest,
         on_text: &mut (impl FnMut(String) + Send),
     ) -> Result<ModelStep, ModelError> {
-        let policy = &self.settings.retry;
-        let mut retry = 0;
+        use backon::BackoffBuilder as _;
+
+        // Not `Retryable`: each attempt borrows `on_text` mutably, which a retried
+        // closure cannot lend out; the schedule is the same.
+        let mut pauses = self.settings.retry.backoff().build();
         loop {
             match self.stream_once(request, on_text).await {
                 // A stream that broke half-way is asked again from the start. Text
                 // already streamed is streamed again: the deltas are a live preview,
                 // the final reply is what counts.
-                Err(ModelError::Stream(reason)) if retry < policy.max_retries => {
-                    let wait = policy
-                        .delay(retry, &crate::transport::Failure::Connect, jitter())
-                        .unwrap_or(policy.base_delay);
-                    tracing::warn!(%reason, retry = retry + 1, "model stream broke, asking again");
-                    tokio::time::sleep(wait).await;
-                    retry += 1;
-                }
+                Err(ModelError::Stream(reason)) => match pauses.next() {
+                    Some(wait) => {
+                        tracing::warn!(%reason, "model stream broke, asking again");
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => return Err(ModelError::Stream(reason)),
+                },
                 other => return other,
             }
         }

@@ -4,8 +4,9 @@
 //!
 //! async-openai's own client retries too (a fixed three times, no cap on
 //! `Retry-After`); installing this transport with `Client::with_http_service`
-//! replaces that, so attempts are counted once and configured here. The delay
-//! arithmetic is pure and unit-tested; [`RetryingTransport`] is the I/O around it.
+//! replaces that, so attempts are counted once and configured here. The schedule is
+//! the workspace's ([`platform::retry`]); what is retried and how `Retry-After`
+//! changes a pause is pure and unit-tested; [`RetryingTransport`] is the I/O around it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,27 +31,29 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The wait before retry number `retry` (0 for the first retry) after `failure`,
-    /// or `None` when the failure is final (not retryable, retries used up, or the
-    /// server asked for a longer wait than allowed). `jitter` in [0, 1) spreads
-    /// retries of many workers apart.
-    pub fn delay(&self, retry: u32, failure: &Failure, jitter: f64) -> Option<Duration> {
-        if retry >= self.max_retries || !failure.is_retryable() {
-            return None;
+    /// The backoff between attempts: the workspace's exponential schedule
+    /// ([`platform::retry::exponential`]) with this policy's bounds.
+    pub fn backoff(&self) -> backon::ExponentialBuilder {
+        platform::retry::exponential(
+            self.base_delay,
+            self.max_delay,
+            usize::try_from(self.max_retries).unwrap_or(usize::MAX),
+        )
+    }
+
+    /// The wait before the next attempt after `failure`, given the schedule's `next`
+    /// pause (`None` once retries are used up): the server's `Retry-After` when it
+    /// sent one, or `None` (give up) when it asks for more than
+    /// [`Self::max_retry_after`].
+    pub fn adjust(&self, failure: &Failure, next: Option<Duration>) -> Option<Duration> {
+        let next = next?;
+        match failure {
+            Failure::Status {
+                retry_after: Some(wait),
+                ..
+            } => (*wait <= self.max_retry_after).then_some(*wait),
+            _ => Some(next),
         }
-        if let Failure::Status {
-            retry_after: Some(wait),
-            ..
-        } = failure
-        {
-            return (*wait <= self.max_retry_after).then_some(*wait);
-        }
-        let exponential = self
-            .base_delay
-            .saturating_mul(2u32.saturating_pow(retry))
-            .min(self.max_delay);
-        // Up to a quarter more, so that workers hit by the same outage spread out.
-        Some(exponential.mul_f64(1.0 + jitter.clamp(0.0, 1.0) / 4.0))
     }
 }
 
@@ -104,13 +107,6 @@ fn finite_secs(secs: f64) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
-/// A jitter value in [0, 1) without a random-number crate: the random bits of a
-/// fresh UUIDv7.
-pub fn jitter() -> f64 {
-    let random = uuid::Uuid::now_v7().as_u128() as u64 & 0xFFFF;
-    random as f64 / 65_536.0
-}
-
 /// The tower service async-openai sends every request through.
 #[derive(Debug, Clone)]
 pub struct RetryingTransport {
@@ -139,47 +135,64 @@ impl tower::Service<HttpRequestFactory> for RetryingTransport {
         let client = self.client.clone();
         let policy = self.policy.clone();
         Box::pin(async move {
-            let mut retry = 0;
-            loop {
-                let request = factory.build().await?;
-                let (failure, result) = match client.execute(request).await {
-                    Ok(response) if response.status().is_success() => return Ok(response),
-                    Ok(response) => {
-                        let failure = Failure::Status {
+            use backon::Retryable as _;
+
+            let attempt = || async {
+                let request = factory.build().await.map_err(Attempt::Build)?;
+                match client.execute(request).await {
+                    Ok(response) if response.status().is_success() => Ok(response),
+                    Ok(response) => Err(Attempt::Failed(
+                        Failure::Status {
                             status: response.status().as_u16(),
                             retry_after: retry_after(response.headers()),
-                        };
-                        (failure, Ok(response))
+                        },
+                        Ok(response),
+                    )),
+                    Err(error) if error.is_connect() => {
+                        Err(Attempt::Failed(Failure::Connect, Err(error)))
                     }
-                    Err(error) if error.is_connect() => (Failure::Connect, Err(error)),
-                    Err(error) => (Failure::Other, Err(error)),
-                };
-                let Some(wait) = policy.delay(retry, &failure, jitter()) else {
-                    // The final answer: async-openai turns an error status into an
-                    // `ApiError` carrying it.
-                    return result.map_err(OpenAIError::Reqwest);
-                };
-                match &result {
-                    Ok(response) => tracing::warn!(
-                        status = response.status().as_u16(),
-                        retry = retry + 1,
-                        wait_ms = wait.as_millis() as u64,
-                        "model server answered with an error, retrying"
-                    ),
-                    Err(error) => tracing::warn!(
-                        %error,
-                        retry = retry + 1,
-                        wait_ms = wait.as_millis() as u64,
-                        "model server unreachable, retrying"
-                    ),
+                    Err(error) => Err(Attempt::Failed(Failure::Other, Err(error))),
                 }
-                // Release the connection before sleeping.
-                drop(result);
-                tokio::time::sleep(wait).await;
-                retry += 1;
+            };
+            let answer = attempt
+                .retry(policy.backoff())
+                .when(|attempt| matches!(attempt, Attempt::Failed(failure, _) if failure.is_retryable()))
+                .adjust(|attempt, next| match attempt {
+                    Attempt::Failed(failure, _) => policy.adjust(failure, next),
+                    Attempt::Build(_) => None,
+                })
+                .notify(|attempt, wait| {
+                    let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                    match attempt {
+                        Attempt::Failed(_, Ok(response)) => tracing::warn!(
+                            status = response.status().as_u16(),
+                            wait_ms,
+                            "model server answered with an error, retrying"
+                        ),
+                        Attempt::Failed(_, Err(error)) => {
+                            tracing::warn!(%error, wait_ms, "model server unreachable, retrying")
+                        }
+                        Attempt::Build(_) => {}
+                    }
+                })
+                .await;
+            match answer {
+                Ok(response) => Ok(response),
+                // The final answer: async-openai turns an error status into an
+                // `ApiError` carrying it.
+                Err(Attempt::Failed(_, Ok(response))) => Ok(response),
+                Err(Attempt::Failed(_, Err(error))) => Err(OpenAIError::Reqwest(error)),
+                Err(Attempt::Build(error)) => Err(error),
             }
         })
     }
+}
+
+/// How one attempt went wrong: the request could not be built (final), or it failed
+/// with the response or error to hand back if it is the last.
+enum Attempt {
+    Build(OpenAIError),
+    Failed(Failure, Result<reqwest::Response, reqwest::Error>),
 }
 
 #[cfg(test)]
@@ -205,50 +218,49 @@ mod tests {
     }
 
     #[test]
-    fn retryable_failures_back_off_exponentially_up_to_the_limit() {
-        let p = policy();
-        assert_eq!(
-            p.delay(0, &status(503), 0.0),
-            Some(Duration::from_millis(500))
-        );
-        assert_eq!(p.delay(1, &status(429), 0.0), Some(Duration::from_secs(1)));
-        assert_eq!(
-            p.delay(2, &Failure::Connect, 0.0),
-            Some(Duration::from_secs(2))
-        );
-        assert_eq!(p.delay(3, &status(503), 0.0), None, "retries used up");
-        let capped = RetryPolicy {
-            max_retries: 10,
-            ..p
-        };
-        assert_eq!(
-            capped.delay(6, &status(500), 0.0),
-            Some(Duration::from_secs(4))
-        );
-        let jittered = policy().delay(0, &status(503), 0.99).unwrap();
-        assert!(jittered > Duration::from_millis(500) && jittered < Duration::from_millis(625));
+    fn only_rate_limits_server_errors_and_refused_connections_are_retried() {
+        for code in [429, 500, 502, 503] {
+            assert!(status(code).is_retryable(), "{code}");
+        }
+        for code in [400, 401, 403, 404, 422] {
+            assert!(!status(code).is_retryable(), "{code}");
+        }
+        assert!(Failure::Connect.is_retryable());
+        assert!(!Failure::Other.is_retryable());
     }
 
     #[test]
-    fn client_errors_are_final() {
-        for code in [400, 401, 403, 404, 422] {
-            assert_eq!(policy().delay(0, &status(code), 0.0), None, "{code}");
+    fn the_schedule_backs_off_exponentially_up_to_the_limit() {
+        use backon::BackoffBuilder as _;
+
+        let pauses: Vec<Duration> = policy().backoff().build().collect();
+        assert_eq!(pauses.len(), 3, "max_retries pauses: {pauses:?}");
+        // Each pause is its exponential step plus jitter of up to the step again.
+        for (pause, step) in pauses.iter().zip([500, 1_000, 2_000]) {
+            let step = Duration::from_millis(step);
+            assert!(
+                *pause >= step && *pause <= step * 2,
+                "{pause:?} for {step:?}"
+            );
         }
-        assert_eq!(policy().delay(0, &Failure::Other, 0.0), None);
     }
 
     #[test]
     fn retry_after_is_honoured_within_its_cap() {
+        let next = Some(Duration::from_millis(500));
+        assert_eq!(policy().adjust(&status(503), next), next);
+        assert_eq!(policy().adjust(&status(503), None), None, "retries used up");
         let asked = Failure::Status {
             status: 429,
             retry_after: Some(Duration::from_secs(7)),
         };
-        assert_eq!(policy().delay(0, &asked, 0.5), Some(Duration::from_secs(7)));
+        assert_eq!(policy().adjust(&asked, next), Some(Duration::from_secs(7)));
+        assert_eq!(policy().adjust(&asked, None), None, "retries used up");
         let too_long = Failure::Status {
             status: 429,
             retry_after: Some(Duration::from_secs(120)),
         };
-        assert_eq!(policy().delay(0, &too_long, 0.0), None);
+        assert_eq!(policy().adjust(&too_long, next), None);
     }
 
     #[test]
@@ -274,13 +286,5 @@ mod tests {
         assert_eq!(retry_after(&headers), None);
         headers.insert(RETRY_AFTER, HeaderValue::from_static("-1"));
         assert_eq!(retry_after(&headers), None);
-    }
-
-    #[test]
-    fn jitter_stays_in_range() {
-        for _ in 0..100 {
-            let j = jitter();
-            assert!((0.0..1.0).contains(&j));
-        }
     }
 }
