@@ -168,7 +168,7 @@ fn past_token(stack: &Stack) -> String {
 
 /// A client that sends its body too slowly gets 408 with the error body and the
 /// connection closed; one that never finishes its request head, or sits idle on a
-/// keep-alive connection, is disconnected.
+/// keep-alive connection, is disconnected; oversized headers get 431 with the body.
 #[tokio::test]
 async fn slow_and_idle_connections_are_closed() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -234,6 +234,21 @@ async fn slow_and_idle_connections_are_closed() {
         .await
         .expect("the gateway closes an idle keep-alive connection")
         .ok();
+
+    // Headers past the gateway's limit: 431 with the error body, not hyper's bare one.
+    let mut oversized = stack
+        .http()
+        .get(format!("{}/api/erin/tasks", stack.gateway))
+        .bearer_auth(&token);
+    for index in 0..120 {
+        oversized = oversized.header(format!("x-filler-{index}"), "1");
+    }
+    let response = oversized.send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    assert_error(&response.json().await.unwrap(), "headers_too_large");
 
     // Nothing above reached the log.
     let tasks = stack.get_ok("erin", "/api/erin/tasks").await;
