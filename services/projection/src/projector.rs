@@ -59,27 +59,39 @@ impl Writer {
     /// Projects while this replica holds the writer lock, stands by while another
     /// does, and retries after failures, until `shutdown`.
     pub(crate) async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = self.settings.retry_delay;
+        let mut pauses = self.pauses();
         while !shutdown.is_cancelled() {
-            match self.hold_lock_and_project(&shutdown, &mut backoff).await {
+            match self.hold_lock_and_project(&shutdown, &mut pauses).await {
                 Ok(()) => break,
                 Err(error) => {
-                    tracing::error!(%error, retry_in = ?backoff, "projecting the event log failed");
+                    // The schedule never runs out; the fallback only satisfies the type.
+                    let pause = pauses.next().unwrap_or(MAX_BACKOFF);
+                    tracing::error!(%error, retry_in = ?pause, "projecting the event log failed");
                     tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(pause) => {}
                         () = shutdown.cancelled() => break,
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
         tracing::info!("projector stopped");
     }
 
+    /// The pauses between attempts after failures: the workspace's schedule from
+    /// `retry_delay` up to [`MAX_BACKOFF`], for as long as the process runs, started
+    /// afresh once a batch goes through.
+    fn pauses(&self) -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder as _;
+
+        platform::retry::exponential(self.settings.retry_delay, MAX_BACKOFF, 0)
+            .without_max_times()
+            .build()
+    }
+
     async fn hold_lock_and_project(
         &self,
         shutdown: &CancellationToken,
-        backoff: &mut Duration,
+        pauses: &mut backon::ExponentialBackoff,
     ) -> Result<(), ProjectionError> {
         // A connection of its own, never returned to the pool: the session lock lives
         // as long as it does.
@@ -89,7 +101,7 @@ impl Writer {
                 return Ok(());
             }
             tracing::info!("took the writer lock, projecting the event log");
-            self.project(&mut conn, shutdown, backoff).await
+            self.project(&mut conn, shutdown, pauses).await
         }
         .await;
         // Closing ends the session, which releases the lock for a stand-by.
@@ -128,7 +140,7 @@ impl Writer {
         &self,
         conn: &mut PgConnection,
         shutdown: &CancellationToken,
-        backoff: &mut Duration,
+        pauses: &mut backon::ExponentialBackoff,
     ) -> Result<(), ProjectionError> {
         loop {
             // (Re)start from the stored checkpoint: at start-up, and after a replay
@@ -204,7 +216,7 @@ impl Writer {
                             "applied a batch"
                         );
                         at = applied.checkpoint;
-                        *backoff = self.settings.retry_delay;
+                        *pauses = self.pauses();
                         trace_projected(&batch);
                     }
                     Err(ProjectionError::CheckpointMoved { .. }) => {
