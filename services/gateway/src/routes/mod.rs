@@ -51,6 +51,7 @@ pub(crate) const DEV_TOKEN_PATH: &str = "/api/dev/token";
         api::DeltaEvent,
         api::ToolCallStartedEvent,
         api::ToolCallFinishedEvent,
+        api::ChatStreamEvent,
         api::TaskStatusParam,
         api::TaskItem,
         api::TaskPage,
