@@ -106,12 +106,16 @@ async def main(mode: str) -> None:
             nonlocal history
             result = await Runner.run(agent, history + [{"role": "user", "content": message}])
             history = result.to_input_list()
-            called = [
-                item.raw_item.name for item in result.new_items if isinstance(item, ToolCallItem)
-            ]
+            calls = [item.raw_item for item in result.new_items if isinstance(item, ToolCallItem)]
+            called = [call.name for call in calls]
             reply = str(result.final_output)
-            print(f"[{mode}] {message!r} -> {called} {reply!r}")
+            print(f"[{mode}] {message!r} -> {[(c.name, c.arguments) for c in calls]} {reply!r}")
             assert called == [tool], f"{message!r}: called {called}, expected [{tool}]"
+            # Strict schemas make every property required, so the model sends user_id,
+            # as null (never a guessed user); otherwise it leaves it out.
+            user_ids = [json.loads(call.arguments).get("user_id", "absent") for call in calls]
+            expected = None if mode == "strict" else "absent"
+            assert user_ids == [expected], f"{message!r}: user_id {user_ids}, expected {expected!r}"
             assert reply_has in reply, f"{message!r}: {reply!r} does not say {reply_has!r}"
             return reply
 

@@ -31,6 +31,8 @@ async fn converse(stack: &Stack, user: &str, mode: &str) {
         output.contains(&format!("[{mode}] agents sdk conversation passed")),
         "the conversation did not run to its end:\n{output}"
     );
+    // The turns, for whoever reads the test's output.
+    println!("{output}");
 }
 
 #[tokio::test]
