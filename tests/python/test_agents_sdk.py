@@ -13,7 +13,10 @@ Run by tests/tests/agents_sdk.rs, which starts the stack and sets:
   TASKCHAT_GATEWAY_URL  the gateway's base URL
   TASKCHAT_USER         the user the token is for
   TASKCHAT_TOKEN        a bearer token for TASKCHAT_USER
-and one argument, `strict` or `loose`: the MCP setting `convert_schemas_to_strict`.
+and one argument, `strict` or `loose`: the MCP setting `convert_schemas_to_strict`;
+or `failure`, which also needs TASKCHAT_TASK_SERVICE_PID: it adds a task, kills
+task-service (SIGKILL, as a crash would), and asks for another, which the SDK reports to
+the model with its failure text; the reply must say the task was not added.
 Exits 0 when every check passed; otherwise prints what differed and exits 1.
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 import urllib.request
@@ -67,9 +71,21 @@ def wait_for_tasks(gateway: str, user: str, token: str, expected: list[dict[str,
         time.sleep(0.1)
 
 
+def wait_until_down(url: str) -> None:
+    """Waits until nothing answers at `url` any more."""
+    deadline = time.monotonic() + READ_TIMEOUT_SECS
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+        except OSError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{url} still answers after task-service was killed")
+
+
 async def main(mode: str) -> None:
-    if mode not in ("strict", "loose"):
-        sys.exit(f"usage: {sys.argv[0]} strict|loose (got {mode!r})")
+    if mode not in ("strict", "loose", "failure"):
+        sys.exit(f"usage: {sys.argv[0]} strict|loose|failure (got {mode!r})")
     gateway, user, token = env("TASKCHAT_GATEWAY_URL"), env("TASKCHAT_USER"), env("TASKCHAT_TOKEN")
     set_tracing_disabled(True)
     model = OpenAIChatCompletionsModel(
@@ -118,6 +134,20 @@ async def main(mode: str) -> None:
             assert user_ids == [expected], f"{message!r}: user_id {user_ids}, expected {expected!r}"
             assert reply_has in reply, f"{message!r}: {reply!r} does not say {reply_has!r}"
             return reply
+
+        if mode == "failure":
+            await say("add a task to buy bread", "add_task", "added task #1")
+            bread = [{"id": 1, "title": "Buy bread", "completed": False}]
+            wait_for_tasks(gateway, user, token, bread)
+            os.kill(int(env("TASKCHAT_TASK_SERVICE_PID")), signal.SIGKILL)
+            wait_until_down(env("TASKCHAT_MCP_URL").removesuffix("/mcp") + "/healthz")
+            # The SDK turns the failed call into its failure text for the model; the
+            # reply must say the task was not added, never that it was.
+            failed = await say("add a task to buy eggs", "add_task", "couldn't add \"Buy eggs\"")
+            assert "added task" not in failed, failed
+            wait_for_tasks(gateway, user, token, bread)
+            print(f"[{mode}] agents sdk conversation passed")
+            return
 
         await say("add a task to buy milk", "add_task", "added task #1")
         await say("remind me to walk the dog", "add_task", "added task #2")
