@@ -19,7 +19,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: services browser-deps build test lint fmt schemas bench bench-eventlog bench-task-service bench-agent-worker bench-projection bench-gateway replay verify k8s-check
+.PHONY: services browser-deps python-deps build test lint fmt schemas bench bench-eventlog bench-task-service bench-agent-worker bench-projection bench-gateway replay verify k8s-check
 
 services:
 	@deploy/local/services.sh
@@ -27,6 +27,11 @@ services:
 # Debian's chromium + chromium-driver for the web page's end-to-end test.
 browser-deps:
 	@deploy/local/browser-deps.sh
+
+# The Python tools the system tests drive (OpenAI Agents SDK, schemathesis), pinned in
+# tests/python/requirements.txt, in a venv under $HOME/.cache/taskchat.
+python-deps:
+	@deploy/local/python-deps.sh
 
 # make up: build and start the whole stack as local processes (logs in .run/logs);
 # make down: stop what make up started.
@@ -41,7 +46,7 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 # The system tests start the service binaries, so build them first.
-test: services browser-deps
+test: services browser-deps python-deps
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \

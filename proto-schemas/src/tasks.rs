@@ -161,7 +161,9 @@ pub struct TaskListing {
 /// A refused tool call: `{"error": "Task not found", "task_id": 3}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ToolError {
+    /// What went wrong, e.g. "Task not found".
     pub error: String,
+    /// The task the call named, when it named one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_id: Option<TaskNumber>,
 }

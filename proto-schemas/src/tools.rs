@@ -9,9 +9,14 @@
 //! "uint32"`).
 //!
 //! The input schema has two views (invariant 6, the model never chooses the user):
-//! - [`ToolDefinition::input_schema`], for MCP clients: the arguments plus an optional
-//!   `user_id` ([`McpArguments`]); absent means the token's user, and any other value
-//!   is refused.
+//! - [`ToolDefinition::input_schema`], for MCP clients: the arguments plus an optional,
+//!   nullable `user_id` ([`McpArguments`]); absent or null means the token's user, and
+//!   any other value is refused.
+//!
+//! The output schema names both shapes a call can return (`oneOf`): the result, and
+//! the refusal `{"error", "task_id"?}` sent with `isError: true`. A refusal carries
+//! that JSON as `structuredContent` too, and MCP clients check structured content
+//! against the output schema whether or not the call failed.
 //! - [`ToolDefinition::parameters`], for the model: the arguments alone, so the model
 //!   is never asked who the user is; the worker puts the chat request's user into each
 //!   command.
@@ -25,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::tasks::{
-    AddTaskArgs, ListTasksArgs, TaskChange, TaskListing, TaskRefArgs, UpdateTaskArgs,
+    AddTaskArgs, ListTasksArgs, TaskChange, TaskListing, TaskRefArgs, ToolError, UpdateTaskArgs,
 };
 
 /// A JSON object: the shape of every schema here (what MCP calls a `JsonObject`).
@@ -39,9 +44,11 @@ pub const USER_PARAMETER: &str = "user_id";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct McpArguments<A> {
     // One line: schemars keeps a doc comment's line breaks in the description.
-    /// The signed-in user's id. Optional: leave it out to act for the signed-in user. Tasks of other users cannot be accessed.
+    // Nullable as well as optional: a client that makes every property required (the
+    // Agents SDK's `convert_schemas_to_strict`, OpenAI's strict function calling) lets
+    // the model send null here instead of making up a user.
+    /// The signed-in user's id. Optional: leave it out (or null) to act for the signed-in user. Tasks of other users cannot be accessed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String")]
     pub user_id: Option<String>,
     #[serde(flatten)]
     pub args: A,
@@ -75,7 +82,8 @@ pub struct ToolDefinition {
     pub input_schema: JsonObject,
     /// The model's view of the arguments: no `user_id` at all.
     pub parameters: JsonObject,
-    /// The result of a successful call (the reference's shape).
+    /// What a call returns: `oneOf` the result (the reference's shape) and the refusal
+    /// ([`ToolError`]).
     pub output_schema: JsonObject,
 }
 
@@ -167,9 +175,49 @@ fn define<Args: JsonSchema, Output: JsonSchema>(
         hints,
         input_schema: schema_object::<McpArguments<Args>>(arguments),
         parameters,
-        // A result is written by the server: describe what serialising produces.
-        output_schema: schema_object::<Output>(SchemaSettings::draft2020_12().for_serialize()),
+        output_schema: output_schema::<Output>(),
     }
+}
+
+/// `{"type": "object", "oneOf": [result, refusal]}`: what a call of a tool returning
+/// `Output` sends as structured content, success or not.
+fn output_schema<Output: JsonSchema>() -> JsonObject {
+    // A result is written by the server: describe what serialising produces.
+    let settings = SchemaSettings::draft2020_12().for_serialize();
+    let branch = |mut schema: JsonObject, description: &str| {
+        let dialect = schema.remove("$schema");
+        schema.insert("description".to_owned(), description.into());
+        (schema, dialect)
+    };
+    let (result, dialect) = branch(
+        schema_object::<Output>(settings.clone()),
+        "The result of a call that succeeded.",
+    );
+    let (refusal, _) = branch(
+        schema_object::<ToolError>(settings),
+        "A call that did not do what was asked (sent with isError: true): why, and the \
+         task it named, if any.",
+    );
+    let mut schema = JsonObject::new();
+    if let Some(dialect) = dialect {
+        schema.insert("$schema".to_owned(), dialect);
+    }
+    schema.insert("type".to_owned(), "object".into());
+    schema.insert(
+        "oneOf".to_owned(),
+        Value::Array(vec![Value::Object(result), Value::Object(refusal)]),
+    );
+    schema
+}
+
+/// The result branch of a tool's [`ToolDefinition::output_schema`].
+pub fn result_schema(output_schema: &JsonObject) -> Option<&JsonObject> {
+    output_schema.get("oneOf")?.get(0)?.as_object()
+}
+
+/// The refusal branch of a tool's [`ToolDefinition::output_schema`].
+pub fn refusal_schema(output_schema: &JsonObject) -> Option<&JsonObject> {
+    output_schema.get("oneOf")?.get(1)?.as_object()
 }
 
 /// `T`'s schema with `settings`, inlined, with standard formats only and without the
@@ -305,7 +353,7 @@ mod tests {
                 tool.name
             );
             let user = &mcp["properties"][USER_PARAMETER];
-            assert_eq!(user["type"], "string", "{}", tool.name);
+            assert_eq!(user["type"], json!(["string", "null"]), "{}", tool.name);
             assert!(
                 user["description"]
                     .as_str()
@@ -330,15 +378,14 @@ mod tests {
     fn every_argument_and_result_field_is_described_for_the_model() {
         for tool in definitions() {
             assert!(tool.description.len() > 20, "{}", tool.name);
-            for (view, schema) in schemas(tool) {
+            // Results are read by programs; the arguments are what the model must fill.
+            for (view, schema) in &schemas(tool)[..2] {
                 for (field, property) in schema["properties"].as_object().unwrap() {
-                    if view != "output_schema" {
-                        assert!(
-                            property.get("description").is_some(),
-                            "{}.{view}.{field} has no description",
-                            tool.name
-                        );
-                    }
+                    assert!(
+                        property.get("description").is_some(),
+                        "{}.{view}.{field} has no description",
+                        tool.name
+                    );
                 }
             }
         }
@@ -362,11 +409,29 @@ mod tests {
             json!(["all", "pending", "completed"])
         );
         assert!(names(&list.parameters, "required").is_empty());
+        let listing = result_schema(&list.output_schema).unwrap();
         assert_eq!(
-            names(&list.output_schema, "required"),
+            names(listing, "required"),
             ["tasks", "count", "filter"].map(String::from).into()
         );
-        assert_eq!(list.output_schema["properties"]["count"]["type"], "integer");
+        assert_eq!(listing["properties"]["count"]["type"], "integer");
+        for tool in definitions() {
+            assert_eq!(tool.output_schema["type"], "object", "{}", tool.name);
+            let refusal = refusal_schema(&tool.output_schema).unwrap();
+            assert_eq!(names(refusal, "required"), ["error".into()].into());
+            assert_eq!(
+                names(refusal, "properties"),
+                ["error", "task_id"].map(String::from).into()
+            );
+            // The two shapes cannot be mistaken for each other: each requires a field
+            // the other does not have.
+            let result = result_schema(&tool.output_schema).unwrap();
+            assert!(
+                !names(result, "properties").contains("error"),
+                "{}",
+                tool.name
+            );
+        }
 
         // What the model is told it may send parses into the tool call.
         for (name, arguments) in [
@@ -402,6 +467,9 @@ mod tests {
             serde_json::from_value(json!({"user_id": "alice", "task_id": "3"})).unwrap();
         assert_eq!(with.user_id.as_deref(), Some("alice"));
         assert_eq!(with.args.task_id.0, 3);
+        let null: McpArguments<ListTasksArgs> =
+            serde_json::from_value(json!({"user_id": null})).unwrap();
+        assert_eq!(null.user_id, None);
         let listed: McpArguments<ListTasksArgs> = serde_json::from_value(json!({})).unwrap();
         assert_eq!(listed.args, ListTasksArgs::default());
     }

@@ -474,3 +474,51 @@ where
     }
     Ok(value)
 }
+
+/// A program of the Python venv that deploy/local/python-deps.sh installs (`python`,
+/// `schemathesis`): `$TASKCHAT_VENV/bin/<name>`, by default under
+/// `$HOME/.cache/taskchat/venv`. Panics, saying how to install it, when it is missing:
+/// a test that needs it must fail, never pass without running.
+pub fn venv_program(name: &str) -> PathBuf {
+    let venv = std::env::var_os("TASKCHAT_VENV")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/taskchat/venv"))
+        })
+        .expect("neither TASKCHAT_VENV nor HOME is set");
+    let program = venv.join("bin").join(name);
+    assert!(
+        program.exists(),
+        "{} is missing: install the Python test tools with deploy/local/python-deps.sh \
+         (`make test` does)",
+        program.display()
+    );
+    program
+}
+
+/// A file of the repository, by its path from the workspace root.
+pub fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// Runs `command` to the end within `limit`, with its output captured; panics with the
+/// output when it fails, is killed or takes longer.
+pub async fn run_checked(what: &str, command: &mut Command, limit: Duration) -> String {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(limit, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+        .unwrap_or_else(|error| panic!("failed to start {what}: {error}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    stdout.into_owned()
+}

@@ -8,18 +8,43 @@ use proto_schemas::queries::{ConversationSummary, MessageRole, MessageView, Page
 use proto_schemas::tasks::TaskView;
 use proto_schemas::{ConversationId, RequestId};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
+
+use crate::error::ErrorBody;
 
 /// A chat message from the user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"message": "Add a task to buy groceries"}))]
 pub(crate) struct ChatBody {
-    /// What the user writes, 1 to 4,000 characters.
+    /// What the user writes, 1 to 4,000 characters, not only whitespace, no NUL.
+    #[schema(
+        min_length = 1,
+        max_length = 4000,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )]
     pub message: String,
-    /// The conversation to continue; omit it to start a new one.
+    /// The conversation to continue; omit it (or send null or a blank string) to start
+    /// a new one.
     #[serde(default)]
-    #[schema(format = Uuid)]
+    #[schema(schema_with = conversation_id_schema)]
     pub conversation_id: Option<String>,
+}
+
+/// `ChatBody::conversation_id` as the server reads it: a UUID, or null or a blank string
+/// for a new conversation (clients that always send the field keep working).
+fn conversation_id_schema() -> Schema {
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::String).format(Some(
+            utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Uuid),
+        )))
+        .item(ObjectBuilder::new().schema_type(Type::String).pattern(Some(r"^\s*$")))
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .description(Some(
+            "The conversation to continue; omit it (or send null or a blank string) to start a new one.",
+        ))
+        .into()
 }
 
 /// One tool call the assistant made during the turn.
@@ -80,6 +105,78 @@ pub(crate) struct ToolCallFinishedEvent {
     pub result: serde_json::Value,
 }
 
+/// One Server-Sent Event of `POST /api/{user_id}/chat/stream`: its `event` name and
+/// its `data`, a JSON text whose schema depends on the name. Documented for clients and
+/// API checkers (schemathesis validates every event of a stream against it); the
+/// events themselves are written by [`chunk_event`] and the stream route.
+pub(crate) struct ChatStreamEvent;
+
+/// Each event name with the schema of its JSON data, in the order a turn sends them.
+fn stream_events() -> [(&'static str, &'static str, RefOr<Schema>); 5] {
+    fn named<T: ToSchema>() -> RefOr<Schema> {
+        Ref::from_schema_name(T::name()).into()
+    }
+    [
+        (
+            "delta",
+            "A piece of the assistant's text.",
+            named::<DeltaEvent>(),
+        ),
+        (
+            "tool_call_started",
+            "The model called a tool.",
+            named::<ToolCallStartedEvent>(),
+        ),
+        (
+            "tool_call_finished",
+            "A tool call returned.",
+            named::<ToolCallFinishedEvent>(),
+        ),
+        (
+            "final",
+            "The turn's answer, as `POST /chat` returns it; the last event.",
+            named::<ChatAnswer>(),
+        ),
+        (
+            "error",
+            "The turn failed; the last event.",
+            named::<ErrorBody>(),
+        ),
+    ]
+}
+
+impl PartialSchema for ChatStreamEvent {
+    fn schema() -> RefOr<Schema> {
+        let mut events = OneOfBuilder::new().description(Some(
+            "One event of the stream: `event` names it and `data` is JSON of the schema that name has.",
+        ));
+        for (name, description, data) in stream_events() {
+            events = events.item(
+                ObjectBuilder::new()
+                    .description(Some(description))
+                    .property(
+                        "event",
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .enum_values(Some([name])),
+                    )
+                    .required("event")
+                    .property(
+                        "data",
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .content_media_type("application/json")
+                            .content_schema(Some(data)),
+                    )
+                    .required("data"),
+            );
+        }
+        events.into()
+    }
+}
+
+impl ToSchema for ChatStreamEvent {}
+
 /// The SSE event name and JSON data of a progress chunk.
 pub(crate) fn chunk_event(chunk: ChatStreamChunk) -> (&'static str, serde_json::Value) {
     let (name, data) = match chunk {
@@ -122,7 +219,9 @@ pub(crate) struct PageParams {
     /// Items per page, 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page of the same list, as it was returned
+    /// (unpadded base64url); empty means the first page, any other value is 422.
+    #[param(pattern = r"^[A-Za-z0-9_-]*$", max_length = 200)]
     pub cursor: Option<String>,
 }
 
@@ -145,7 +244,9 @@ pub(crate) struct TaskListParams {
     /// Items per page, 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page of the same list, as it was returned
+    /// (unpadded base64url); empty means the first page, any other value is 422.
+    #[param(pattern = r"^[A-Za-z0-9_-]*$", max_length = 200)]
     pub cursor: Option<String>,
 }
 
@@ -277,6 +378,13 @@ page_type!(
 /// `POST /api/dev/token` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub(crate) struct DevTokenRequest {
+    /// The user to act as: 1 to 128 characters, no whitespace, control characters or `/`
+    /// (what `UserId::parse` accepts).
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\s/\u0000-\u001F\u007F-\u009F]+$"
+    )]
     pub user_id: String,
 }
 

@@ -44,6 +44,10 @@ impl IdempotencyKey {
         if text.is_empty() {
             return Err(invalid("must not be empty"));
         }
+        // `to_str` lets a tab through; /openapi.json promises printable ASCII only.
+        if !text.chars().all(|c| (' '..='~').contains(&c)) {
+            return Err(invalid("must be printable ASCII"));
+        }
         if text.chars().count() > MAX_KEY_CHARS {
             return Err(invalid(&format!(
                 "must be at most {MAX_KEY_CHARS} characters"
@@ -185,7 +189,7 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
-        for bad in [&b"   "[..], &[b'k'; 201][..], b"caf\xc3\xa9"] {
+        for bad in [&b"   "[..], &[b'k'; 201][..], b"caf\xc3\xa9", b"a\tb"] {
             let error = IdempotencyKey::from_headers(&headers(bad)).unwrap_err();
             assert_eq!(error.code(), "invalid_idempotency_key");
         }

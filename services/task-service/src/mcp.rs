@@ -23,8 +23,8 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::{Extension, IntoCallToolResult};
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResponse, CallToolResult, ContentBlock, Implementation, ServerCapabilities,
-    ServerConfig, Tool, ToolAnnotations,
+    CallToolResponse, CallToolResult, Implementation, ServerCapabilities, ServerConfig, Tool,
+    ToolAnnotations,
 };
 use rmcp::{Json, ServerHandler, tool, tool_handler, tool_router};
 use tracing::Instrument as _;
@@ -37,14 +37,13 @@ pub const USER_MISMATCH: &str = "user_id does not match the signed-in user";
 /// What the server tells the model about itself at initialisation.
 const INSTRUCTIONS: &str = "Manages the signed-in user's todo list. Tasks are referred to by \
 their number (task_id), as returned by add_task and list_tasks; numbers are never reused. \
-user_id is optional: leave it out to act for the signed-in user.";
+user_id is optional: leave it out (or null) to act for the signed-in user.";
 
 /// A tool call that did not do what was asked: a domain refusal ("Task not found"),
 /// a wrong `user_id`, or storage being unavailable. Sent as a tool error (`isError`)
-/// whose text is the reference's `{"error", "task_id"}` JSON.
-///
-/// It carries no `structuredContent`: that is reserved for results matching the
-/// tool's `outputSchema`, which a refusal does not.
+/// whose structured content, and text, is the reference's `{"error", "task_id"}` JSON:
+/// the refusal branch of every tool's output schema (MCP clients validate structured
+/// content against it, failed call or not).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolFailure(pub ToolError);
 
@@ -59,10 +58,10 @@ impl ToolFailure {
 
 impl IntoCallToolResult for ToolFailure {
     fn into_call_tool_result(self) -> Result<CallToolResponse, rmcp::ErrorData> {
-        let text = serde_json::to_string(&self.0).map_err(|error| {
+        let value = serde_json::to_value(&self.0).map_err(|error| {
             rmcp::ErrorData::internal_error(format!("failed to encode a tool error: {error}"), None)
         })?;
-        Ok(CallToolResult::error(vec![ContentBlock::text(text)]).into())
+        Ok(CallToolResult::structured_error(value).into())
     }
 }
 

@@ -67,14 +67,23 @@ async fn call_refused(
     refusal(&call_tool(client, name, arguments).await)
 }
 
-/// The `{"error", …}` JSON of a refused call.
+/// The `{"error", …}` JSON of a refused call: its structured content, of the shape
+/// the output schema's refusal branch declares, and the same JSON as text.
 fn refusal(result: &CallToolResult) -> Value {
     assert_eq!(result.is_error, Some(true), "{result:?}");
+    let value = result
+        .structured_content
+        .clone()
+        .expect("a refusal has structured content");
+    let text = &result.content[0].as_text().expect("a text block").text;
+    assert_eq!(serde_json::from_str::<Value>(text).unwrap(), value);
+    let fields: BTreeSet<String> = value.as_object().unwrap().keys().cloned().collect();
+    assert!(fields.contains("error"), "{value}");
     assert!(
-        result.structured_content.is_none(),
-        "errors do not claim the output schema"
+        fields.is_subset(&names(&["error", "task_id"])),
+        "{value} has fields the refusal schema does not declare"
     );
-    serde_json::from_str(&result.content[0].as_text().expect("a text block").text).unwrap()
+    value
 }
 
 const JSON_AND_SSE: &str = "application/json, text/event-stream";
@@ -215,11 +224,17 @@ async fn initialize_and_tools_list_describe_the_five_tools() {
                 "{name}.{property} is described for the model"
             );
         }
-        let output = tool
+        let declared = tool
             .output_schema
             .as_ref()
             .unwrap_or_else(|| panic!("{name} has an output schema"));
-        assert_eq!(output["type"], "object", "{name}");
+        assert_eq!(declared["type"], "object", "{name}");
+        let output = proto_schemas::tools::result_schema(declared)
+            .unwrap_or_else(|| panic!("{name} declares its result"));
+        let refused = proto_schemas::tools::refusal_schema(declared)
+            .unwrap_or_else(|| panic!("{name} declares its refusal"));
+        assert_eq!(properties(refused), names(&["error", "task_id"]), "{name}");
+        assert_eq!(required(refused), names(&["error"]), "{name}");
         assert_eq!(properties(output), names(outputs), "{name} outputs");
         assert_eq!(
             required(output),
@@ -281,7 +296,7 @@ async fn listed_schemas_are_self_contained_and_the_user_is_optional() {
             }
         }
         let user = &tool.input_schema["properties"]["user_id"];
-        assert_eq!(user["type"], "string", "{name}: {user}");
+        assert_eq!(user["type"], json!(["string", "null"]), "{name}: {user}");
         assert!(
             !required(&tool.input_schema).contains("user_id"),
             "{name} requires user_id"
@@ -313,11 +328,13 @@ async fn calls_without_user_id_act_for_the_tokens_user() {
     );
     let completed = call_tool(&client, "complete_task", json!({"task_id": 1})).await;
     assert_eq!(structured(&completed)["status"], "completed");
+    // What a strict-schema client sends when every property is required: null for
+    // the user and for the field that does not change.
     assert_eq!(
         call_structured(
             &client,
             "update_task",
-            json!({"task_id": 2, "title": "Call dad"})
+            json!({"user_id": null, "task_id": 2, "title": "Call dad", "description": null})
         )
         .await["title"],
         "Call dad"

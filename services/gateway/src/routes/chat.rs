@@ -24,7 +24,7 @@ use crate::turn::{self, ChatInput};
     tag = "chat",
     params(
         ("user_id" = String, Path, description = "The user; must be the token's subject"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Retry key, up to 200 characters; a retry returns the first answer"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = r"^[!-~]([ -~]{0,198}[!-~])?$", description = "Retry key, 1 to 200 printable ASCII characters; a retry returns the first answer"),
     ),
     request_body = ChatBody,
     responses(

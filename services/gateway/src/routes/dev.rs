@@ -19,6 +19,8 @@ use crate::state::AppState;
     responses(
         (status = 200, description = "A bearer token", body = DevToken),
         (status = 400, description = "The body is not JSON", body = ErrorBody),
+        (status = 413, description = "The body is over the size limit", body = ErrorBody),
+        (status = 415, description = "No body, or a body not sent as application/json", body = ErrorBody),
         (status = 422, description = "Not a valid user id", body = ErrorBody),
     )
 )]

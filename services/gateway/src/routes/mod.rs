@@ -55,6 +55,7 @@ pub(crate) const DEV_TOKEN_PATH: &str = "/api/dev/token";
         api::DeltaEvent,
         api::ToolCallStartedEvent,
         api::ToolCallFinishedEvent,
+        api::ChatStreamEvent,
         api::TaskStatusParam,
         api::TaskItem,
         api::TaskPage,

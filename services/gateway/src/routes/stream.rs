@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument as _;
 
-use crate::api::{ChatBody, chunk_event};
+use crate::api::{ChatBody, ChatStreamEvent, chunk_event};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, AuthUser};
 use crate::idempotency::IdempotencyKey;
@@ -41,14 +41,15 @@ const EVENT_BUFFER: usize = 64;
     tag = "chat",
     params(
         ("user_id" = String, Path, description = "The user; must be the token's subject"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Retry key, up to 200 characters; a retry follows the first turn"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = r"^[!-~]([ -~]{0,198}[!-~])?$", description = "Retry key, 1 to 200 printable ASCII characters; a retry follows the first turn"),
     ),
     request_body = ChatBody,
     responses(
-        (status = 200, description = "An event stream: delta, tool_call_started, tool_call_finished, then final or error", content_type = "text/event-stream", body = String),
+        (status = 200, description = "An event stream: delta, tool_call_started, tool_call_finished, then final or error", content_type = "text/event-stream", body = ChatStreamEvent),
         (status = 400, description = "The body is not JSON", body = ErrorBody),
         (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
         (status = 403, description = "The token is for another user", body = ErrorBody),
+        (status = 404, description = "The conversation does not exist or is not the user's", body = ErrorBody),
         (status = 413, description = "The body is over the size limit", body = ErrorBody),
         (status = 415, description = "The body is not sent as application/json", body = ErrorBody),
         (status = 422, description = "Empty or over-long message, bad conversation id or Idempotency-Key", body = ErrorBody),

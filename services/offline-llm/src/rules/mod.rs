@@ -70,6 +70,10 @@ pub(crate) struct Tool {
     pub name: String,
     /// The function's JSON schema, if given.
     pub parameters: Option<Value>,
+    /// `strict: true`: every property the schema lists under `required` must be sent
+    /// (strict function calling, and what the Agents SDK's `convert_schemas_to_strict`
+    /// asks for: it makes every property required and optional ones nullable).
+    pub strict: bool,
 }
 
 /// The next assistant turn.
@@ -320,7 +324,10 @@ fn call_each(tools: &[Tool], name: &str, doing: &str, arg_sets: Vec<Vec<Arg>>) -
 
 /// Keeps only the arguments the tool declares; `None` when a required one is not
 /// declared (or its value is outside the declared `enum`), since the call would be
-/// meaningless without it.
+/// meaningless without it. For a strict tool, every property the schema requires and
+/// the rules have no value for is sent as null where the schema allows null (never a
+/// made-up value: a `user_id` stays null), else as the schema's `default`; a required
+/// property with neither makes the call impossible (`None`).
 fn fit_to_schema(tool: &Tool, args: Vec<Arg>) -> Option<Map<String, Value>> {
     let properties = tool
         .parameters
@@ -338,7 +345,46 @@ fn fit_to_schema(tool: &Tool, args: Vec<Arg>) -> Option<Map<String, Value>> {
             return None;
         }
     }
+    if tool.strict {
+        let required = tool
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get("required"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str);
+        for name in required {
+            if fitted.contains_key(name) {
+                continue;
+            }
+            let schema = properties.and_then(|props| props.get(name))?;
+            let value = if allows_null(schema) {
+                Value::Null
+            } else {
+                schema.get("default")?.clone()
+            };
+            fitted.insert(name.to_owned(), value);
+        }
+    }
     Some(fitted)
+}
+
+/// Whether `schema` admits null: `"type": "null"` or a type list with "null", or an
+/// `anyOf`/`oneOf` branch that does.
+fn allows_null(schema: &Value) -> bool {
+    let by_type = match schema.get("type") {
+        Some(Value::String(kind)) => kind == "null",
+        Some(Value::Array(kinds)) => kinds.iter().any(|kind| kind == "null"),
+        _ => false,
+    };
+    by_type
+        || ["anyOf", "oneOf"].iter().any(|keyword| {
+            schema
+                .get(keyword)
+                .and_then(Value::as_array)
+                .is_some_and(|branches| branches.iter().any(allows_null))
+        })
 }
 
 fn allowed_by_enum(schema: &Value, value: &Value) -> bool {
@@ -379,6 +425,7 @@ mod tests {
         let tool = |name: &str, parameters: Value| Tool {
             name: name.to_owned(),
             parameters: Some(parameters),
+            strict: false,
         };
         vec![
             tool(
@@ -486,6 +533,7 @@ mod tests {
         let tools = vec![Tool {
             name: "add_task".to_owned(),
             parameters: Some(json!({"type": "object", "properties": {"title": {}}})),
+            strict: false,
         }];
         assert_eq!(
             said("add buy milk with description two litres", tools),
@@ -498,6 +546,7 @@ mod tests {
         let tools = vec![Tool {
             name: "list_tasks".to_owned(),
             parameters: None,
+            strict: false,
         }];
         assert_eq!(
             said("what's pending?", tools),
@@ -510,6 +559,7 @@ mod tests {
         let tools = vec![Tool {
             name: "add_task".to_owned(),
             parameters: Some(json!({"properties": {"user_id": {}, "title": {}}})),
+            strict: false,
         }];
         assert_eq!(
             said("add buy milk", tools),
@@ -518,10 +568,65 @@ mod tests {
     }
 
     #[test]
+    fn given_strict_tools_when_calling_then_every_required_property_is_sent() {
+        // What the Agents SDK sends for task-service's tools with
+        // convert_schemas_to_strict: every property required, additionalProperties false.
+        let strict = |name: &str, parameters: Value| Tool {
+            name: name.to_owned(),
+            parameters: Some(parameters),
+            strict: true,
+        };
+        let tools = vec![
+            strict(
+                "add_task",
+                json!({"type": "object", "additionalProperties": false,
+                    "properties": {"title": {"type": "string"},
+                        "description": {"type": "string", "default": ""},
+                        "user_id": {"type": ["string", "null"]}},
+                    "required": ["title", "description", "user_id"]}),
+            ),
+            strict(
+                "update_task",
+                json!({"type": "object", "additionalProperties": false,
+                    "properties": {"task_id": {"type": "integer"},
+                        "title": {"type": ["string", "null"]},
+                        "description": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                        "user_id": {"type": ["string", "null"]}},
+                    "required": ["task_id", "title", "description", "user_id"]}),
+            ),
+            strict(
+                "delete_task",
+                json!({"type": "object", "properties": {"task_id": {"type": "integer"},
+                    "reason": {"type": "string"}}, "required": ["task_id", "reason"]}),
+            ),
+        ];
+        assert_eq!(
+            said("add a task to buy milk", tools.clone()),
+            one_call(
+                "add_task",
+                json!({"title": "Buy milk", "description": "", "user_id": null})
+            )
+        );
+        assert_eq!(
+            said("rename 2 to walk the dog", tools.clone()),
+            one_call(
+                "update_task",
+                json!({"task_id": 2, "title": "Walk the dog", "description": null, "user_id": null})
+            )
+        );
+        // A required value it has no way to know is not made up: it declines.
+        let Reply::Text(text) = said("delete 2", tools) else {
+            panic!("expected text");
+        };
+        assert!(text.contains("delete_task"), "{text}");
+    }
+
+    #[test]
     fn given_a_tool_missing_a_needed_argument_when_asked_then_it_declines_in_text() {
         let tools = vec![Tool {
             name: "complete_task".to_owned(),
             parameters: Some(json!({"properties": {"id": {"type": "integer"}}})),
+            strict: false,
         }];
         let Reply::Text(text) = said("complete 3", tools) else {
             panic!("expected text");

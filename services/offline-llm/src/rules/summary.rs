@@ -2,8 +2,15 @@
 //!
 //! The results are the task tools' reference shapes: `{"task_id","status","title"}`,
 //! `{"tasks":[…],"count","filter"}` and `{"error","task_id"?}`. A result may also arrive
-//! wrapped the way MCP returns it (`{"content":[{"type":"text","text":"…"}]}` or
-//! `structuredContent`). Anything else is acknowledged with a plain "Done.".
+//! wrapped the way MCP returns it (`{"content":[{"type":"text","text":"…"}]}`,
+//! `structuredContent`, `isError`).
+//!
+//! It never claims a success it did not see: a result that is an error (an `isError`
+//! envelope, `{"error": …}` with a string or a `{"code","message"}` object, or the
+//! failure text an agent framework puts in place of a result, such as the OpenAI
+//! Agents SDK's "An error occurred while running the tool…" or an `Error: …` line)
+//! is reported as the action failing, with the reason given; a result of no known
+//! shape is quoted, not acknowledged as done.
 
 use serde_json::{Map, Value};
 
@@ -23,7 +30,7 @@ pub(super) fn summarise(results: &[ToolResult<'_>]) -> String {
     let mut lines: Vec<String> = Vec::with_capacity(results.len());
     for result in results {
         let line = summarise_one(result);
-        // Several opaque results would otherwise read "Done.\nDone.".
+        // The same line twice (two identical failures) reads as a stutter.
         if lines.last() != Some(&line) {
             lines.push(line);
         }
@@ -35,21 +42,29 @@ fn summarise_one(result: &ToolResult<'_>) -> String {
     let call_args = result
         .call
         .and_then(|call| serde_json::from_str::<Map<String, Value>>(&call.arguments).ok());
-    let Some(object) = result_object(result.content) else {
-        return GENERIC.to_owned();
+    let action = Action {
+        tool: result.call.map(|call| call.name.as_str()),
+        args: call_args.as_ref(),
     };
+    let object = match read(result.content) {
+        Read::Object(object) => object,
+        Read::Failed { reason, object } => {
+            let task_id = object.as_ref().and_then(|o| o.get("task_id"));
+            return failure_reply(&action, &reason, task_id);
+        }
+        Read::Other(text) => return action.unrecognised(&text),
+    };
+    if let Some(error) = object.get("error") {
+        return failure_reply(&action, &error_message(error), object.get("task_id"));
+    }
     let task_id = object
         .get("task_id")
-        .or_else(|| call_args.as_ref().and_then(|args| args.get("task_id")))
+        .or_else(|| action.arg("task_id"))
         .and_then(task_number);
-
-    if let Some(error) = object.get("error") {
-        return error_reply(error, task_id.as_deref());
-    }
     if let Some(tasks) = object.get("tasks").and_then(Value::as_array) {
         let filter = object
             .get("filter")
-            .or_else(|| call_args.as_ref().and_then(|args| args.get("status")))
+            .or_else(|| action.arg("status"))
             .and_then(Value::as_str)
             .unwrap_or("all");
         return list_reply(tasks, filter);
@@ -59,20 +74,39 @@ fn summarise_one(result: &ToolResult<'_>) -> String {
             let title = object.get("title").and_then(Value::as_str);
             status_reply(status, &task_id, title)
         }
-        _ => GENERIC.to_owned(),
+        _ => action.unrecognised(result.content.trim()),
     }
 }
 
-const GENERIC: &str = "Done.";
+/// What a tool result turned out to be.
+enum Read {
+    /// A JSON object (success shapes, or `{"error": …}`), unwrapped from MCP's envelope.
+    Object(Map<String, Value>),
+    /// The tool call failed; `object` is the error's JSON object when it had one.
+    Failed {
+        reason: String,
+        object: Option<Map<String, Value>>,
+    },
+    /// Text of no shape the rules know.
+    Other(String),
+}
 
-/// The JSON object inside a result, unwrapping MCP's envelope when present.
-fn result_object(content: &str) -> Option<Map<String, Value>> {
-    let Value::Object(object) = serde_json::from_str(content.trim()).ok()? else {
-        return None;
+/// Reads a result's text, unwrapping MCP's envelope when present.
+fn read(content: &str) -> Read {
+    let content = content.trim();
+    let Ok(Value::Object(object)) = serde_json::from_str(content) else {
+        return match failure_text(content) {
+            Some(reason) => Read::Failed {
+                reason,
+                object: None,
+            },
+            None => Read::Other(content.to_owned()),
+        };
     };
-    if let Some(Value::Object(structured)) = object.get("structuredContent") {
-        return Some(structured.clone());
-    }
+    let structured = match object.get("structuredContent") {
+        Some(Value::Object(structured)) => Some(structured.clone()),
+        _ => None,
+    };
     let wrapped_text = object
         .get("content")
         .and_then(Value::as_array)
@@ -81,9 +115,112 @@ fn result_object(content: &str) -> Option<Map<String, Value>> {
                 .iter()
                 .find_map(|part| part.get("text").and_then(Value::as_str))
         });
-    match wrapped_text {
-        Some(text) => result_object(text),
-        None => Some(object),
+    let inner = match (structured, wrapped_text) {
+        (Some(structured), _) => Read::Object(structured),
+        (None, Some(text)) => read(text),
+        (None, None) => Read::Object(object.clone()),
+    };
+    // An MCP result flagged `isError` failed whatever its text looks like.
+    if object.get("isError") == Some(&Value::Bool(true)) {
+        return match inner {
+            Read::Object(inner) => Read::Failed {
+                reason: inner
+                    .get("error")
+                    .map(error_message)
+                    .unwrap_or_else(|| Value::Object(inner.clone()).to_string()),
+                object: Some(inner),
+            },
+            Read::Other(text) => Read::Failed {
+                reason: text,
+                object: None,
+            },
+            failed @ Read::Failed { .. } => failed,
+        };
+    }
+    inner
+}
+
+/// The reason, when `text` is the failure text a tool runner returns in place of a
+/// result: the Agents SDK's "An error occurred while running the tool. Please try
+/// again." and "Tool 'x' timed out after 5 seconds.", MCP SDKs' "Error executing tool
+/// x: …", and the `Error: …` lines custom failure handlers write.
+fn failure_text(text: &str) -> Option<String> {
+    const OPENINGS: [&str; 8] = [
+        "an error occurred",
+        "error",
+        "failed",
+        "failure",
+        "exception",
+        "traceback",
+        "unable to",
+        "could not",
+    ];
+    let lower = text.to_lowercase();
+    let timed_out = lower.starts_with("tool ") && lower.contains("timed out");
+    if text.is_empty() || !(timed_out || OPENINGS.iter().any(|o| lower.starts_with(o))) {
+        return None;
+    }
+    // "Error: disk full" says "disk full"; the word "Error" adds nothing to "couldn't".
+    let reason = match lower.strip_prefix("error:") {
+        Some(_) => text["error:".len()..].trim(),
+        None => text,
+    };
+    Some(if reason.is_empty() { text } else { reason }.to_owned())
+}
+
+/// The text of an `error` field: a string, or the `message` of a `{"code","message"}`
+/// object.
+fn error_message(error: &Value) -> String {
+    match error {
+        Value::String(text) => text.clone(),
+        Value::Object(object) => match object.get("message").and_then(Value::as_str) {
+            Some(message) => message.to_owned(),
+            None => error.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// The call a result answers, in the words a reply uses.
+struct Action<'a> {
+    tool: Option<&'a str>,
+    args: Option<&'a Map<String, Value>>,
+}
+
+impl Action<'_> {
+    fn arg(&self, name: &str) -> Option<&Value> {
+        self.args.and_then(|args| args.get(name))
+    }
+
+    /// "add \"Buy milk\"", "mark task #3 as done", …, as in "I couldn't …".
+    fn describe(&self) -> String {
+        let task = self.arg("task_id").and_then(task_number);
+        let task = task.as_deref();
+        match (self.tool, task) {
+            (Some("add_task"), _) => match self.arg("title").and_then(Value::as_str) {
+                Some(title) => format!("add \"{title}\""),
+                None => "add the task".to_owned(),
+            },
+            (Some("list_tasks"), _) => "list your tasks".to_owned(),
+            (Some("complete_task"), Some(task)) => format!("mark task {task} as done"),
+            (Some("delete_task"), Some(task)) => format!("delete task {task}"),
+            (Some("update_task"), Some(task)) => format!("update task {task}"),
+            (Some(tool), _) => format!("run {tool}"),
+            (None, _) => "do that".to_owned(),
+        }
+    }
+
+    /// A result of no known shape, quoted rather than taken for a success.
+    fn unrecognised(&self, text: &str) -> String {
+        const MAX_QUOTED_CHARS: usize = 300;
+        let mut quoted: String = text.chars().take(MAX_QUOTED_CHARS).collect();
+        if quoted.len() < text.len() {
+            quoted.push('…');
+        }
+        match self.tool {
+            Some(tool) => format!("The {tool} tool answered: {quoted}"),
+            None => format!("The tool answered: {quoted}"),
+        }
     }
 }
 
@@ -115,12 +252,13 @@ fn status_reply(status: &str, task_id: &str, title: Option<&str>) -> String {
     }
 }
 
-fn error_reply(error: &Value, task_id: Option<&str>) -> String {
-    let message = match error {
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
-    };
-    if message.to_ascii_lowercase().contains("not found") {
+/// A failed call: "not found" with the task's number and how to see the numbers, or
+/// what could not be done and why.
+fn failure_reply(action: &Action<'_>, reason: &str, task_id: Option<&Value>) -> String {
+    if reason.to_ascii_lowercase().contains("not found") {
+        let task_id = task_id
+            .or_else(|| action.arg("task_id"))
+            .and_then(task_number);
         return match task_id {
             Some(task_id) => {
                 format!("I couldn't find task {task_id}. Say \"show my tasks\" to see the numbers.")
@@ -130,7 +268,11 @@ fn error_reply(error: &Value, task_id: Option<&str>) -> String {
             }
         };
     }
-    format!("Sorry, that didn't work: {}", end_sentence(&message))
+    format!(
+        "Sorry, I couldn't {}: {}",
+        action.describe(),
+        end_sentence(reason)
+    )
 }
 
 fn list_reply(tasks: &[Value], filter: &str) -> String {
@@ -280,7 +422,7 @@ mod tests {
         );
         assert_eq!(
             summary_of(r#"{"error": "title must not be empty"}"#),
-            "Sorry, that didn't work: title must not be empty."
+            "Sorry, I couldn't do that: title must not be empty."
         );
     }
 
@@ -293,19 +435,98 @@ mod tests {
         assert_eq!(summary_of(structured), "You have no pending tasks.");
     }
 
+    fn after(call: &CalledTool, content: &str) -> String {
+        summarise(&[ToolResult {
+            call: Some(call),
+            content,
+        }])
+    }
+
     #[test]
-    fn unknown_shapes_get_a_generic_acknowledgement_once() {
-        let results = [
-            ToolResult {
-                call: None,
-                content: "not json",
-            },
-            ToolResult {
-                call: None,
-                content: r#"{"weather": "sunny"}"#,
-            },
-        ];
-        assert_eq!(summarise(&results), "Done.");
+    fn the_agents_sdk_failure_texts_are_failures_with_their_reason() {
+        let add = call("add_task", r#"{"title": "Buy milk"}"#);
+        assert_eq!(
+            after(
+                &add,
+                "An error occurred while running the tool. Please try again."
+            ),
+            "Sorry, I couldn't add \"Buy milk\": An error occurred while running the tool. \
+             Please try again."
+        );
+        let complete = call("complete_task", r#"{"task_id": 3}"#);
+        assert_eq!(
+            after(&complete, "Error: connection refused"),
+            "Sorry, I couldn't mark task #3 as done: connection refused."
+        );
+        assert_eq!(
+            after(
+                &complete,
+                "Error invoking MCP tool complete_task on server 'tasks': 401 Unauthorized"
+            ),
+            "Sorry, I couldn't mark task #3 as done: Error invoking MCP tool complete_task on \
+             server 'tasks': 401 Unauthorized."
+        );
+        let delete = call("delete_task", r#"{"task_id": 2}"#);
+        assert_eq!(
+            after(&delete, "Tool 'delete_task' timed out after 5 seconds."),
+            "Sorry, I couldn't delete task #2: Tool 'delete_task' timed out after 5 seconds."
+        );
+    }
+
+    #[test]
+    fn mcp_is_error_results_are_failures_whatever_their_text() {
+        let add = call("add_task", r#"{"title": "Buy milk"}"#);
+        let refused = r#"{"content": [{"type": "text",
+            "text": "user_id does not match the signed-in user"}], "isError": true}"#;
+        assert_eq!(
+            after(&add, refused),
+            "Sorry, I couldn't add \"Buy milk\": user_id does not match the signed-in user."
+        );
+        let structured = r#"{"content": [], "isError": true,
+            "structuredContent": {"error": "Task not found", "task_id": 7}}"#;
+        assert_eq!(
+            summary_of(structured),
+            "I couldn't find task #7. Say \"show my tasks\" to see the numbers."
+        );
+        // A result flagged as an error is never read as the success it resembles.
+        let looks_done = r#"{"content": [{"type": "text",
+            "text": "{\"task_id\": 4, \"status\": \"created\", \"title\": \"Buy milk\"}"}],
+            "isError": true}"#;
+        let reply = after(&add, looks_done);
+        assert!(reply.starts_with("Sorry, I couldn't add"), "{reply}");
+    }
+
+    #[test]
+    fn error_objects_give_their_message() {
+        let list = call("list_tasks", r#"{"status": "all"}"#);
+        assert_eq!(
+            after(
+                &list,
+                r#"{"error": {"code": "rate_limited", "message": "Too many requests"}}"#
+            ),
+            "Sorry, I couldn't list your tasks: Too many requests."
+        );
+        let rename = call("update_task", r#"{"task_id": 1, "title": ""}"#);
+        assert_eq!(
+            after(
+                &rename,
+                r#"{"error": "title must not be empty", "task_id": 1}"#
+            ),
+            "Sorry, I couldn't update task #1: title must not be empty."
+        );
+    }
+
+    #[test]
+    fn results_of_no_known_shape_are_quoted_never_called_done() {
+        let weather = call("get_weather", "{}");
+        assert_eq!(
+            after(&weather, r#"{"weather": "sunny"}"#),
+            r#"The get_weather tool answered: {"weather": "sunny"}"#
+        );
+        assert_eq!(summary_of("all good"), "The tool answered: all good");
+        let long = "x".repeat(400);
+        let reply = summary_of(&long);
+        assert!(reply.ends_with('…') && reply.len() < 330, "{reply}");
     }
 
     #[test]

@@ -295,6 +295,9 @@ struct WireFunction {
     name: String,
     #[serde(default)]
     parameters: Option<Value>,
+    /// `null` counts as absent, as it does for OpenAI.
+    #[serde(default)]
+    strict: Option<bool>,
 }
 
 impl WireTool {
@@ -315,6 +318,7 @@ impl WireTool {
         Ok(Some(Tool {
             name: function.name,
             parameters: function.parameters,
+            strict: function.strict.unwrap_or(false),
         }))
     }
 }
@@ -345,7 +349,7 @@ mod tests {
                 {"role": "tool", "tool_call_id": "call_1", "content": "{\"task_id\":1}"}
             ],
             "tools": [
-                {"type": "function", "function": {"name": "add_task",
+                {"type": "function", "function": {"name": "add_task", "strict": true,
                   "parameters": {"type": "object", "properties": {"title": {}}}}},
                 {"type": "custom", "custom": {"name": "grammar"}}
             ]
@@ -354,6 +358,7 @@ mod tests {
         assert_eq!(request.model, "offline-llm");
         assert!(request.stream && request.include_usage);
         assert_eq!(request.conversation.tools.len(), 1);
+        assert!(request.conversation.tools[0].strict);
         assert_eq!(
             request.conversation.messages,
             vec![
