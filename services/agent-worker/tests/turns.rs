@@ -524,6 +524,58 @@ async fn an_oversized_model_answer_ends_the_turn_with_a_clear_error() {
     stack.stop().await;
 }
 
+/// A tool result larger than a turn keeps is not recorded: the model reads an error
+/// asking for less, once, and the turn goes on and is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_tool_result_becomes_an_error_the_model_reads() {
+    const ADD_STEPS: usize = 7;
+    let mut stack = Stack::start(0).await;
+    // 7 steps of 16 tasks with 2,000-character descriptions: listing them all is
+    // about 230 KB.
+    let model = ModelStub::start(None, |call| match call {
+        step if step < ADD_STEPS => Scripted::ToolCalls(
+            (0..agent_worker::machine::MAX_CALLS_PER_STEP)
+                .map(|index| {
+                    let arguments = json!({
+                        "title": format!("Task {step}-{index}"),
+                        "description": "d".repeat(2_000),
+                    });
+                    (
+                        format!("call_{step}_{index}"),
+                        "add_task".to_owned(),
+                        arguments.to_string(),
+                    )
+                })
+                .collect(),
+        ),
+        step if step == ADD_STEPS => {
+            Scripted::ToolCalls(vec![("call_list".into(), "list_tasks".into(), "{}".into())])
+        }
+        _ => Scripted::Text("Your list is too long to show at once.".into()),
+    })
+    .await;
+    stack.spawn_worker_on(&model, |_| {}).await;
+
+    let request = stack.new_chat("alice", "add lots of tasks, then list them");
+    let reply = stack.chat(&request).await;
+    let (response, calls) = answered(&reply);
+    assert_eq!(response, "Your list is too long to show at once.");
+    let listed = calls.last().unwrap();
+    assert_eq!(listed.name, "list_tasks");
+    let error = listed.result["error"].as_str().unwrap();
+    assert!(error.contains("131072 bytes"), "{error}");
+    // What was recorded is the error, not the list.
+    let events = stack.conversation(request.conversation_id).await;
+    let recorded = events.iter().rev().find_map(|event| match event {
+        ConversationEvent::ToolCallCompleted { result, .. } => Some(result.clone()),
+        _ => None,
+    });
+    assert_eq!(recorded.as_ref(), Some(&listed.result));
+    // Once: the adding steps, the listing step and the answer, nothing asked again.
+    assert_eq!(model.requests.lock().unwrap().len(), ADD_STEPS + 2);
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_left_by_an_older_version_is_brought_up_to_date_and_loses_nothing() {
     use async_nats::jetstream::consumer::{AckPolicy, pull};
