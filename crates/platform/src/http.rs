@@ -25,19 +25,21 @@ use tokio::net::TcpListener;
 pub struct HttpConfig {
     /// Seconds a connection may take to send a request head, and may stay idle
     /// between requests, before it is closed.
-    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_SECS", default_value_t = Self::DEFAULT_HEADER_READ_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_read_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
-            header_read_timeout_secs: 30,
+            header_read_timeout_secs: Self::DEFAULT_HEADER_READ_TIMEOUT_SECS,
         }
     }
 }
 
 impl HttpConfig {
+    const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 30;
+
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_secs(self.header_read_timeout_secs)
     }

@@ -67,10 +67,18 @@ pub(crate) async fn point_challenges_at_metadata(
     request: Request,
     next: Next,
 ) -> Response {
-    let resource = resource(&state, request.headers());
+    // Only the headers that name the origin are kept (cheap clones): the URL is built
+    // for a 401 alone, not for every request.
+    let origin: HeaderMap = [header::HOST, FORWARDED_PROTO]
+        .into_iter()
+        .filter_map(|name| {
+            let value = request.headers().get(&name)?.clone();
+            Some((name, value))
+        })
+        .collect();
     let mut response = next.run(request).await;
     if let Some(error) = response.extensions().get::<AuthError>().copied() {
-        let metadata = resource.as_ref().map(metadata_url);
+        let metadata = resource(&state, &origin).map(|url| metadata_url(&url));
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             challenge(REALM, error, metadata.as_ref()),
@@ -78,3 +86,6 @@ pub(crate) async fn point_challenges_at_metadata(
     }
     response
 }
+
+/// The header a TLS-terminating proxy names the client's scheme in.
+const FORWARDED_PROTO: header::HeaderName = header::HeaderName::from_static("x-forwarded-proto");
