@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ConversationId, RequestId, UserId};
+use crate::ids::{ApprovalId, ConversationId, RequestId, UserId};
 
 /// The longest chat message accepted, in characters.
 pub const MESSAGE_MAX_CHARS: usize = 4_000;
@@ -66,8 +66,38 @@ pub struct ChatRequest {
     /// True when the gateway minted `conversation_id` for this turn; false when the
     /// client named an existing conversation (which must then exist and be the user's).
     pub new_conversation: bool,
+    /// The person's message. Empty for a [`TurnKind::Regenerate`] or
+    /// [`TurnKind::Approval`] turn, whose message is the one already recorded.
     pub message: String,
     pub received_at: DateTime<Utc>,
+    /// What the turn is for; a plain message when absent (requests queued by an
+    /// older gateway).
+    #[serde(default, skip_serializing_if = "TurnKind::is_message")]
+    pub kind: TurnKind,
+}
+
+/// What a chat request asks the worker to do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TurnKind {
+    /// Answer `message`, a new message of the person's.
+    #[default]
+    Message,
+    /// Answer the conversation's last user message again, with this request's id: the
+    /// earlier answer stays in the log, marked superseded.
+    Regenerate,
+    /// Resume this (paused) turn with the person's decision on a tool call that
+    /// waits for approval.
+    Approval {
+        approval_id: ApprovalId,
+        approve: bool,
+    },
+}
+
+impl TurnKind {
+    pub fn is_message(&self) -> bool {
+        matches!(self, Self::Message)
+    }
 }
 
 /// One tool call of a turn as the public API shows it: `{"name","arguments","result"}`.
@@ -88,6 +118,8 @@ pub enum ChatErrorCode {
     ModelUnavailable,
     /// Every delivery attempt of the request failed.
     DeliveryExhausted,
+    /// The person stopped the turn (`POST …/turns/{request_id}/cancel`).
+    Cancelled,
     /// Anything else; the cause is in the worker's logs.
     Internal,
 }
@@ -110,20 +142,45 @@ pub enum ChatOutcome {
     Failed {
         error: ChatError,
     },
+    /// The turn is paused before a tool call listed in `AGENT_CONFIRM_TOOLS`, until
+    /// the person approves or declines it. `tool_calls` are those already run.
+    PendingApproval {
+        approval: PendingApproval,
+        tool_calls: Vec<ToolCallRecord>,
+    },
 }
 
-/// The final reply of a turn (JetStream `chat.replies.<request_id>`).
+/// A tool call waiting for the person's approval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PendingApproval {
+    pub approval_id: ApprovalId,
+    pub call_id: String,
+    pub name: String,
+    pub arguments: serde_json::Value,
+}
+
+/// The reply of a turn (JetStream `chat.replies.<request_id>`): its end, or the
+/// approval it waits for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ChatReply {
     pub request_id: RequestId,
     pub conversation_id: ConversationId,
+    /// Whose turn it is, so that a reply read back by request id is shown to its
+    /// owner only. Absent in replies of older workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
     pub outcome: ChatOutcome,
 }
 
-/// Live progress of a turn (core NATS `chat.stream.<request_id>`), in order.
+/// The progress of a turn, in order (`chat.stream.<user>.<request_id>`, kept for a
+/// while in the turn-progress stream so that a dropped client can pick it up again).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ChatStreamChunk {
+    /// First of every turn, published by the gateway as it queues the request: whose
+    /// turn it is and what it asks, so that the turn can be found (and cancelled)
+    /// before any worker has taken it.
+    Accepted { request: ChatRequest },
     /// A piece of the assistant's text as the model writes it.
     TextDelta { text: String },
     ToolCallStarted {
@@ -137,6 +194,8 @@ pub enum ChatStreamChunk {
         arguments: serde_json::Value,
         result: serde_json::Value,
     },
+    /// The turn paused before a tool call that needs the person's approval.
+    ApprovalRequired { approval: PendingApproval },
 }
 
 #[cfg(test)]

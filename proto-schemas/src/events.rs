@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::chat::ChatErrorCode;
-use crate::ids::{CommandId, ConversationId, RequestId, TaskNumber, UserId};
+use crate::ids::{ApprovalId, CommandId, ConversationId, RequestId, TaskNumber, UserId};
 
 /// The name of a stream in the log, typed: what the stream holds and whose it is.
 ///
@@ -199,6 +199,10 @@ pub enum ConversationEvent {
     UserMessageReceived {
         request_id: RequestId,
         text: String,
+        /// Set when this turn answers an earlier turn's message again (regenerate):
+        /// that turn's answer is superseded, kept in the log but no longer shown.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        regenerates: Option<RequestId>,
     },
     ToolCallRequested {
         request_id: RequestId,
@@ -218,25 +222,50 @@ pub enum ConversationEvent {
         name: String,
         result: Value,
     },
+    /// The tool call `call_id` (already requested) waits for the person's approval;
+    /// the turn is paused until [`ConversationEvent::ToolCallApprovalDecided`].
+    ToolCallApprovalRequested {
+        request_id: RequestId,
+        call_id: String,
+        approval_id: ApprovalId,
+    },
+    ToolCallApprovalDecided {
+        request_id: RequestId,
+        approval_id: ApprovalId,
+        approved: bool,
+    },
     AssistantReplied {
         request_id: RequestId,
         text: String,
     },
+    /// A turn ended without an answer; a cancelled turn ends with code `cancelled`.
     TurnFailed {
         request_id: RequestId,
         code: ChatErrorCode,
         message: String,
     },
+    /// The person renamed the conversation; the title no longer follows the first
+    /// message.
+    ConversationRenamed {
+        title: String,
+    },
+    /// The person deleted the conversation: every read and every later turn treats it
+    /// as not found. Its events stay in the log as history.
+    ConversationDeleted {},
 }
 
 impl ConversationEvent {
-    /// The chat turn the event belongs to (none for `ConversationStarted`).
+    /// The chat turn the event belongs to (none for the conversation's own events).
     pub fn request_id(&self) -> Option<RequestId> {
         match self {
-            Self::ConversationStarted { .. } => None,
+            Self::ConversationStarted { .. }
+            | Self::ConversationRenamed { .. }
+            | Self::ConversationDeleted {} => None,
             Self::UserMessageReceived { request_id, .. }
             | Self::ToolCallRequested { request_id, .. }
             | Self::ToolCallCompleted { request_id, .. }
+            | Self::ToolCallApprovalRequested { request_id, .. }
+            | Self::ToolCallApprovalDecided { request_id, .. }
             | Self::AssistantReplied { request_id, .. }
             | Self::TurnFailed { request_id, .. } => Some(*request_id),
         }

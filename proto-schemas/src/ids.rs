@@ -100,6 +100,18 @@ uuid_id!(
     /// One task command; the same command id sent twice has one effect.
     CommandId
 );
+uuid_id!(
+    /// One tool call waiting for the person's approval (`AGENT_CONFIRM_TOOLS`).
+    ApprovalId
+);
+
+impl ApprovalId {
+    /// The approval id of the `index`-th tool call of model step `step` in a chat turn,
+    /// identical on every redelivery of that turn.
+    pub fn for_tool_call(request: RequestId, step: u32, index: u32) -> Self {
+        Self(derive_uuid(request.0, &format!("approval/{step}/{index}")))
+    }
+}
 
 impl CommandId {
     /// The command id of the `index`-th tool call of model step `step` in a chat turn,

@@ -14,6 +14,7 @@
 //! - [`schema`]: the registry that generates and checks the JSON Schema files.
 
 pub mod chat;
+pub mod conversations;
 pub mod events;
 pub mod ids;
 pub mod queries;
@@ -22,5 +23,5 @@ pub mod subjects;
 pub mod tasks;
 pub mod tools;
 
-pub use ids::{CommandId, ConversationId, EventId, RequestId, TaskNumber, UserId};
+pub use ids::{ApprovalId, CommandId, ConversationId, EventId, RequestId, TaskNumber, UserId};
 pub use subjects::Subjects;

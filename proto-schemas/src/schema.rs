@@ -4,7 +4,7 @@
 
 use schemars::{JsonSchema, Schema, schema_for};
 
-use crate::{chat, events, queries, tasks};
+use crate::{chat, conversations, events, queries, tasks};
 
 /// Every contract type: (file name under `schemas/`, its schema).
 pub fn all() -> Vec<(&'static str, Schema)> {
@@ -15,6 +15,8 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         entry::<chat::ChatRequest>("chat-request.json"),
         entry::<chat::ChatReply>("chat-reply.json"),
         entry::<chat::ChatStreamChunk>("chat-stream-chunk.json"),
+        entry::<conversations::ConversationCommand>("conversation-command.json"),
+        entry::<conversations::ConversationCommandReply>("conversation-command-reply.json"),
         entry::<tasks::TaskCommand>("task-command.json"),
         entry::<tasks::TaskCommandReply>("task-command-reply.json"),
         entry::<queries::TasksQuery>("tasks-query.json"),

@@ -46,16 +46,10 @@ impl Subjects {
 
     /// The chat requests of one user (JetStream, work-queue retention: gateway ->
     /// agent-worker). A subject per user lets the requests stream bound each user's
-    /// turns on its own (see `platform::streams`). The user id is hashed: ids may hold
-    /// characters that mean something in a subject (`.`, `*`, `>`), and they need not
-    /// show on the bus.
+    /// turns on its own (see `platform::streams`). The user id is hashed
+    /// ([`user_token`]).
     pub fn chat_request(&self, user: &UserId) -> String {
-        let digest = Sha256::digest(user.as_str().as_bytes());
-        let token: String = digest[..16]
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
-        format!("{}.chat.requests.{token}", self.prefix)
+        format!("{}.chat.requests.{}", self.prefix, user_token(user))
     }
 
     /// Every user's chat requests: the requests stream's subjects.
@@ -88,9 +82,43 @@ impl Subjects {
         format!("{}_CHAT_REPLIES", self.stream_prefix)
     }
 
-    /// Live progress of one chat turn (core NATS): text deltas and tool call notices.
-    pub fn chat_stream(&self, request: RequestId) -> String {
-        format!("{}.chat.stream.{request}", self.prefix)
+    /// The progress of one chat turn: its `Accepted` chunk, text deltas, tool call
+    /// notices. Published on core NATS and kept for a while by the progress stream
+    /// ([`Self::chat_progress_stream`]). The user's token in the subject keeps one
+    /// user's reads of a turn from ever matching another user's turn.
+    pub fn chat_stream(&self, user: &UserId, request: RequestId) -> String {
+        format!("{}.chat.stream.{}.{request}", self.prefix, user_token(user))
+    }
+
+    /// Every turn's progress: the progress stream's subjects.
+    pub fn chat_streams(&self) -> String {
+        format!("{}.chat.stream.*.*", self.prefix)
+    }
+
+    /// The stream that keeps turns' progress for a while, so that a client whose
+    /// connection dropped can read a turn's events again (`Last-Event-ID`).
+    pub fn chat_progress_stream(&self) -> String {
+        format!("{}_CHAT_PROGRESS", self.stream_prefix)
+    }
+
+    /// Commands on conversations and turns (rename, delete, cancel), request-reply
+    /// to the agent-workers' queue group [`Self::agent_workers_queue_group`].
+    pub fn conversation_commands(&self) -> String {
+        format!("{}.conversations.commands", self.prefix)
+    }
+
+    pub fn agent_workers_queue_group(&self) -> String {
+        "agent-workers".to_owned()
+    }
+
+    /// Broadcast to every agent-worker replica once a turn's cancellation is
+    /// recorded, so that the one running it stops its model call at once.
+    pub fn turn_cancelled(&self, request: RequestId) -> String {
+        format!("{}.chat.cancelled.{request}", self.prefix)
+    }
+
+    pub fn turns_cancelled(&self) -> String {
+        format!("{}.chat.cancelled.*", self.prefix)
     }
 
     /// Task commands (request-reply, queue group [`Self::task_service_queue_group`]).
@@ -133,6 +161,16 @@ impl Subjects {
     pub fn idempotency_bucket(&self) -> String {
         format!("{}_IDEMPOTENCY", self.stream_prefix)
     }
+}
+
+/// A user's token in subjects: hex of the first 16 bytes of SHA-256 of the id. User
+/// ids may hold characters that mean something in a subject (`.`, `*`, `>`), and they
+/// need not show on the bus.
+fn user_token(user: &UserId) -> String {
+    Sha256::digest(user.as_str().as_bytes())[..16]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

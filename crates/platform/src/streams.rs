@@ -19,6 +19,13 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// the window in which an Idempotency-Key is honoured.
 pub const REPLY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// How long a turn's progress (its SSE events) can be read again after it was
+/// published. Turns end within minutes; after this only their final reply is kept.
+pub const PROGRESS_RETENTION: Duration = Duration::from_secs(60 * 60);
+
+/// The most bytes the progress stream holds; past it the oldest progress goes first.
+pub const PROGRESS_MAX_BYTES: i64 = 256 * 1024 * 1024;
+
 /// A chat request not taken within this time is dropped (the user has long gone).
 pub const REQUEST_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -114,7 +121,27 @@ pub fn chat_replies_config(subjects: &Subjects, replicas: usize) -> stream::Conf
     }
 }
 
-/// Creates both chat streams if they are missing. With `limits` (the gateway, which
+/// The stream that keeps each turn's progress chunks for a while, readable by
+/// subject from any sequence: the SSE event ids are its sequence numbers. Memory
+/// storage: progress is a preview (the final reply is kept in the replies stream, the
+/// turn in the log), so losing it with a NATS restart costs a replay, not an answer.
+pub fn chat_progress_config(subjects: &Subjects, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: subjects.chat_progress_stream(),
+        description: Some("taskchat turns' progress, kept for clients that re-attach".into()),
+        subjects: vec![subjects.chat_streams()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::Memory,
+        max_age: PROGRESS_RETENTION,
+        max_bytes: PROGRESS_MAX_BYTES,
+        discard: stream::DiscardPolicy::Old,
+        allow_direct: true,
+        num_replicas: replicas.max(1),
+        ..Default::default()
+    }
+}
+
+/// Creates the chat streams if they are missing. With `limits` (the gateway, which
 /// admits turns) an existing requests stream gets those limits and the per-user
 /// subjects (a stream made by an older version is brought up to date; the requests
 /// it holds are still delivered); without (the workers) it is left as it is.
@@ -153,6 +180,7 @@ pub async fn ensure_chat_streams(
         );
     }
     let replies = ensure(jetstream, chat_replies_config(subjects, replicas)).await?;
+    ensure(jetstream, chat_progress_config(subjects, replicas)).await?;
     Ok((requests, replies))
 }
 

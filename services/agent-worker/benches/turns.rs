@@ -226,6 +226,7 @@ async fn model_only(stack: &Stack) -> anyhow::Result<Histogram<u64>> {
         let mut events = vec![ConversationEvent::UserMessageReceived {
             request_id: request,
             text: format!("add a task to buy item {i}"),
+            regenerates: None,
         }];
         let started = Instant::now();
         let state = TurnState::from_events(&events, request);

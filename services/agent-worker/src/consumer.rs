@@ -274,6 +274,7 @@ fn outcome_name(outcome: &proto_schemas::chat::ChatOutcome) -> &'static str {
     match outcome {
         proto_schemas::chat::ChatOutcome::Answered { .. } => "answered",
         proto_schemas::chat::ChatOutcome::Failed { .. } => "failed",
+        proto_schemas::chat::ChatOutcome::PendingApproval { .. } => "pending_approval",
     }
 }
 

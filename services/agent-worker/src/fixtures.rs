@@ -15,6 +15,7 @@ pub(crate) fn request(new_conversation: bool) -> ChatRequest {
         new_conversation,
         message: "add a task to buy milk".into(),
         received_at: chrono::Utc::now(),
+        kind: Default::default(),
     }
 }
 
@@ -28,6 +29,7 @@ pub(crate) fn said(request: RequestId, text: &str) -> ConversationEvent {
     ConversationEvent::UserMessageReceived {
         request_id: request,
         text: text.into(),
+        regenerates: None,
     }
 }
 

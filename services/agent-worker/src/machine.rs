@@ -191,7 +191,11 @@ impl TurnState {
                     message: message.clone(),
                 });
             }
-            ConversationEvent::ConversationStarted { .. } => {}
+            ConversationEvent::ConversationStarted { .. }
+            | ConversationEvent::ToolCallApprovalRequested { .. }
+            | ConversationEvent::ToolCallApprovalDecided { .. }
+            | ConversationEvent::ConversationRenamed { .. }
+            | ConversationEvent::ConversationDeleted {} => {}
         }
     }
 

@@ -403,7 +403,7 @@ impl Worker {
                 while let Ok(more) = forward.try_recv() {
                     text.push_str(&more);
                 }
-                self.publish_chunk(request.request_id, &ChatStreamChunk::TextDelta { text })
+                self.publish_chunk(request, &ChatStreamChunk::TextDelta { text })
                     .await;
             }
         };
@@ -497,7 +497,7 @@ impl Worker {
             name: call.name.clone(),
             arguments: call.arguments.clone(),
         };
-        self.publish_chunk(request.request_id, &chunk).await;
+        self.publish_chunk(request, &chunk).await;
         let result = match tool_command(&self.tools, request, call) {
             Ok(command) => machine::bounded_result(self.send_command(&command).await?),
             Err(refusal) => {
@@ -511,7 +511,7 @@ impl Worker {
             arguments: call.arguments.clone(),
             result: result.clone(),
         };
-        self.publish_chunk(request.request_id, &chunk).await;
+        self.publish_chunk(request, &chunk).await;
         Ok(result)
     }
 
@@ -576,10 +576,11 @@ impl Worker {
 
     /// Live progress is best effort (core NATS): a lost chunk costs a preview, the
     /// final reply still arrives.
-    async fn publish_chunk(&self, request: RequestId, chunk: &ChatStreamChunk) {
-        if let Err(error) =
-            platform::bus::publish_json(&self.bus, self.subjects.chat_stream(request), chunk).await
-        {
+    async fn publish_chunk(&self, request: &ChatRequest, chunk: &ChatStreamChunk) {
+        let subject = self
+            .subjects
+            .chat_stream(&request.user_id, request.request_id);
+        if let Err(error) = platform::bus::publish_json(&self.bus, subject, chunk).await {
             tracing::debug!(%error, "failed to publish a stream chunk");
         }
     }
@@ -631,6 +632,7 @@ fn opening_events(request: &ChatRequest, start: bool) -> Vec<(EventId, Conversat
         ConversationEvent::UserMessageReceived {
             request_id: request.request_id,
             text: request.message.clone(),
+            regenerates: None,
         },
     ));
     events
@@ -665,6 +667,7 @@ pub(crate) fn reply_for(request: &ChatRequest, state: &TurnState, ending: Ending
     ChatReply {
         request_id: request.request_id,
         conversation_id: request.conversation_id,
+        user_id: Some(request.user_id.clone()),
         outcome,
     }
 }
@@ -673,6 +676,7 @@ fn failed(request: &ChatRequest, code: ChatErrorCode, message: &str) -> ChatRepl
     ChatReply {
         request_id: request.request_id,
         conversation_id: request.conversation_id,
+        user_id: Some(request.user_id.clone()),
         outcome: ChatOutcome::Failed {
             error: ChatError {
                 code,
@@ -701,6 +705,7 @@ mod tests {
             new_conversation: true,
             message: "add milk".into(),
             received_at: chrono::Utc::now(),
+            kind: Default::default(),
         }
     }
 

@@ -18,7 +18,7 @@ async fn a_chat_request_adds_the_task_and_is_answered() {
     stack.spawn_worker(stack.worker_config()).await;
 
     let request = stack.new_chat("alice", "add a task to buy milk");
-    let chunks = watch_chunks(&stack.bus, request.request_id).await;
+    let chunks = watch_chunks(&stack.bus, &request).await;
     let reply = stack.chat(&request).await;
     assert_eq!(reply.request_id, request.request_id);
     assert_eq!(reply.conversation_id, request.conversation_id);
@@ -50,7 +50,8 @@ async fn a_chat_request_adds_the_task_and_is_answered() {
         events[1],
         ConversationEvent::UserMessageReceived {
             request_id: request.request_id,
-            text: "add a task to buy milk".into()
+            text: "add a task to buy milk".into(),
+            regenerates: None,
         }
     );
     let ConversationEvent::ToolCallRequested {
@@ -406,6 +407,7 @@ async fn a_turn_in_a_ten_thousand_event_conversation_reads_a_bounded_number_of_e
             ConversationEvent::UserMessageReceived {
                 request_id,
                 text: format!("message {turn}"),
+                regenerates: None,
             },
         ));
         events.push((

@@ -3,10 +3,10 @@
 //! `/openapi.json` documents, while the bus types may grow fields without changing it.
 
 use chrono::{DateTime, Utc};
-use proto_schemas::chat::{ChatStreamChunk, ToolCallRecord};
+use proto_schemas::chat::{ChatStreamChunk, PendingApproval, ToolCallRecord};
 use proto_schemas::queries::{ConversationSummary, MessageRole, MessageView, Page};
 use proto_schemas::tasks::TaskView;
-use proto_schemas::{ConversationId, RequestId};
+use proto_schemas::{ApprovalId, ConversationId, RequestId};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::{Ref, RefOr};
@@ -80,6 +80,33 @@ pub(crate) struct ChatAnswer {
     /// The id of this turn; a retry with the same `Idempotency-Key` returns the same one.
     #[schema(value_type = String, format = Uuid)]
     pub request_id: RequestId,
+    /// Present when the turn is paused before a tool call that needs the person's
+    /// approval (`AGENT_CONFIRM_TOOLS`); answer it with
+    /// `POST /api/{user_id}/turns/{request_id}/approvals/{approval_id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_approval: Option<PendingApprovalOut>,
+}
+
+/// A tool call waiting for the person's approval; also the data of the SSE event
+/// `approval_required`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct PendingApprovalOut {
+    #[schema(value_type = String, format = Uuid)]
+    pub approval_id: ApprovalId,
+    pub call_id: String,
+    pub name: String,
+    pub arguments: serde_json::Value,
+}
+
+impl From<PendingApproval> for PendingApprovalOut {
+    fn from(approval: PendingApproval) -> Self {
+        Self {
+            approval_id: approval.approval_id,
+            call_id: approval.call_id,
+            name: approval.name,
+            arguments: approval.arguments,
+        }
+    }
 }
 
 /// SSE event `delta`: a piece of the assistant's text.
@@ -112,7 +139,7 @@ pub(crate) struct ToolCallFinishedEvent {
 pub(crate) struct ChatStreamEvent;
 
 /// Each event name with the schema of its JSON data, in the order a turn sends them.
-fn stream_events() -> [(&'static str, &'static str, RefOr<Schema>); 5] {
+fn stream_events() -> [(&'static str, &'static str, RefOr<Schema>); 6] {
     fn named<T: ToSchema>() -> RefOr<Schema> {
         Ref::from_schema_name(T::name()).into()
     }
@@ -131,6 +158,11 @@ fn stream_events() -> [(&'static str, &'static str, RefOr<Schema>); 5] {
             "tool_call_finished",
             "A tool call returned.",
             named::<ToolCallFinishedEvent>(),
+        ),
+        (
+            "approval_required",
+            "The turn paused before a tool call that needs the person's approval; the last event until the approval is answered.",
+            named::<PendingApprovalOut>(),
         ),
         (
             "final",
@@ -177,9 +209,15 @@ impl PartialSchema for ChatStreamEvent {
 
 impl ToSchema for ChatStreamEvent {}
 
-/// The SSE event name and JSON data of a progress chunk.
-pub(crate) fn chunk_event(chunk: ChatStreamChunk) -> (&'static str, serde_json::Value) {
+/// The SSE event name and JSON data of a progress chunk; `None` for the chunks that
+/// are bookkeeping, not news for the client (`Accepted`).
+pub(crate) fn chunk_event(chunk: ChatStreamChunk) -> Option<(&'static str, serde_json::Value)> {
     let (name, data) = match chunk {
+        ChatStreamChunk::Accepted { .. } => return None,
+        ChatStreamChunk::ApprovalRequired { approval } => (
+            "approval_required",
+            serde_json::to_value(PendingApprovalOut::from(approval)),
+        ),
         ChatStreamChunk::TextDelta { text } => ("delta", serde_json::to_value(DeltaEvent { text })),
         ChatStreamChunk::ToolCallStarted {
             call_id,
@@ -209,7 +247,7 @@ pub(crate) fn chunk_event(chunk: ChatStreamChunk) -> (&'static str, serde_json::
         ),
     };
     // Structs of strings and JSON values always serialize.
-    (name, data.unwrap_or_default())
+    Some((name, data.unwrap_or_default()))
 }
 
 /// Which page of a list to return.

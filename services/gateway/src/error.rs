@@ -166,6 +166,11 @@ impl ApiError {
             Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            // The person stopped the turn: the request conflicts with their own later one.
+            Self::TurnFailed {
+                code: ChatErrorCode::Cancelled,
+                ..
+            } => StatusCode::CONFLICT,
             Self::TurnFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::ReplyTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::TooManyTurns { .. } | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -196,6 +201,7 @@ impl ApiError {
                 ChatErrorCode::ModelUnavailable => "model_unavailable",
                 ChatErrorCode::DeliveryExhausted => "delivery_exhausted",
                 ChatErrorCode::ConversationNotFound => "conversation_not_found",
+                ChatErrorCode::Cancelled => "cancelled",
                 ChatErrorCode::Internal => "turn_failed",
             },
             Self::ReplyTimeout { .. } => "reply_timeout",

@@ -129,7 +129,7 @@ pub(crate) async fn start(
         Some(
             state
                 .client()
-                .subscribe(subjects.chat_stream(request_id))
+                .subscribe(subjects.chat_stream(&user, request_id))
                 .await
                 .map_err(|error| bus_down(&error))?,
         )
@@ -159,6 +159,7 @@ pub(crate) async fn start(
         new_conversation,
         message: input.message,
         received_at: chrono::Utc::now(),
+        kind: proto_schemas::chat::TurnKind::Message,
     };
     // The request id is the message id: a publish repeated after one that went
     // through unconfirmed is dropped by the stream as a duplicate.

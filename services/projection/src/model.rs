@@ -280,7 +280,9 @@ impl ReadModels {
         };
         match event {
             ConversationEvent::ConversationStarted { .. } => unreachable!("handled above"),
-            ConversationEvent::UserMessageReceived { request_id, text } => {
+            ConversationEvent::UserMessageReceived {
+                request_id, text, ..
+            } => {
                 if conversation.title.is_empty() {
                     conversation.title = conversation_title(text);
                 }
@@ -387,6 +389,12 @@ impl ReadModels {
                     },
                 );
             }
+            // Approvals show through the calls' results; renaming and deleting are
+            // read-model changes still to come (issue 12).
+            ConversationEvent::ToolCallApprovalRequested { .. }
+            | ConversationEvent::ToolCallApprovalDecided { .. }
+            | ConversationEvent::ConversationRenamed { .. }
+            | ConversationEvent::ConversationDeleted {} => {}
         }
         None
     }
@@ -459,6 +467,7 @@ mod tests {
             ConversationEvent::UserMessageReceived {
                 request_id: request,
                 text: text.into(),
+                regenerates: None,
             },
         )
     }
@@ -683,6 +692,7 @@ mod tests {
             ConversationEvent::UserMessageReceived {
                 request_id: RequestId::new(),
                 text: "x".into(),
+                regenerates: None,
             },
         )]);
         assert_eq!(anomalies, vec![Anomaly::UnknownConversation(id)]);

@@ -224,6 +224,7 @@ fn turn(
     let mut events = vec![ConversationEvent::UserMessageReceived {
         request_id,
         text: text.into(),
+        regenerates: None,
     }];
     for (index, (name, arguments, _)) in tools.iter().enumerate() {
         events.push(ConversationEvent::ToolCallRequested {
@@ -311,6 +312,7 @@ async fn seed(h: &Harness) -> Vec<ConversationId> {
             ConversationEvent::UserMessageReceived {
                 request_id,
                 text: "and again".into(),
+                regenerates: None,
             },
             ConversationEvent::TurnFailed {
                 request_id,

@@ -125,6 +125,7 @@ impl Stack {
             new_conversation: true,
             message: message.into(),
             received_at: chrono::Utc::now(),
+            kind: Default::default(),
         }
     }
 
@@ -296,6 +297,9 @@ pub(crate) fn answered(reply: &ChatReply) -> (&str, &[proto_schemas::chat::ToolC
             tool_calls,
         } => (response, tool_calls),
         ChatOutcome::Failed { error } => panic!("turn failed: {error:?}"),
+        ChatOutcome::PendingApproval { approval, .. } => {
+            panic!("turn waits for approval: {approval:?}")
+        }
     }
 }
 
@@ -303,7 +307,9 @@ pub(crate) fn answered(reply: &ChatReply) -> (&str, &[proto_schemas::chat::ToolC
 pub(crate) fn failed(reply: &ChatReply) -> &ChatError {
     match &reply.outcome {
         ChatOutcome::Failed { error } => error,
-        ChatOutcome::Answered { .. } => panic!("expected a failed turn: {reply:?}"),
+        ChatOutcome::Answered { .. } | ChatOutcome::PendingApproval { .. } => {
+            panic!("expected a failed turn: {reply:?}")
+        }
     }
 }
 
@@ -350,11 +356,14 @@ impl Drop for ReplyCounter {
 /// Collects the live chunks of one request.
 pub(crate) async fn watch_chunks(
     bus: &TestBus,
-    request: RequestId,
+    request: &ChatRequest,
 ) -> Arc<Mutex<Vec<ChatStreamChunk>>> {
     let mut subscriber = bus
         .client
-        .subscribe(bus.subjects.chat_stream(request))
+        .subscribe(
+            bus.subjects
+                .chat_stream(&request.user_id, request.request_id),
+        )
         .await
         .expect("subscribe");
     bus.client.flush().await.expect("flush");

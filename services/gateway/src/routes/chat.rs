@@ -77,6 +77,17 @@ pub(crate) fn answer(reply: ChatReply) -> Result<ChatAnswer, ApiError> {
             response,
             tool_calls: tool_calls.into_iter().map(Into::into).collect(),
             request_id: reply.request_id,
+            pending_approval: None,
+        }),
+        ChatOutcome::PendingApproval {
+            approval,
+            tool_calls,
+        } => Ok(ChatAnswer {
+            conversation_id: reply.conversation_id,
+            response: String::new(),
+            tool_calls: tool_calls.into_iter().map(Into::into).collect(),
+            request_id: reply.request_id,
+            pending_approval: Some(approval.into()),
         }),
         ChatOutcome::Failed { error } => Err(ApiError::from_turn(
             &error,

@@ -56,6 +56,7 @@ pub(crate) const DEV_TOKEN_PATH: &str = "/api/dev/token";
         api::ToolCallStartedEvent,
         api::ToolCallFinishedEvent,
         api::ChatStreamEvent,
+        api::PendingApprovalOut,
         api::TaskStatusParam,
         api::TaskItem,
         api::TaskPage,

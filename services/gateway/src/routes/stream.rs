@@ -170,7 +170,7 @@ async fn next_chunk(chunks: &mut Option<async_nats::Subscriber>) -> Option<Event
 fn decode_chunk(payload: &[u8]) -> Option<Event> {
     match platform::bus::decode_json::<ChatStreamChunk>(payload) {
         Ok(chunk) => {
-            let (name, data) = chunk_event(chunk);
+            let (name, data) = chunk_event(chunk)?;
             Some(Event::default().event(name).data(data.to_string()))
         }
         Err(error) => {

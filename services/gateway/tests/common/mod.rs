@@ -217,7 +217,10 @@ impl FakeWorker {
                     for chunk in &plan.chunks {
                         let payload = serde_json::to_vec(chunk).unwrap();
                         client
-                            .publish(subjects.chat_stream(request.request_id), payload.into())
+                            .publish(
+                                subjects.chat_stream(&request.user_id, request.request_id),
+                                payload.into(),
+                            )
                             .await
                             .unwrap();
                     }
@@ -225,6 +228,7 @@ impl FakeWorker {
                         let reply = ChatReply {
                             request_id: request.request_id,
                             conversation_id: request.conversation_id,
+                            user_id: Some(request.user_id.clone()),
                             outcome,
                         };
                         let payload = serde_json::to_vec(&reply).unwrap();
