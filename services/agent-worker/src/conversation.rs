@@ -54,6 +54,9 @@ pub struct Conversation {
     started: bool,
     /// Whose it is: set only when its first event is `ConversationStarted`.
     owner: Option<UserId>,
+    /// The person deleted it: it is not found for anyone from then on.
+    #[serde(default)]
+    deleted: bool,
     messages: VecDeque<WindowMessage>,
     turns: BTreeMap<RequestId, Arc<TurnState>>,
     /// The newest request id whose turn was dropped from `turns`: a turn at or before
@@ -75,9 +78,14 @@ impl Conversation {
     pub fn access(&self, request: &ChatRequest) -> Access {
         match &self.owner {
             _ if !self.started && request.new_conversation => Access::Start,
-            Some(owner) if *owner == request.user_id => Access::Continue,
+            _ if self.is_visible_to(&request.user_id) => Access::Continue,
             _ => Access::NotFound,
         }
+    }
+
+    /// Whether the conversation exists, is `user`'s and is not deleted.
+    pub fn is_visible_to(&self, user: &UserId) -> bool {
+        !self.deleted && self.owner.as_ref() == Some(user)
     }
 
     /// The state of `request`'s turn.
@@ -158,6 +166,9 @@ impl eventlog::Aggregate for Conversation {
             if let ConversationEvent::ConversationStarted { user_id } = event {
                 self.owner = Some(user_id.clone());
             }
+        }
+        if let ConversationEvent::ConversationDeleted {} = event {
+            self.deleted = true;
         }
         let Some(request) = event.request_id() else {
             return;

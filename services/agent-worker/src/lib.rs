@@ -18,11 +18,14 @@
 //! - [`turn`]: running a turn: model calls, task commands, appends, the reply.
 //! - [`consumer`]: the pull consumer, in-progress acks, redelivery and exhausted
 //!   requests.
+//! - `commands`: rename and delete conversations, cancel turns (request-reply from
+//!   the gateway).
 //! - [`prompt`]: the default instructions and the worker's own messages.
 //!
 //! [`App::build`] connects and prepares; [`App::run`] works until a shutdown token
 //! is cancelled. `main` and the tests drive it the same way.
 
+mod commands;
 mod config;
 mod consumer;
 pub mod conversation;
@@ -66,6 +69,7 @@ pub struct App {
     consumer: jetstream::consumer::PullConsumer,
     requests: jetstream::stream::Stream,
     advisories: async_nats::Subscriber,
+    commands: async_nats::Subscriber,
     model: ModelClient,
 }
 
@@ -117,6 +121,13 @@ impl App {
             )
             .await
             .context("failed to subscribe to max-deliveries advisories")?;
+        let commands = bus
+            .queue_subscribe(
+                subjects.conversation_commands(),
+                subjects.agent_workers_queue_group(),
+            )
+            .await
+            .context("failed to subscribe to conversation commands")?;
         Ok(Self {
             config,
             provider,
@@ -126,6 +137,7 @@ impl App {
             consumer,
             requests,
             advisories,
+            commands,
             model,
         })
     }
@@ -173,6 +185,11 @@ impl App {
             self.advisories,
             shutdown.clone(),
         ));
+        let commands = tokio::spawn(commands::serve(
+            Arc::clone(&worker),
+            self.commands,
+            shutdown.clone(),
+        ));
         let info = &self.consumer.cached_info().config;
         tracing::info!(
             replica = %worker.replica,
@@ -199,6 +216,9 @@ impl App {
         exhausted
             .await
             .context("the exhausted-requests loop panicked")?;
+        commands
+            .await
+            .context("the conversation commands loop panicked")?;
         if let Err(error) = self.bus.flush().await {
             tracing::warn!(%error, "failed to flush nats on shutdown");
         }

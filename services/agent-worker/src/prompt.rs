@@ -53,3 +53,6 @@ to keep. Please ask for something shorter.";
 /// is in the worker's logs).
 pub const TURN_FAILED_MESSAGE: &str = "Sorry, I couldn't finish answering this message. \
 Please try again, perhaps in other words.";
+
+/// The answer of a turn the person stopped.
+pub const CANCELLED_MESSAGE: &str = "Stopped. I didn't finish answering this message.";

@@ -160,44 +160,55 @@ impl Worker {
         code: ChatErrorCode,
         message: &str,
     ) -> ChatReply {
-        let recorded = async {
-            let mut turn = self.open(request).await?;
-            loop {
-                if turn.conversation.state.access(request) == Access::NotFound {
-                    return Ok(failed(
-                        request,
-                        ChatErrorCode::ConversationNotFound,
-                        prompt::CONVERSATION_NOT_FOUND_MESSAGE,
-                    ));
-                }
-                if let Some(ending) = &turn.state.ending {
-                    return Ok(reply_for(request, &turn.state, ending.clone()));
-                }
-                // A turn that never got going still gets its conversation and message
-                // recorded, so the failure sits where the user will look for it.
-                let mut events = Vec::new();
-                if turn.state.user_message.is_none() {
-                    events = opening_events(request, turn.conversation.version == 0);
-                }
-                events.push(ended(
-                    request,
-                    Ending::Failed {
-                        code,
-                        message: message.to_owned(),
-                    },
-                ));
-                self.record(&mut turn, events).await?;
-            }
-        }
-        .await;
-        let reply = recorded.unwrap_or_else(|error: TurnError| {
-            tracing::error!(error = %platform::error_chain(&error), "failed to record the turn's failure");
-            failed(request, code, message)
-        });
+        let reply = self
+            .record_failure(request, code, message)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::error!(error = %platform::error_chain(&error), "failed to record the turn's failure");
+                failed(request, code, message)
+            });
         if let Err(error) = self.publish_reply(&reply).await {
             tracing::error!(error = %platform::error_chain(&error), "failed to publish the failure reply");
         }
         reply
+    }
+
+    /// Records the end of `request`'s turn as failed, unless it has ended already:
+    /// the reply of the ending that stands (not published). A request that cannot
+    /// use its conversation gets the not-found reply, and nothing is recorded.
+    pub(crate) async fn record_failure(
+        &self,
+        request: &ChatRequest,
+        code: ChatErrorCode,
+        message: &str,
+    ) -> Result<ChatReply, TurnError> {
+        let mut turn = self.open(request).await?;
+        loop {
+            if turn.conversation.state.access(request) == Access::NotFound {
+                return Ok(failed(
+                    request,
+                    ChatErrorCode::ConversationNotFound,
+                    prompt::CONVERSATION_NOT_FOUND_MESSAGE,
+                ));
+            }
+            if let Some(ending) = &turn.state.ending {
+                return Ok(reply_for(request, &turn.state, ending.clone()));
+            }
+            // A turn that never got going still gets its conversation and message
+            // recorded, so the failure sits where the user will look for it.
+            let mut events = Vec::new();
+            if turn.state.user_message.is_none() {
+                events = opening_events(request, turn.conversation.version == 0);
+            }
+            events.push(ended(
+                request,
+                Ending::Failed {
+                    code,
+                    message: message.to_owned(),
+                },
+            ));
+            self.record(&mut turn, events).await?;
+        }
     }
 
     /// The conversation and the turn's state, read as the store has them now: this
@@ -274,11 +285,8 @@ impl Worker {
                     for (_, event) in &events {
                         turn.state.apply(event);
                     }
-                    let notice = EventsAppended {
-                        stream: turn.stream.to_string(),
-                        last_position: outcome.last_position,
-                    };
-                    platform::bus::notify_appended(&self.bus, &self.subjects, &notice).await;
+                    self.notify_appended(&turn.stream, outcome.last_position)
+                        .await;
                     return Ok(());
                 }
                 Ok(Appended::AlreadyStored(_)) => {
@@ -316,6 +324,15 @@ impl Worker {
         Err(TurnError::Contended {
             stream: turn.stream.to_string(),
         })
+    }
+
+    /// Wakes the log's tailers after a commit to `stream`.
+    pub(crate) async fn notify_appended(&self, stream: &StreamId, last_position: i64) {
+        let notice = EventsAppended {
+            stream: stream.to_string(),
+            last_position,
+        };
+        platform::bus::notify_appended(&self.bus, &self.subjects, &notice).await;
     }
 
     async fn not_found(&self, request: &ChatRequest) -> Result<ChatReply, TurnError> {
