@@ -76,6 +76,20 @@ pub struct ChatRequest {
     pub kind: TurnKind,
 }
 
+impl ChatRequest {
+    /// Its JetStream message id, which makes a repeated publish a no-op: the request
+    /// id, or for an approval decision the request and approval ids (a turn gets one
+    /// request per decision, each published at most once).
+    pub fn message_id(&self) -> String {
+        match self.kind {
+            TurnKind::Approval { approval_id, .. } => {
+                format!("{}/approval/{approval_id}", self.request_id)
+            }
+            TurnKind::Message | TurnKind::Regenerate => self.request_id.to_string(),
+        }
+    }
+}
+
 /// What a chat request asks the worker to do.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -79,6 +79,37 @@ pub struct Config {
     /// Tries of one task command before the turn is left for a later delivery.
     #[arg(long, env = "AGENT_TOOL_ATTEMPTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub tool_attempts: u32,
+    /// Tools that wait for the person's approval before they run, comma-separated
+    /// (e.g. `delete_task`). Empty (the default) runs every call at once, as the
+    /// reference design does.
+    #[arg(long, env = "AGENT_CONFIRM_TOOLS", value_delimiter = ',')]
+    pub confirm_tools: Vec<String>,
+}
+
+impl Config {
+    /// The tools of `AGENT_CONFIRM_TOOLS`, each checked against `tools`: a misspelt
+    /// name would silently confirm nothing, so it stops the worker instead.
+    pub(crate) fn confirm_tools(
+        &self,
+        tools: &crate::tools::ToolCatalog,
+    ) -> anyhow::Result<std::collections::BTreeSet<String>> {
+        self.confirm_tools
+            .iter()
+            .map(|name| name.trim())
+            .filter(|name| !name.is_empty())
+            .map(|name| {
+                if tools.contains(name) {
+                    Ok(name.to_owned())
+                } else {
+                    let known: Vec<&str> = tools.names().collect();
+                    Err(anyhow::anyhow!(
+                        "AGENT_CONFIRM_TOOLS names {name:?}, which is not a tool; the tools are {}",
+                        known.join(", ")
+                    ))
+                }
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -103,8 +134,27 @@ mod tests {
             "m",
             "--system-prompt",
             "be brief",
+            "--confirm-tools",
+            "delete_task, update_task",
         ])
         .unwrap();
+        let tools = crate::tools::ToolCatalog::builtin();
+        assert_eq!(
+            config
+                .confirm_tools(&tools)
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["delete_task", "update_task"]
+        );
+        let misspelt = Config::try_parse_from(["agent-worker", "--confirm-tools", "delete_tasks"])
+            .unwrap()
+            .confirm_tools(&tools)
+            .unwrap_err();
+        assert!(
+            misspelt.to_string().contains("\"delete_tasks\""),
+            "{misspelt}"
+        );
         assert_eq!(config.concurrency, 3);
         assert_eq!(config.max_deliver, 2);
         assert_eq!(config.redelivery_backoff_ms, vec![100, 200]);

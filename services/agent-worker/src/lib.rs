@@ -91,6 +91,8 @@ impl App {
             );
         }
 
+        // Checked before connecting: a misspelt tool name is a configuration error.
+        config.confirm_tools(&tools::ToolCatalog::builtin())?;
         let store = config.database.open_event_store().await?;
         let bus = config.nats.connect(SERVICE_NAME).await?;
         let jetstream = jetstream::new(bus.clone());
@@ -159,6 +161,10 @@ impl App {
         let config = &self.config;
         let tools = tools::ToolCatalog::builtin();
         tracing::info!(tools = ?tools.names().collect::<Vec<_>>(), "task tools compiled in");
+        let confirm_tools = config.confirm_tools(&tools)?;
+        if !confirm_tools.is_empty() {
+            tracing::info!(tools = ?confirm_tools, "these tools wait for the person's approval");
+        }
 
         let worker = Arc::new(Worker {
             replica: replica_name(),
@@ -177,6 +183,7 @@ impl App {
                     .unwrap_or_else(|| prompt::DEFAULT_SYSTEM_PROMPT.to_owned()),
                 tool_timeout: Duration::from_secs(config.tool_timeout_secs),
                 tool_attempts: config.tool_attempts,
+                confirm_tools,
             },
         });
         let exhausted = tokio::spawn(consumer::answer_exhausted(

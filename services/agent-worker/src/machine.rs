@@ -18,10 +18,11 @@ use async_openai::types::chat::{
     ChatCompletionRequestUserMessage, FunctionCall,
 };
 use proto_schemas::chat::{
-    ChatErrorCode, ChatMessage, ChatRequest, InvalidChatMessage, MESSAGE_MAX_CHARS, ToolCallRecord,
+    ChatErrorCode, ChatMessage, ChatRequest, InvalidChatMessage, MESSAGE_MAX_CHARS,
+    PendingApproval, ToolCallRecord,
 };
 use proto_schemas::events::ConversationEvent;
-use proto_schemas::{CommandId, EventId, RequestId};
+use proto_schemas::{ApprovalId, CommandId, EventId, RequestId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -53,6 +54,10 @@ pub fn bounded_result(result: Value) -> Value {
 /// Why a request is refused before anything is recorded (the gateway checks the same;
 /// the worker does not trust the queue to hold only what the gateway let through).
 pub fn invalid_message(request: &ChatRequest) -> Option<String> {
+    // Only a new message brings text of its own; other kinds act on what is recorded.
+    if !request.kind.is_message() {
+        return None;
+    }
     match ChatMessage::parse(request.message.as_str()) {
         Ok(_) => None,
         Err(InvalidChatMessage::Empty) => Some("The message is empty.".to_owned()),
@@ -99,9 +104,45 @@ pub struct CallState {
     pub command_id: CommandId,
     /// Set once `ToolCallCompleted` is recorded.
     pub result: Option<Value>,
+    /// Set when the call waits (or waited) for the person's approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+}
+
+/// A tool call's approval, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub approval_id: ApprovalId,
+    /// The person's decision, once recorded.
+    pub approved: Option<bool>,
 }
 
 impl CallState {
+    /// Whether the call may not run yet: it waits for a decision.
+    pub fn awaits_approval(&self) -> bool {
+        self.approval
+            .as_ref()
+            .is_some_and(|approval| approval.approved.is_none())
+    }
+
+    /// Whether the person declined the call.
+    pub fn is_declined(&self) -> bool {
+        self.approval
+            .as_ref()
+            .is_some_and(|approval| approval.approved == Some(false))
+    }
+
+    /// The call as the person is asked about it.
+    pub fn pending_approval(&self) -> Option<PendingApproval> {
+        let approval = self.approval.as_ref()?;
+        Some(PendingApproval {
+            approval_id: approval.approval_id,
+            call_id: self.call_id.clone(),
+            name: self.name.clone(),
+            arguments: self.arguments.clone(),
+        })
+    }
+
     pub fn record(&self) -> Option<ToolCallRecord> {
         Some(ToolCallRecord {
             name: self.name.clone(),
@@ -167,7 +208,36 @@ impl TurnState {
                     arguments: arguments.clone(),
                     command_id: *command_id,
                     result: None,
+                    approval: None,
                 });
+            }
+            ConversationEvent::ToolCallApprovalRequested {
+                call_id,
+                approval_id,
+                ..
+            } => {
+                if let Some(call) = self.call_mut(call_id) {
+                    call.approval.get_or_insert(Approval {
+                        approval_id: *approval_id,
+                        approved: None,
+                    });
+                }
+            }
+            ConversationEvent::ToolCallApprovalDecided {
+                approval_id,
+                approved,
+                ..
+            } => {
+                if let Some(approval) = self
+                    .steps
+                    .values_mut()
+                    .flatten()
+                    .filter_map(|call| call.approval.as_mut())
+                    .find(|approval| approval.approval_id == *approval_id)
+                {
+                    // The first decision recorded stands.
+                    approval.approved.get_or_insert(*approved);
+                }
             }
             ConversationEvent::ToolCallCompleted {
                 call_id, result, ..
@@ -192,8 +262,6 @@ impl TurnState {
                 });
             }
             ConversationEvent::ConversationStarted { .. }
-            | ConversationEvent::ToolCallApprovalRequested { .. }
-            | ConversationEvent::ToolCallApprovalDecided { .. }
             | ConversationEvent::ConversationRenamed { .. }
             | ConversationEvent::ConversationDeleted {} => {}
         }
@@ -201,6 +269,26 @@ impl TurnState {
 
     pub fn calls(&self) -> impl Iterator<Item = &CallState> {
         self.steps.values().flatten()
+    }
+
+    /// The latest call recorded under `call_id` that has no result yet.
+    fn call_mut(&mut self, call_id: &str) -> Option<&mut CallState> {
+        self.steps
+            .values_mut()
+            .flatten()
+            .rev()
+            .find(|call| call.call_id == call_id && call.result.is_none())
+    }
+
+    /// The call waiting for the person's decision `approval_id`, if any.
+    pub fn awaiting(&self, approval_id: ApprovalId) -> Option<&CallState> {
+        self.calls().find(|call| {
+            call.awaits_approval()
+                && call
+                    .approval
+                    .as_ref()
+                    .is_some_and(|approval| approval.approval_id == approval_id)
+        })
     }
 
     /// The public record of the turn's tool calls (completed ones, in order).
@@ -231,6 +319,9 @@ pub enum Action {
         pending: Vec<(u32, u32)>,
         next: Next,
     },
+    /// A call waits for the person's approval and nothing else can run: the turn
+    /// pauses (its pending reply is published; no worker holds it) until a decision.
+    Pause(PendingApproval),
     /// The turn has ended: (re)publish its reply.
     Finish(Ending),
 }
@@ -242,6 +333,8 @@ pub enum Next {
     CallModel { step: u32 },
     /// The model used every step it may: end with a friendly message.
     GiveUp,
+    /// A later call of the step waits for approval: record these results, then pause.
+    AwaitApproval,
 }
 
 /// The next thing to do for a turn, given its state. `start` says the conversation
@@ -253,11 +346,23 @@ pub fn next_action(state: &TurnState, start: bool, max_model_steps: u32) -> Acti
     if state.user_message.is_none() {
         return Action::RecordUserMessage { start };
     }
-    let pending = state
-        .calls()
-        .filter(|call| call.result.is_none())
-        .map(|call| (call.step, call.index))
-        .collect();
+    // Calls run in order: those before the first one waiting for approval may run.
+    let mut pending = Vec::new();
+    for call in state.calls().filter(|call| call.result.is_none()) {
+        if call.awaits_approval() {
+            if pending.is_empty() {
+                return Action::Pause(
+                    call.pending_approval()
+                        .expect("a call awaiting approval has one"),
+                );
+            }
+            return Action::Advance {
+                pending,
+                next: Next::AwaitApproval,
+            };
+        }
+        pending.push((call.step, call.index));
+    }
     let step = state.next_step();
     let next = if step >= max_model_steps {
         Next::GiveUp
@@ -265,6 +370,16 @@ pub fn next_action(state: &TurnState, start: bool, max_model_steps: u32) -> Acti
         Next::CallModel { step }
     };
     Action::Advance { pending, next }
+}
+
+/// The result a declined call records, for the model to read.
+pub fn declined_result(name: &str) -> Value {
+    serde_json::json!({
+        "error": format!(
+            "The person declined this {name} call, so it was not run. Do not retry it; \
+             tell them it was not done."
+        )
+    })
 }
 
 /// Ids of the events a turn records, derived from the request (or the conversation
@@ -295,6 +410,19 @@ pub mod event_ids {
             &format!("tool-call-completed/{step}"),
             index,
         )
+    }
+
+    pub fn approval_requested(request: RequestId, step: u32, index: u32) -> EventId {
+        EventId::derived(
+            request.as_uuid(),
+            &format!("approval-requested/{step}"),
+            index,
+        )
+    }
+
+    /// One per approval: the first decision recorded stands, a second is a no-op.
+    pub fn approval_decided(approval: proto_schemas::ApprovalId) -> EventId {
+        EventId::derived(approval.as_uuid(), "approval-decided", 0)
     }
 
     /// Shared by `AssistantReplied` and `TurnFailed`: a turn ends once, whichever
@@ -515,6 +643,80 @@ mod tests {
         assert_eq!(
             next_action(&state, false, 10),
             Action::Finish(Ending::Replied("Done.".into()))
+        );
+    }
+
+    #[test]
+    fn a_call_waiting_for_approval_pauses_the_turn_until_decided() {
+        let r = RequestId::new();
+        let approval_id = ApprovalId::for_tool_call(r, 0, 1);
+        let mut events = vec![
+            started("alice"),
+            said(r, "complete 1 and delete 2"),
+            requested(r, 0, 0, "call_a", "complete_task", json!({"task_id": 1})),
+            requested(r, 0, 1, "call_b", "delete_task", json!({"task_id": 2})),
+            ConversationEvent::ToolCallApprovalRequested {
+                request_id: r,
+                call_id: "call_b".into(),
+                approval_id,
+            },
+        ];
+        // The call before the one that waits may run; then the turn pauses.
+        let state = TurnState::from_events(&events, r);
+        assert_eq!(
+            next_action(&state, false, 10),
+            Action::Advance {
+                pending: vec![(0, 0)],
+                next: Next::AwaitApproval
+            }
+        );
+        events.push(completed(
+            r,
+            "call_a",
+            "complete_task",
+            json!({"task_id": 1}),
+        ));
+        let state = TurnState::from_events(&events, r);
+        let Action::Pause(pending) = next_action(&state, false, 10) else {
+            panic!("expected a pause");
+        };
+        assert_eq!(pending.approval_id, approval_id);
+        assert_eq!(pending.name, "delete_task");
+        assert_eq!(pending.arguments, json!({"task_id": 2}));
+        assert!(state.awaiting(approval_id).is_some());
+
+        // Approved: the call runs like any other. The first decision stands.
+        let decided = |approved| ConversationEvent::ToolCallApprovalDecided {
+            request_id: r,
+            approval_id,
+            approved,
+        };
+        let mut approved = events.clone();
+        approved.push(decided(true));
+        approved.push(decided(false));
+        let state = TurnState::from_events(&approved, r);
+        assert!(state.awaiting(approval_id).is_none());
+        assert!(!state.steps[&0][1].is_declined());
+        assert_eq!(
+            next_action(&state, false, 10),
+            Action::Advance {
+                pending: vec![(0, 1)],
+                next: Next::CallModel { step: 1 }
+            }
+        );
+
+        // Declined: still pending (its result is the refusal the model reads).
+        events.push(decided(false));
+        let state = TurnState::from_events(&events, r);
+        assert!(state.steps[&0][1].is_declined());
+        assert!(
+            matches!(next_action(&state, false, 10), Action::Advance { ref pending, .. } if pending == &[(0, 1)])
+        );
+        assert!(
+            declined_result("delete_task")["error"]
+                .as_str()
+                .unwrap()
+                .contains("declined")
         );
     }
 

@@ -56,3 +56,6 @@ Please try again, perhaps in other words.";
 
 /// The answer of a turn the person stopped.
 pub const CANCELLED_MESSAGE: &str = "Stopped. I didn't finish answering this message.";
+
+/// The answer to an approval for a turn that never started (not a paused turn).
+pub const NO_PAUSED_TURN_MESSAGE: &str = "There is no paused turn to approve.";

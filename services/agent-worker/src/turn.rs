@@ -10,12 +10,14 @@
 //! records everything once; the first ending recorded (reply or failure) is the
 //! turn's answer, and the reply is (re)published from it.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use eventlog::{Appended, EventMetadata, Repository, RepositoryError, Versioned};
 use proto_schemas::chat::{
     ChatError, ChatErrorCode, ChatOutcome, ChatReply, ChatRequest, ChatStreamChunk,
+    PendingApproval, TurnKind,
 };
 use proto_schemas::events::{ConversationEvent, EventsAppended, StreamId};
 use proto_schemas::tasks::{TaskCommand, TaskCommandReply, ToolCall};
@@ -45,6 +47,8 @@ pub(crate) struct TurnSettings {
     pub tool_timeout: Duration,
     /// Tries of one task command before the turn fails (and is redelivered).
     pub tool_attempts: u32,
+    /// Tools that run only once the person approves the call (`AGENT_CONFIRM_TOOLS`).
+    pub confirm_tools: BTreeSet<String>,
 }
 
 /// Why a turn could not finish now; the request is redelivered and resumes.
@@ -113,6 +117,24 @@ impl Worker {
             return Ok(reply);
         }
         let mut turn = self.open(request).await?;
+        if let TurnKind::Approval {
+            approval_id,
+            approve,
+        } = request.kind
+        {
+            // The gateway lets only decisions on a paused turn through; the queue is
+            // not trusted to hold only those. Nothing is recorded for any other.
+            if turn.state.user_message.is_none() {
+                tracing::warn!(%approval_id, "approval for a turn that has not started, refused");
+                let reply = failed(
+                    request,
+                    ChatErrorCode::Internal,
+                    prompt::NO_PAUSED_TURN_MESSAGE,
+                );
+                return Ok(reply);
+            }
+            self.decide(&mut turn, approval_id, approve).await?;
+        }
         loop {
             if turn.conversation.state.access(request) == Access::NotFound {
                 return self.not_found(request).await;
@@ -124,6 +146,9 @@ impl Worker {
                         let reply = reply_for(request, &turn.state, ending);
                         self.publish_reply(&reply).await?;
                         return Ok(reply);
+                    }
+                    Action::Pause(approval) => {
+                        return self.pause(request, &turn.state, approval).await;
                     }
                     Action::RecordUserMessage { start } => {
                         // The message is recorded with the first model step's outcome:
@@ -326,6 +351,63 @@ impl Worker {
         })
     }
 
+    /// Records the person's decision on the call waiting for `approval_id`, if one
+    /// is. A decision on a call that is not waiting (decided already, or unknown)
+    /// changes nothing: the first decision recorded stands, and the turn goes on
+    /// from the log as it is.
+    async fn decide(
+        &self,
+        turn: &mut Turn<'_>,
+        approval_id: proto_schemas::ApprovalId,
+        approved: bool,
+    ) -> Result<(), TurnError> {
+        if turn.state.awaiting(approval_id).is_none() {
+            tracing::info!(%approval_id, "no call waits for this approval; nothing to decide");
+            return Ok(());
+        }
+        tracing::info!(%approval_id, approved, "tool call approval decided");
+        let event = ConversationEvent::ToolCallApprovalDecided {
+            request_id: turn.request.request_id,
+            approval_id,
+            approved,
+        };
+        self.record(
+            turn,
+            vec![(event_ids::approval_decided(approval_id), event)],
+        )
+        .await
+    }
+
+    /// Pauses the turn before a call that needs the person's approval: tells the
+    /// stream and publishes the pending reply. Nothing holds the turn meanwhile;
+    /// the decision comes back as a request of its own ([`TurnKind::Approval`]).
+    async fn pause(
+        &self,
+        request: &ChatRequest,
+        state: &TurnState,
+        approval: PendingApproval,
+    ) -> Result<ChatReply, TurnError> {
+        tracing::info!(approval_id = %approval.approval_id, tool = %approval.name, "turn paused for approval");
+        self.publish_chunk(
+            request,
+            &ChatStreamChunk::ApprovalRequired {
+                approval: approval.clone(),
+            },
+        )
+        .await;
+        let reply = ChatReply {
+            request_id: request.request_id,
+            conversation_id: request.conversation_id,
+            user_id: Some(request.user_id.clone()),
+            outcome: ChatOutcome::PendingApproval {
+                approval,
+                tool_calls: state.records(),
+            },
+        };
+        self.publish_reply(&reply).await?;
+        Ok(reply)
+    }
+
     /// Wakes the log's tailers after a commit to `stream`.
     pub(crate) async fn notify_appended(&self, stream: &StreamId, last_position: i64) {
         let notice = EventsAppended {
@@ -361,7 +443,12 @@ impl Worker {
         let mut events = Vec::new();
         for &(step, index) in pending {
             let call = &state.steps[&step][index as usize];
-            let result = self.run_tool(request, call).await?;
+            let result = if call.is_declined() {
+                tracing::info!(tool = %call.name, "tool call declined by the person, not run");
+                machine::declined_result(&call.name)
+            } else {
+                self.run_tool(request, call).await?
+            };
             let event = ConversationEvent::ToolCallCompleted {
                 request_id: request.request_id,
                 call_id: call.call_id.clone(),
@@ -378,6 +465,8 @@ impl Worker {
             Next::CallModel { step } => {
                 events.extend(self.call_model(turn, &state, step).await);
             }
+            // The results so far are recorded; the next action pauses the turn.
+            Next::AwaitApproval => {}
             Next::GiveUp => {
                 tracing::warn!(
                     max_model_steps = self.settings.max_model_steps,
@@ -464,21 +553,49 @@ impl Worker {
                         &taken,
                     );
                     taken.push(call_id.clone());
+                    let call = CallState {
+                        step,
+                        index,
+                        call_id,
+                        name: machine::storable(&call.name),
+                        arguments: machine::parse_arguments(&call.arguments),
+                        command_id: proto_schemas::CommandId::for_tool_call(
+                            request.request_id,
+                            step,
+                            index,
+                        ),
+                        result: None,
+                        approval: None,
+                    };
+                    // Only a call that would run waits for approval: one the worker
+                    // refuses anyway (unknown tool, bad arguments) is answered at once.
+                    let confirm = self.settings.confirm_tools.contains(&call.name)
+                        && tool_command(&self.tools, request, &call).is_ok();
                     events.push((
                         event_ids::tool_call_requested(request.request_id, step, index),
                         ConversationEvent::ToolCallRequested {
                             request_id: request.request_id,
                             step,
-                            call_id,
-                            name: machine::storable(&call.name),
-                            arguments: machine::parse_arguments(&call.arguments),
-                            command_id: proto_schemas::CommandId::for_tool_call(
-                                request.request_id,
-                                step,
-                                index,
-                            ),
+                            call_id: call.call_id.clone(),
+                            name: call.name,
+                            arguments: call.arguments,
+                            command_id: call.command_id,
                         },
                     ));
+                    if confirm {
+                        events.push((
+                            event_ids::approval_requested(request.request_id, step, index),
+                            ConversationEvent::ToolCallApprovalRequested {
+                                request_id: request.request_id,
+                                call_id: call.call_id,
+                                approval_id: proto_schemas::ApprovalId::for_tool_call(
+                                    request.request_id,
+                                    step,
+                                    index,
+                                ),
+                            },
+                        ));
+                    }
                 }
                 events
             }
@@ -577,10 +694,18 @@ impl Worker {
     pub(crate) async fn publish_reply(&self, reply: &ChatReply) -> Result<(), TurnError> {
         let payload = platform::bus::encode_json(reply)
             .map_err(|error| TurnError::Publish(Box::new(error)))?;
+        // The message id makes a republished reply a no-op; each pause of a turn is a
+        // reply of its own, and so is its end.
+        let message_id = match &reply.outcome {
+            ChatOutcome::PendingApproval { approval, .. } => {
+                format!("{}/approval/{}", reply.request_id, approval.approval_id)
+            }
+            _ => reply.request_id.to_string(),
+        };
         let publish = jetstream::message::PublishMessage::build()
             .payload(payload)
             .headers(platform::bus::traced_headers())
-            .message_id(reply.request_id.to_string());
+            .message_id(message_id);
         let ack = self
             .jetstream
             .send_publish(self.subjects.chat_reply(reply.request_id), publish)
@@ -735,6 +860,7 @@ mod tests {
             arguments,
             command_id: CommandId::for_tool_call(request.request_id, 0, 0),
             result: None,
+            approval: None,
         }
     }
 

@@ -66,6 +66,10 @@ pub enum ApiError {
     /// Well-formed input that breaks a rule (422).
     #[error("{message}")]
     Invalid { code: &'static str, message: String },
+    /// The request is fine but the thing it acts on is not in a state that allows it
+    /// (a finished turn cannot be cancelled, a decided approval not decided again).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     /// The turn ran but the named conversation is not the user's or does not exist.
     #[error("conversation {conversation_id} was not found")]
     ConversationNotFound {
@@ -159,6 +163,7 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound(_) | Self::ConversationNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::MalformedJson(_) | Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -195,7 +200,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::RequestTimeout { .. } => "request_timeout",
             Self::HeadersTooLarge { .. } => "headers_too_large",
-            Self::Invalid { code, .. } => code,
+            Self::Invalid { code, .. } | Self::Conflict { code, .. } => code,
             Self::ConversationNotFound { .. } => "conversation_not_found",
             Self::TurnFailed { code, .. } => match code {
                 ChatErrorCode::ModelUnavailable => "model_unavailable",

@@ -193,13 +193,13 @@ async fn unclaim(state: &AppState, bucket_key: Option<&str>, error: ApiError) ->
 /// Publishes the request to its user's subject with `Nats-Msg-Id` = request id and
 /// waits for the stream's ack; the stream refuses it when the user, or everyone
 /// together, has as many turns waiting or running as its limits allow.
-async fn publish(state: &AppState, request: &ChatRequest) -> Result<(), ApiError> {
+pub(crate) async fn publish(state: &AppState, request: &ChatRequest) -> Result<(), ApiError> {
     let payload = platform::bus::encode_json(request).map_err(ApiError::internal)?;
     // Headers first: `headers` replaces the map that `message_id` writes into.
     let message = PublishMessage::build()
         .payload(payload)
         .headers(platform::bus::traced_headers())
-        .message_id(request.request_id.to_string());
+        .message_id(request.message_id());
     let refused =
         |error: async_nats::jetstream::context::PublishError| match QueueRefusal::of(&error) {
             Some(QueueRefusal::UserLimit) => ApiError::TooManyTurns {
@@ -228,7 +228,7 @@ async fn publish(state: &AppState, request: &ChatRequest) -> Result<(), ApiError
 
 /// The reply the replies stream keeps for `request_id`, if any. Failures to look are
 /// logged and treated as "none yet": the subscription still catches a live reply.
-async fn stored_reply(state: &AppState, request_id: RequestId) -> Option<ChatReply> {
+pub(crate) async fn stored_reply(state: &AppState, request_id: RequestId) -> Option<ChatReply> {
     let subject = state.subjects().chat_reply(request_id);
     let stream = match state
         .jetstream()

@@ -1,6 +1,7 @@
 //! The HTTP routes, the API description generated from them, and the per-request
 //! span that ties each request to the trace of everything it causes on the bus.
 
+pub(crate) mod approvals;
 pub(crate) mod chat;
 pub(crate) mod dev;
 pub(crate) mod health;
@@ -40,6 +41,7 @@ pub(crate) const DEV_TOKEN_PATH: &str = "/api/dev/token";
     paths(
         chat::post_chat,
         stream::post_chat_stream,
+        approvals::post_approval,
         reads::get_tasks,
         reads::get_conversations,
         reads::get_messages,
@@ -57,6 +59,7 @@ pub(crate) const DEV_TOKEN_PATH: &str = "/api/dev/token";
         api::ToolCallFinishedEvent,
         api::ChatStreamEvent,
         api::PendingApprovalOut,
+        approvals::ApprovalBody,
         api::TaskStatusParam,
         api::TaskItem,
         api::TaskPage,
@@ -142,6 +145,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/{user_id}/chat", post(chat::post_chat))
         .route("/api/{user_id}/chat/stream", post(stream::post_chat_stream))
+        .route(
+            "/api/{user_id}/turns/{request_id}/approvals/{approval_id}",
+            post(approvals::post_approval),
+        )
         .route(
             "/api/{user_id}/conversations",
             get(reads::get_conversations),
