@@ -11,7 +11,8 @@
    disruption budgets and autoscalers point at workloads that exist; every
    long-running container has liveness and readiness probes; every container has
    requests and limits and runs non-root, read-only, without capabilities; images are
-   pinned; no secret value is written into the manifests.
+   pinned; no secret value is written into the manifests; ingress is denied by
+   default and open to the world only on the gateway's and task-service's ports.
 4. Lints deploy/Dockerfile with hadolint and validates deploy/docker-compose.yml
    against the Compose specification's JSON schema (schemas/compose-spec.json).
 
@@ -107,6 +108,11 @@ CRD_SCHEMAS = {
 }
 
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet"}
+# The only ports that pods outside the namespace may reach (pod name label -> port):
+# the gateway's HTTP API and task-service's MCP endpoint. Operators' namespaces
+# (KEDA reading NATS's monitoring port, CloudNativePG reaching its instances) are
+# admitted by namespace name, which this allows too, as long as a rule names them.
+PUBLIC_PORTS = {("gateway", 8080), ("task-service", 8001)}
 CLUSTER_SCOPED_KINDS = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 # Names of environment variables whose value must never be written in a manifest.
 SECRET_NAME = re.compile(r"(SECRET|PASSWORD|TOKEN|API_KEY|PRIVATE_KEY|CREDENTIAL)", re.I)
@@ -306,6 +312,31 @@ def check_references(objs: list[dict], overlay: str, report: Report) -> None:
             report.fail(f"{overlay} {name_of(obj)}", "no PodDisruptionBudget covers its pods")
 
 
+def check_network(objs: list[dict], overlay: str, report: Report) -> None:
+    """Ingress is denied by default, and opened to every source only on PUBLIC_PORTS."""
+    policies = [obj for obj in objs if obj["kind"] == "NetworkPolicy"]
+    if not any(not (p["spec"].get("podSelector") or {}) and "Ingress" in
+               (p["spec"].get("policyTypes") or []) and not p["spec"].get("ingress")
+               for p in policies):
+        report.fail(overlay, "no default-deny ingress NetworkPolicy (podSelector {}, no rules)")
+    for policy in policies:
+        where = f"{overlay} {name_of(policy)}"
+        target = ((policy["spec"].get("podSelector") or {}).get("matchLabels") or {}).get(
+            "app.kubernetes.io/name")
+        for rule in policy["spec"].get("ingress") or []:
+            sources = rule.get("from") or []
+            open_to_all = not sources or any(
+                "ipBlock" in source or source.get("namespaceSelector") == {} for source in sources)
+            if not open_to_all:
+                continue
+            ports = [p.get("port") for p in rule.get("ports") or []]
+            if not ports:
+                report.fail(where, "a rule admits every source on every port")
+            for port in ports:
+                if (target, port) not in PUBLIC_PORTS:
+                    report.fail(where, f"port {port} of {target} is open outside the namespace")
+
+
 def check_pods(objs: list[dict], overlay: str, report: Report) -> None:
     for obj in objs:
         spec = pod_spec(obj)
@@ -374,7 +405,7 @@ def check_objects(objs: list[dict], overlay: str, report: Report) -> None:
             report.fail(where, "no namespace (is it outside the overlay's kustomization?)")
 
 
-POLICIES = (check_objects, check_references, check_pods)
+POLICIES = (check_objects, check_references, check_network, check_pods)
 
 
 # ---------------------------------------------------------------- the rest

@@ -110,6 +110,21 @@ class Seeded(unittest.TestCase):
         self.assert_fails_with("container agent-worker: no limits.cpu",
                                "container nats: runAsNonRoot is not true")
 
+    def test_a_port_opened_outside_the_namespace(self):
+        def open_nats(docs):
+            policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+            del policy["spec"]["ingress"][0]["from"]
+
+        self.edit_yaml("k8s/nats/nats.yaml", open_nats)
+        self.assert_fails_with("NetworkPolicy/nats: port 4222 of nats is open outside the namespace")
+
+    def test_no_default_deny(self):
+        def drop_default_deny(docs):
+            docs[:] = [d for d in docs if d["metadata"]["name"] != "default-deny-ingress"]
+
+        self.edit_yaml("k8s/base/network-policies.yaml", drop_default_deny)
+        self.assert_fails_with("no default-deny ingress NetworkPolicy")
+
     def test_a_kind_without_a_schema(self):
         (self.tmp / "k8s/base/monitor.yaml").write_text(
             "apiVersion: monitoring.coreos.com/v1\nkind: PodMonitor\nmetadata: { name: nats }\n"
