@@ -14,12 +14,14 @@
 #   make lint             rustfmt check and clippy with warnings as errors
 #   make schemas          regenerate proto-schemas/schemas/*.json from the Rust types
 #   make services         make sure PostgreSQL and NATS answer (start/install them if not)
-#   make k8s-check        render every Kubernetes overlay (kubectl kustomize)
+#   make k8s-check        render every Kubernetes overlay and validate it offline (schemas of
+#                         Kubernetes 1.32 and the CRDs, policies), lint the Dockerfile,
+#                         validate the compose file; then test that it catches seeded mistakes
 
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: services browser-deps python-deps build test lint fmt schemas bench bench-eventlog bench-task-service bench-agent-worker bench-projection bench-gateway replay verify k8s-check
+.PHONY: services browser-deps python-deps build test lint fmt schemas bench bench-eventlog bench-task-service bench-agent-worker bench-projection bench-gateway replay verify k8s-check k8s-check-test
 
 services:
 	@deploy/local/services.sh
@@ -45,8 +47,9 @@ down:
 build:
 	$(CARGO) build --workspace --all-targets
 
-# The system tests start the service binaries, so build them first.
-test: services browser-deps python-deps
+# The system tests start the service binaries, so build them first. The deployment
+# files are checked first: seconds, once k8s/check's venv exists.
+test: k8s-check services browser-deps python-deps
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
@@ -94,7 +97,12 @@ replay: services
 verify: services
 	$(CARGO) run --release -p projection -- verify
 
+# Offline: the tools are pinned in k8s/check/requirements.txt, installed once into
+# their own venv by k8s/check/install.sh. k8s-check-test seeds a mistake of each kind
+# into a copy of the tree and expects the check to fail on it.
 k8s-check:
-	@for overlay in k8s/overlays/*/; do \
-		kubectl kustomize "$$overlay" >/dev/null && echo "rendered $$overlay"; \
-	done
+	@venv=$$(k8s/check/install.sh) && "$$venv/bin/python" k8s/check/check.py
+	@$(MAKE) --no-print-directory k8s-check-test
+
+k8s-check-test:
+	@venv=$$(k8s/check/install.sh) && cd k8s/check && "$$venv/bin/python" test_check.py

@@ -16,10 +16,12 @@
 //! - [`auth`]: bearer tokens (HS256 with the shared secret, or an identity
 //!   provider's via its JWKS) and the RFC 9728 metadata that points clients at it.
 //! - [`http`]: the HTTP accept loop, with header read timeouts.
+//! - [`health`]: the probe port of services that serve no HTTP of their own.
 
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod health;
 pub mod http;
 pub mod retry;
 pub mod shutdown;

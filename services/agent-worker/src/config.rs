@@ -2,6 +2,7 @@
 //! works on a developer machine (`agent-worker --help` lists them).
 
 use platform::config::{DatabaseConfig, NatsConfig, ProcessConfig};
+use platform::health::HealthConfig;
 
 use crate::conversation::MESSAGES_KEPT;
 use crate::provider::ProviderArgs;
@@ -21,6 +22,8 @@ pub struct Config {
     pub process: ProcessConfig,
     #[command(flatten)]
     pub provider: ProviderArgs,
+    #[command(flatten)]
+    pub health: HealthConfig,
 
     /// Chat turns this replica runs at once.
     #[arg(long, env = "AGENT_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]

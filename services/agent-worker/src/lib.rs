@@ -159,6 +159,7 @@ impl App {
     /// turns in flight and returns.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let config = &self.config;
+        platform::health::spawn(config.health, self.bus.clone(), shutdown.child_token()).await?;
         let tools = tools::ToolCatalog::builtin();
         tracing::info!(tools = ?tools.names().collect::<Vec<_>>(), "task tools compiled in");
         let confirm_tools = config.confirm_tools(&tools)?;

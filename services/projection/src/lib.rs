@@ -34,6 +34,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use eventlog::EventStore;
 use platform::config::{DatabaseConfig, NatsConfig, ProcessConfig, TelemetryConfig};
+use platform::health::HealthConfig;
 use sqlx::{Connection as _, PgPool};
 use tokio_util::sync::CancellationToken;
 
@@ -50,7 +51,8 @@ pub const SERVICE_NAME: &str = "projection";
 /// down is not fatal (the client keeps reconnecting), only logged.
 const NATS_READY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The command line: `projection [run]`, `projection replay`, `projection verify`.
+/// The command line: `projection [run]`, `projection replay`, `projection verify`,
+/// `projection migrate`.
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "projection",
@@ -84,6 +86,10 @@ pub enum Command {
     /// Fold the log afresh and compare with the live read models: exit code 0 when
     /// identical, 1 (with the differences printed) when not.
     Verify(VerifyConfig),
+    /// Bring the database's schema up to date (the event log's migrations and the live
+    /// read model tables) and exit: what every service also does as it starts, run
+    /// once before a rollout (the Kubernetes init container). Idempotent.
+    Migrate(MigrateConfig),
 }
 
 /// What every `--batch-size` accepts: at least one event, and few enough that a
@@ -101,6 +107,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     #[command(flatten)]
     pub process: ProcessConfig,
+    #[command(flatten)]
+    pub health: HealthConfig,
     /// Most events the live projector applies in one transaction.
     #[arg(long, env = "PROJECTION_BATCH_SIZE", default_value_t = 1_000, value_parser = batch_size_range())]
     pub batch_size: u32,
@@ -146,6 +154,15 @@ impl ReplayConfig {
             progress: self.progress,
         }
     }
+}
+
+/// Settings of `projection migrate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateConfig {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
 }
 
 /// Settings of `projection verify`.
@@ -226,6 +243,7 @@ impl App {
     /// `shutdown` is cancelled, then finishes the batch and queries in flight.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let config = &self.config;
+        platform::health::spawn(config.health, self.bus.clone(), shutdown.child_token()).await?;
         let subjects = config.nats.subjects();
         let writer = projector::Writer {
             pool: self.store.pool().clone(),
@@ -305,6 +323,10 @@ mod tests {
             replay,
             Command::Replay(config) if config.batch_size == 7 && config.progress == ProgressMode::Lines
         ));
+        let migrate = Cli::try_parse_from(["projection", "migrate"])
+            .unwrap()
+            .into_command();
+        assert!(matches!(migrate, Command::Migrate(_)));
         let verify = Cli::try_parse_from(["projection", "verify", "--max-differences", "5"])
             .unwrap()
             .into_command();

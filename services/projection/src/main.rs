@@ -1,6 +1,7 @@
 //! The projection binary: `projection [run]` projects and answers queries until SIGTERM
 //! or SIGINT; `projection replay` rebuilds the read models; `projection verify` checks
-//! them against the log (exit 0 identical, 1 different, 2 could not check).
+//! them against the log (exit 0 identical, 1 different, 2 could not check);
+//! `projection migrate` brings the database's schema up to date and exits.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -30,6 +31,15 @@ async fn main() -> anyhow::Result<ExitCode> {
                 .await
                 .context("replay failed")?;
             println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate(config) => {
+            let _telemetry = platform::telemetry::init(SERVICE_NAME, &config.telemetry)?;
+            let store = config.database.open_event_store().await?;
+            projection::ensure_live_tables(store.pool())
+                .await
+                .context("failed to create the read model tables")?;
+            println!("schema up to date");
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify(config) => {

@@ -38,6 +38,7 @@ fn config(db: &TestDatabase, bus: &TestBus) -> Config {
                 shutdown_grace_secs: 25,
             },
         },
+        health: Default::default(),
         batch_size: 1_000,
         poll_interval_ms: 100,
         min_read_interval_ms: 20,
