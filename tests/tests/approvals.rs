@@ -1,0 +1,233 @@
+//! Confirm before destructive tools (`AGENT_CONFIRM_TOOLS`), end to end: the turn
+//! pauses before a listed tool call, holding no worker, and the person's decision
+//! resumes it, on any worker, even one started after the pause.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use system_tests::{Stack, StackOptions};
+use testkit::eventually;
+
+/// A stack whose workers ask before `delete_task`.
+async fn confirming_stack() -> Stack {
+    Stack::start_with(StackOptions {
+        env: vec![("AGENT_CONFIRM_TOOLS", "delete_task".to_owned())],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// `POST /api/{user}/turns/{request_id}/approvals/{approval_id}` as `user`.
+async fn decide(
+    stack: &Stack,
+    user: &str,
+    request_id: &str,
+    approval_id: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    let response = stack
+        .http()
+        .post(format!(
+            "{}/api/{user}/turns/{request_id}/approvals/{approval_id}",
+            stack.gateway
+        ))
+        .bearer_auth(stack.token(user))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+/// The titles of `user`'s tasks, once the read model shows `expected` of them.
+async fn task_titles(stack: &Stack, user: &str, expected: usize) -> Vec<String> {
+    eventually(Duration::from_secs(15), "the task list", || async {
+        let (status, body) = stack.get(user, &format!("/api/{user}/tasks")).await.ok()?;
+        let titles: Vec<String> = body["items"]
+            .as_array()?
+            .iter()
+            .map(|task| task["title"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        (status == StatusCode::OK && titles.len() == expected).then_some(titles)
+    })
+    .await
+}
+
+/// Adds a task, then asks to delete it: the answer is the pending approval.
+async fn ask_to_delete(stack: &Stack, user: &str) -> (Value, String) {
+    let added = stack.chat_ok(user, "Add a task to buy milk", None).await;
+    let conversation = added["conversation_id"].as_str().unwrap().to_owned();
+    let paused = stack
+        .chat_ok(user, "Delete task 1", Some(&conversation))
+        .await;
+    let pending = &paused["pending_approval"];
+    assert_eq!(pending["name"], "delete_task", "{paused}");
+    assert_eq!(pending["arguments"]["task_id"], 1, "{paused}");
+    assert_eq!(paused["response"], "", "{paused}");
+    (paused, conversation)
+}
+
+#[tokio::test]
+async fn an_approved_call_runs_and_a_declined_one_does_not() {
+    let stack = confirming_stack().await;
+    let (paused, _) = ask_to_delete(&stack, "ada").await;
+    let request_id = paused["request_id"].as_str().unwrap();
+    let approval_id = paused["pending_approval"]["approval_id"].as_str().unwrap();
+    // Paused: nothing was deleted.
+    assert_eq!(task_titles(&stack, "ada", 1).await, ["Buy milk"]);
+
+    let (status, answer) = decide(
+        &stack,
+        "ada",
+        request_id,
+        approval_id,
+        json!({"approve": true}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["request_id"], request_id);
+    assert!(answer.get("pending_approval").is_none(), "{answer}");
+    let calls = answer["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{answer}");
+    assert_eq!(calls[0]["name"], "delete_task");
+    assert_eq!(calls[0]["result"]["status"], "deleted", "{answer}");
+    assert!(task_titles(&stack, "ada", 0).await.is_empty());
+    // Decided: a second decision is a conflict and changes nothing.
+    let (status, again) = decide(
+        &stack,
+        "ada",
+        request_id,
+        approval_id,
+        json!({"approve": false}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+    assert_eq!(again["error"]["code"], "turn_finished");
+
+    // Declined: the task stays, and the model is told.
+    let (paused, _) = ask_to_delete(&stack, "bo").await;
+    let request_id = paused["request_id"].as_str().unwrap();
+    let approval_id = paused["pending_approval"]["approval_id"].as_str().unwrap();
+    let (status, answer) = decide(
+        &stack,
+        "bo",
+        request_id,
+        approval_id,
+        json!({"approve": false}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let calls = answer["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{answer}");
+    assert!(
+        calls[0]["result"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("declined"),
+        "{answer}"
+    );
+    assert_eq!(task_titles(&stack, "bo", 1).await, ["Buy milk"]);
+}
+
+#[tokio::test]
+async fn a_paused_turn_survives_a_worker_restart_and_is_the_users_own() {
+    let mut stack = confirming_stack().await;
+    let (paused, _) = ask_to_delete(&stack, "ada").await;
+    let request_id = paused["request_id"].as_str().unwrap().to_owned();
+    let approval_id = paused["pending_approval"]["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The pause is state in the log: a worker started afresh picks the turn up.
+    stack.kill("agent-worker-0").await.unwrap();
+    stack.spawn("agent-worker-1", "agent-worker", &[]).unwrap();
+
+    // Another user cannot see or decide it (their own path: 404; ada's: 403); bad
+    // ids and bodies change nothing.
+    let (status, body) = decide(
+        &stack,
+        "eve",
+        &request_id,
+        &approval_id,
+        json!({"approve": true}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let response = stack
+        .http()
+        .post(format!(
+            "{}/api/ada/turns/{request_id}/approvals/{approval_id}",
+            stack.gateway
+        ))
+        .bearer_auth(stack.token("eve"))
+        .json(&json!({"approve": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let unknown = proto_schemas::RequestId::new().to_string();
+    let (status, body) = decide(
+        &stack,
+        "ada",
+        &unknown,
+        &approval_id,
+        json!({"approve": true}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = decide(&stack, "ada", &request_id, "nope", json!({"approve": true})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_approval_id");
+    let (status, body) = decide(
+        &stack,
+        "ada",
+        &request_id,
+        &approval_id,
+        json!({"approve": "yes"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let other_approval = proto_schemas::ApprovalId::new().to_string();
+    let (status, body) = decide(
+        &stack,
+        "ada",
+        &request_id,
+        &other_approval,
+        json!({"approve": true}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "approval_not_pending");
+    assert_eq!(task_titles(&stack, "ada", 1).await, ["Buy milk"]);
+
+    let (status, answer) = decide(
+        &stack,
+        "ada",
+        &request_id,
+        &approval_id,
+        json!({"approve": true}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        answer["tool_calls"][0]["result"]["status"], "deleted",
+        "{answer}"
+    );
+    assert!(task_titles(&stack, "ada", 0).await.is_empty());
+}
+
+#[tokio::test]
+async fn without_the_setting_nothing_waits() {
+    let stack = Stack::start().await.unwrap();
+    let added = stack.chat_ok("ada", "Add a task to buy milk", None).await;
+    let conversation = added["conversation_id"].as_str().unwrap();
+    let deleted = stack
+        .chat_ok("ada", "Delete task 1", Some(conversation))
+        .await;
+    assert!(deleted.get("pending_approval").is_none(), "{deleted}");
+    assert_eq!(deleted["tool_calls"][0]["name"], "delete_task", "{deleted}");
+}
