@@ -1,6 +1,7 @@
 // The gateway's HTTP API as the page uses it: JSON requests with the bearer token,
-// errors turned into ApiError with a sentence fit to show, and the chat turn as a
-// stream of server-sent events read with fetch (EventSource cannot POST).
+// errors turned into ApiError with a sentence fit to show, and a chat turn's events
+// (server-sent events, each with an id) read with fetch: EventSource can neither POST
+// nor send the bearer token.
 
 /** How long an ordinary request may take before the page gives up on it. */
 const REQUEST_TIMEOUT_MS = 20_000;
@@ -169,16 +170,18 @@ export function whoAmI(token) {
 /**
  * An incremental parser of the `text/event-stream` format: feed it decoded text as it
  * arrives, get back the complete events. Follows the HTML spec's field rules (CR, LF
- * or CRLF line ends; `data` lines joined with LF; comments and `id`/`retry` ignored).
+ * or CRLF line ends; `data` lines joined with LF; the last `id` carries over to later
+ * events; comments and `retry` ignored).
  */
 export class SseParser {
   constructor() {
     this.buffer = "";
     this.eventType = "";
     this.data = [];
+    this.lastId = "";
   }
 
-  /** @returns {{event: string, data: string}[]} */
+  /** @returns {{event: string, data: string, id: string}[]} */
   push(text) {
     this.buffer += text;
     const events = [];
@@ -207,7 +210,7 @@ export class SseParser {
         this.eventType = "";
         return null;
       }
-      const event = { event: this.eventType || "message", data: this.data.join("\n") };
+      const event = { event: this.eventType || "message", data: this.data.join("\n"), id: this.lastId };
       this.eventType = "";
       this.data = [];
       return event;
@@ -219,6 +222,7 @@ export class SseParser {
     if (value.startsWith(" ")) value = value.slice(1);
     if (field === "event") this.eventType = value;
     else if (field === "data") this.data.push(value);
+    else if (field === "id" && !value.includes("\0")) this.lastId = value;
     return null;
   }
 }
@@ -268,13 +272,63 @@ export class Api {
   }
 
   /**
-   * Runs one chat turn as server-sent events. `onEvent(name, data)` is called with
-   * `accepted` ({conversation_id, request_id} from the response headers) and then for
-   * each event with its parsed JSON. Resolves when the stream ends; rejects with an ApiError
-   * when the request is refused, the connection drops or the stream stays silent too long.
+   * Sends a chat message and follows its turn. `onEvent(name, data, id)` is called
+   * with `accepted` ({conversation_id, request_id} from the response headers), then
+   * for each event with its parsed JSON and its id. Resolves when the stream ends;
+   * rejects with an ApiError when the request is refused, the connection drops or the
+   * stream stays silent too long.
    */
-  async chatStream(message, conversationId, onEvent) {
+  chatStream(message, conversationId, onEvent, signal) {
+    const body = { message };
+    if (conversationId) body.conversation_id = conversationId;
+    return this.events("POST", "/chat/stream", { body, onEvent, signal });
+  }
+
+  /** Answers the conversation's last message again, followed like `chatStream`. */
+  regenerateStream(conversationId, onEvent, signal) {
+    const path = `/conversations/${encodeURIComponent(conversationId)}/regenerate/stream`;
+    return this.events("POST", path, { body: {}, onEvent, signal });
+  }
+
+  /**
+   * Follows a turn already running (or finished): its events after `lastEventId`
+   * (all of them when empty), then the live ones, to its end.
+   */
+  followTurn(requestId, lastEventId, onEvent, signal) {
+    const headers = lastEventId ? { "Last-Event-ID": lastEventId } : {};
+    return this.events("GET", `/turns/${encodeURIComponent(requestId)}/events`, { headers, onEvent, signal });
+  }
+
+  /** Stops a running turn; it ends with the `cancelled` error. */
+  cancel(requestId) {
+    return requestJson("POST", `${this.base}/turns/${encodeURIComponent(requestId)}/cancel`, {
+      token: this.token,
+    });
+  }
+
+  /** Approves or declines the tool call a turn waits on: the turn's next answer. */
+  decide(requestId, approvalId, approve) {
+    const path = `${this.base}/turns/${encodeURIComponent(requestId)}/approvals/${encodeURIComponent(approvalId)}`;
+    return requestJson("POST", path, { token: this.token, body: { approve }, timeoutMs: 120_000 });
+  }
+
+  rename(conversationId, title) {
+    return requestJson("PATCH", `${this.base}/conversations/${encodeURIComponent(conversationId)}`, {
+      token: this.token,
+      body: { title },
+    });
+  }
+
+  deleteConversation(conversationId) {
+    return requestJson("DELETE", `${this.base}/conversations/${encodeURIComponent(conversationId)}`, {
+      token: this.token,
+    });
+  }
+
+  /** Reads an event stream of the API; see `chatStream`. */
+  async events(method, path, { body, headers = {}, onEvent, signal }) {
     const controller = new AbortController();
+    if (signal) signal.addEventListener("abort", () => controller.abort(), { once: true });
     let idleTimer;
     let timedOut = false;
     const armIdleTimer = () => {
@@ -284,20 +338,19 @@ export class Api {
         controller.abort();
       }, STREAM_IDLE_TIMEOUT_MS);
     };
-    const body = { message };
-    if (conversationId) body.conversation_id = conversationId;
     armIdleTimer();
     try {
       let response;
       try {
-        response = await fetch(`${this.base}/chat/stream`, {
-          method: "POST",
+        response = await fetch(`${this.base}${path}`, {
+          method,
           headers: {
             Accept: "text/event-stream",
-            "Content-Type": "application/json",
+            ...(body === undefined ? {} : { "Content-Type": "application/json" }),
             Authorization: `Bearer ${this.token}`,
+            ...headers,
           },
-          body: JSON.stringify(body),
+          body: body === undefined ? undefined : JSON.stringify(body),
           signal: controller.signal,
           cache: "no-store",
         });
@@ -305,12 +358,14 @@ export class Api {
         throw transportError(error, timedOut);
       }
       if (!response.ok) throw errorFromBody(response.status, await readJson(response));
+      // 204: the turn ended before the id we have, nothing more to read.
+      if (response.status === 204) return;
       if (!response.body) throw new ApiError(0, "network", "This browser cannot read streamed answers.");
-      // The turn is accepted (and will finish) before its first event: say which it is.
-      onEvent("accepted", {
-        conversation_id: response.headers.get("x-conversation-id"),
-        request_id: response.headers.get("x-request-id"),
-      });
+      const requestId = response.headers.get("x-request-id");
+      if (requestId) {
+        // The turn is accepted (and will finish) before its first event: say which it is.
+        onEvent("accepted", { conversation_id: response.headers.get("x-conversation-id"), request_id: requestId }, "");
+      }
 
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       const parser = new SseParser();
@@ -323,14 +378,14 @@ export class Api {
         }
         if (chunk.done) break;
         armIdleTimer();
-        for (const { event, data } of parser.push(chunk.value)) {
+        for (const { event, data, id } of parser.push(chunk.value)) {
           let json = null;
           try {
             json = data ? JSON.parse(data) : null;
           } catch {
             continue; // not one of the gateway's events
           }
-          onEvent(event, json);
+          onEvent(event, json, id);
         }
       }
       parser.finish();

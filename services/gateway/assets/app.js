@@ -7,6 +7,8 @@ import { describeFinished, describeRaw, describeStarted } from "./toolcalls.js";
 
 const SESSION_KEY = "taskchat.session";
 const conversationKey = (userId) => `taskchat.conversation.${userId}`;
+/** The turn that was running when the page was left, so a reload can follow it again. */
+const turnKey = (userId) => `taskchat.turn.${userId}`;
 /** The server's limit on one message (the gateway answers 422 beyond it). */
 const MAX_MESSAGE_CHARS = 4000;
 
@@ -38,6 +40,7 @@ const ui = {
   composer: $("composer"),
   input: $("composer-input"),
   send: $("send"),
+  stop: $("stop"),
   counter: $("composer-counter"),
   tasksRefresh: $("tasks-refresh"),
   tasksStatus: $("tasks-status"),
@@ -55,7 +58,12 @@ const state = {
   conversationId: null,
   conversations: [],
   conversationsCursor: null,
+  /** Changes made here that the read model may not show yet (it follows the log). */
+  deletedConversations: new Set(),
+  renamedConversations: new Map(),
   busy: false,
+  /** The running turn: {requestId, conversationId, text, lastEventId}. */
+  turn: null,
   expiryTimer: 0,
   /** Bumped on every sign-in/out and conversation switch, so late answers are dropped. */
   generation: 0,
@@ -246,9 +254,10 @@ function renderConversations() {
   ui.conversationList.replaceChildren(
     ...state.conversations.map((c) => {
       const current = c.conversation_id === state.conversationId;
+      const title = c.title || "Untitled conversation";
       return h(
         "li",
-        {},
+        { class: "conversation-item", dataset: { conversationId: c.conversation_id } },
         h(
           "button",
           {
@@ -259,11 +268,37 @@ function renderConversations() {
             dataset: { conversationId: c.conversation_id },
             onclick: () => openConversation(c.conversation_id),
           },
-          h("span", { class: "conversation-title" }, c.title || "Untitled conversation"),
+          h("span", { class: "conversation-title" }, title),
           h(
             "span",
             { class: "conversation-meta" },
             `${c.message_count} message${c.message_count === 1 ? "" : "s"} · ${whenText(c.updated_at)}`,
+          ),
+        ),
+        h(
+          "span",
+          { class: "conversation-actions" },
+          h(
+            "button",
+            {
+              type: "button",
+              class: "btn btn-ghost btn-small rename",
+              "aria-label": `Rename “${title}”`,
+              disabled: state.busy,
+              onclick: (event) => startRename(event.currentTarget.closest("li"), c),
+            },
+            "Rename",
+          ),
+          h(
+            "button",
+            {
+              type: "button",
+              class: "btn btn-ghost btn-small delete",
+              "aria-label": `Delete “${title}”`,
+              disabled: state.busy,
+              onclick: (event) => deleteConversation(event.currentTarget, c),
+            },
+            "Delete",
           ),
         ),
       );
@@ -273,6 +308,71 @@ function renderConversations() {
   ui.conversationsMore.hidden = !state.conversationsCursor;
 }
 
+/** Turns a conversation's entry into a title field; Enter saves, Escape cancels. */
+function startRename(item, conversation) {
+  const input = h("input", {
+    type: "text",
+    class: "rename-input",
+    value: conversation.title || "",
+    maxlength: "200",
+    "aria-label": "New title",
+    required: true,
+  });
+  const form = h(
+    "form",
+    { class: "rename-form" },
+    input,
+    h("button", { type: "submit", class: "btn btn-primary btn-small" }, "Save"),
+    h("button", { type: "button", class: "btn btn-ghost btn-small", onclick: () => renderConversations() }, "Cancel"),
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const title = input.value.trim();
+    if (!title || !state.api) return;
+    try {
+      await state.api.rename(conversation.conversation_id, title);
+      conversation.title = title;
+      state.renamedConversations.set(conversation.conversation_id, title);
+      renderConversations();
+      updateChatTitle();
+      await refreshConversations();
+    } catch (error) {
+      reportError(error, "The conversation could not be renamed");
+    }
+  });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") renderConversations();
+  });
+  item.replaceChildren(form);
+  input.focus();
+  input.select();
+}
+
+/** Deletes a conversation on the second click (the first asks to confirm). */
+async function deleteConversation(button, conversation) {
+  if (button.dataset.confirm !== "true") {
+    button.dataset.confirm = "true";
+    button.textContent = "Delete?";
+    button.classList.add("danger");
+    return;
+  }
+  if (!state.api) return;
+  try {
+    await state.api.deleteConversation(conversation.conversation_id);
+  } catch (error) {
+    // Gone already: the list catches up below.
+    if (!(error instanceof ApiError && error.status === 404)) {
+      reportError(error, "The conversation could not be deleted");
+      return;
+    }
+  }
+  state.deletedConversations.add(conversation.conversation_id);
+  state.conversations = state.conversations.filter((c) => c.conversation_id !== conversation.conversation_id);
+  if (state.conversationId === conversation.conversation_id) startNewConversation();
+  renderConversations();
+  await refreshConversations();
+}
+
 /** Loads the conversation list (or its next page); false when that failed. */
 async function refreshConversations({ more = false } = {}) {
   const api = state.api;
@@ -280,7 +380,14 @@ async function refreshConversations({ more = false } = {}) {
   try {
     const page = await api.conversations(more ? state.conversationsCursor : undefined);
     if (api !== state.api) return false;
-    const items = page.items || [];
+    const items = (page.items || [])
+      .filter((c) => !state.deletedConversations.has(c.conversation_id))
+      .map((c) => {
+        const title = state.renamedConversations.get(c.conversation_id);
+        if (title === undefined) return c;
+        if (title === c.title) state.renamedConversations.delete(c.conversation_id);
+        return { ...c, title };
+      });
     if (more) {
       const known = new Set(state.conversations.map((c) => c.conversation_id));
       state.conversations.push(...items.filter((c) => !known.has(c.conversation_id)));
@@ -371,7 +478,14 @@ async function openConversation(id, { restoring = false } = {}) {
       updateChatTitle(first?.content);
     }
     scrollToEnd(true);
+    updateRegenerate();
     if (!restoring) ui.input.focus({ preventScroll: true });
+    const running = savedTurn(state.session.userId);
+    if (restoring && running && running.conversationId === id) {
+      // Follow the turn that was running when the page was left, to its end.
+      ui.messages.querySelector(`.msg[data-request-id="${CSS.escape(running.requestId)}"]:not(.msg-user)`)?.remove();
+      resumeTurn(running);
+    }
   } catch (error) {
     if (generation !== state.generation) return;
     if (error instanceof ApiError && error.status === 404) {
@@ -414,7 +528,9 @@ function messageNode(role, { text = "", toolCalls = [] } = {}) {
 
 function renderStoredMessage(message) {
   const role = message.role === "user" || message.role === "error" ? message.role : "assistant";
-  return messageNode(role, { text: message.content, toolCalls: message.tool_calls || [] });
+  const node = messageNode(role, { text: message.content, toolCalls: message.tool_calls || [] });
+  if (message.request_id) node.dataset.requestId = message.request_id;
+  return node;
 }
 
 /** The assistant's message of a turn in progress: fills in as events arrive. */
@@ -439,6 +555,42 @@ class LiveAnswer {
     /** The last result of each task this turn touched, by task number. */
     this.effects = new Map();
     this.settled = false;
+    /** Answered (not failed): the final answer came. */
+    this.answered = false;
+    /** Paused before a call that waits for the person's approval. */
+    this.waiting = false;
+  }
+
+  /** Shows the call the turn waits on, with Approve and Decline. */
+  askApproval(approval, onDecision) {
+    this.waiting = true;
+    this.node.dataset.waiting = "true";
+    this.typing.remove();
+    this.node.removeAttribute("aria-busy");
+    this.node.querySelector(".approval")?.remove();
+    const what = describeStarted(approval.name, approval.arguments).text;
+    this.node.append(
+      h(
+        "div",
+        { class: "approval", role: "group", "aria-label": "Approval needed" },
+        h("p", {}, `The assistant wants to run ${approval.name}: ${what}. Allow it?`),
+        h("button", { type: "button", class: "btn btn-primary btn-small approve", onclick: () => onDecision(true) }, "Approve"),
+        h("button", { type: "button", class: "btn btn-small decline", onclick: () => onDecision(false) }, "Decline"),
+      ),
+    );
+  }
+
+  deciding(approve) {
+    const box = this.node.querySelector(".approval");
+    if (box) box.replaceChildren(h("p", {}, approve ? "Approved. Running it…" : "Declined."));
+    this.bubble.append(this.typing);
+    this.node.setAttribute("aria-busy", "true");
+  }
+
+  /** Shows the calls a turn has run so far, as an answer lists them. */
+  chipsFrom(calls) {
+    this.chips.replaceChildren(...calls.map(finishedChip));
+    this.chips.hidden = calls.length === 0;
   }
 
   delta(text) {
@@ -474,7 +626,11 @@ class LiveAnswer {
 
   /** The gateway's final answer: the whole text and every call, authoritative. */
   final(answer) {
+    this.node.querySelector(".approval")?.remove();
+    this.waiting = false;
+    delete this.node.dataset.waiting;
     this.settled = true;
+    this.answered = true;
     this.text = answer.response || "";
     this.bubble.textContent = this.text || "(no reply)";
     const calls = answer.tool_calls || [];
@@ -488,6 +644,9 @@ class LiveAnswer {
   }
 
   fail(message) {
+    this.node.querySelector(".approval")?.remove();
+    this.waiting = false;
+    delete this.node.dataset.waiting;
     this.settled = true;
     this.node.classList.remove("msg-assistant");
     this.node.classList.add("msg-error");
@@ -512,10 +671,37 @@ class LiveAnswer {
 function setBusy(busy) {
   state.busy = busy;
   document.body.dataset.turn = busy ? "running" : "idle";
-  ui.send.disabled = busy;
-  ui.send.textContent = busy ? "Sending…" : "Send";
+  // Stop takes Send's place while a turn runs.
+  ui.send.hidden = busy;
+  ui.stop.hidden = !busy;
+  ui.stop.disabled = false;
   ui.newConversation.disabled = busy;
   for (const button of ui.conversationList.querySelectorAll("button")) button.disabled = busy;
+  updateSendButton();
+  updateRegenerate();
+}
+
+/** Send is off while a turn runs and while the message is over the length limit. */
+function updateSendButton() {
+  ui.send.disabled = state.busy || charCount(ui.input.value) > MAX_MESSAGE_CHARS;
+}
+
+/** Remembers the running turn (or forgets it), for a reload to follow it again. */
+function saveTurn(turn) {
+  state.turn = turn;
+  if (!state.session) return;
+  const key = turnKey(state.session.userId);
+  if (turn) localStorage.setItem(key, JSON.stringify(turn));
+  else localStorage.removeItem(key);
+}
+
+function savedTurn(userId) {
+  try {
+    const saved = JSON.parse(localStorage.getItem(turnKey(userId)) || "null");
+    return saved && typeof saved.requestId === "string" ? saved : null;
+  } catch {
+    return null;
+  }
 }
 
 async function sendMessage() {
@@ -526,53 +712,109 @@ async function sendMessage() {
     showBanner(`A message can be at most ${MAX_MESSAGE_CHARS.toLocaleString()} characters; this one has ${length.toLocaleString()}.`);
     return;
   }
+  ui.messages.querySelector(".welcome")?.remove();
+  ui.messages.append(messageNode("user", { text }));
+  ui.input.value = "";
+  autoGrow();
+  const api = state.api;
+  const ok = await runTurn((onEvent, signal) => api.chatStream(text, state.conversationId, onEvent, signal), {
+    text,
+  });
+  // A turn that failed keeps what the person wrote, to send again.
+  if (!ok && api === state.api && !ui.input.value) {
+    ui.input.value = text;
+    autoGrow();
+  }
+}
+
+/** Answers the conversation's last message again; the earlier answer leaves the page. */
+async function regenerate() {
+  if (state.busy || !state.api || !state.conversationId) return;
+  const last = lastAnswerNode();
+  const conversationId = state.conversationId;
+  const api = state.api;
+  last?.remove();
+  await runTurn((onEvent, signal) => api.regenerateStream(conversationId, onEvent, signal), {});
+}
+
+/** Follows a turn that was running when the page was reloaded. */
+function resumeTurn(turn) {
+  const api = state.api;
+  if (turn.text && !ui.messages.querySelector(`[data-request-id="${CSS.escape(turn.requestId)}"]`)) {
+    ui.messages.querySelector(".welcome")?.remove();
+    ui.messages.append(messageNode("user", { text: turn.text }));
+  }
+  // From its first event: the page has none of its answer any more.
+  return runTurn((onEvent, signal) => api.followTurn(turn.requestId, "", onEvent, signal), {
+    text: turn.text,
+    requestId: turn.requestId,
+  });
+}
+
+/**
+ * Runs one turn on the page: `start(onEvent, signal)` opens its event stream; the
+ * answer fills in as events arrive. A stream that drops is followed again from the
+ * last event seen (`Last-Event-ID`). Resolves with whether the turn was answered.
+ */
+async function runTurn(start, { text = "", requestId = null }) {
   hideBanner();
   const api = state.api;
   const generation = state.generation;
-  ui.messages.querySelector(".welcome")?.remove();
-  ui.messages.append(messageNode("user", { text }));
   const answer = new LiveAnswer();
   ui.messages.append(answer.node);
-  ui.input.value = "";
-  autoGrow();
   scrollToEnd(true);
   setBusy(true);
 
   let conversationId = state.conversationId;
   /** The turn that is still running on the server although this request gave up on it. */
   let stillRunning = null;
-  /** The server's id of this turn, once it has accepted it. */
-  let requestId = null;
+  let lastEventId = "";
+  const onEvent = (event, data, id) => {
+    if (generation !== state.generation) return;
+    if (id) {
+      lastEventId = id;
+      if (state.turn) saveTurn({ ...state.turn, lastEventId: id });
+    }
+    if (event === "accepted") {
+      // Remember it now: a reload while the answer streams still finds the turn.
+      conversationId = data.conversation_id || conversationId;
+      requestId = data.request_id || requestId;
+      if (conversationId && conversationId !== state.conversationId) rememberConversation(conversationId);
+      saveTurn({ requestId, conversationId, text, lastEventId });
+    } else if (event === "delta" && typeof data?.text === "string") answer.delta(data.text);
+    else if (event === "tool_call_started") answer.started(data);
+    else if (event === "tool_call_finished") answer.finished(data);
+    else if (event === "approval_required") answer.askApproval(data, (approve) => decide(answer, requestId, data, approve));
+    else if (event === "final") {
+      answer.final(data);
+      conversationId = data.conversation_id || conversationId;
+    } else if (event === "error") {
+      const error = data?.error || {};
+      conversationId = error.conversation_id || conversationId;
+      if (error.code === "reply_timeout" || error.code === "shutting_down") stillRunning = error.request_id;
+      answer.fail(error.message ? sentence(error.message) : "The assistant could not answer this message.");
+    }
+    scrollToEnd();
+  };
+  if (requestId) saveTurn({ requestId, conversationId, text, lastEventId });
+  const stopping = new AbortController();
+  state.stopStream = stopping;
   try {
-    await api.chatStream(text, conversationId, (event, data) => {
-      if (generation !== state.generation) return;
-      if (event === "accepted") {
-        // Remember it now: a reload while the answer streams still finds the conversation.
-        conversationId = data.conversation_id || conversationId;
-        requestId = data.request_id;
-        if (conversationId && conversationId !== state.conversationId) rememberConversation(conversationId);
-      } else if (event === "delta" && typeof data?.text === "string") answer.delta(data.text);
-      else if (event === "tool_call_started") answer.started(data);
-      else if (event === "tool_call_finished") answer.finished(data);
-      else if (event === "final") {
-        answer.final(data);
-        conversationId = data.conversation_id || conversationId;
-      } else if (event === "error") {
-        const error = data?.error || {};
-        conversationId = error.conversation_id || conversationId;
-        if (error.code === "reply_timeout" || error.code === "shutting_down") stillRunning = error.request_id;
-        answer.fail(error.message ? sentence(error.message) : "The assistant could not answer this message.");
-      }
-      scrollToEnd();
-    });
-    if (!answer.settled) {
+    await start(onEvent, stopping.signal);
+    // Dropped before its end: follow the same turn again from the last event seen.
+    for (let retry = 0; retry < 3 && !answer.settled && !answer.waiting && requestId && !stopping.signal.aborted; retry += 1) {
+      if (generation !== state.generation) break;
+      await sleep(500 * (retry + 1));
+      await api.followTurn(requestId, lastEventId, onEvent, stopping.signal).catch(() => {});
+    }
+    if (!answer.settled && !answer.waiting) {
       stillRunning = requestId;
       answer.fail("The connection closed before the answer was complete. It will appear in the conversation history once it is ready.");
     }
   } catch (error) {
     if (error instanceof ApiError && error.needsSignIn) {
       showSignIn(error.message);
-      return;
+      return false;
     }
     if (error instanceof ApiError && error.conversationId) conversationId = error.conversationId;
     if (error instanceof ApiError && (error.code === "reply_timeout" || error.code === "shutting_down")) {
@@ -584,14 +826,82 @@ async function sendMessage() {
     answer.fail(error instanceof Error ? error.message : String(error));
     if (error instanceof ApiError && error.code === "conversation_not_found") conversationId = null;
   } finally {
+    if (state.stopStream === stopping) state.stopStream = null;
+    // A turn still running elsewhere, or paused for approval, stays remembered: a
+    // reload follows it again (and shows the approval again).
+    if (api === state.api && generation === state.generation && !stillRunning && !answer.waiting) saveTurn(null);
     if (api === state.api) setBusy(false);
   }
-  if (api !== state.api || generation !== state.generation) return;
+  if (api !== state.api || generation !== state.generation) return answer.answered;
   if (conversationId !== state.conversationId) rememberConversation(conversationId);
   scrollToEnd();
+  updateRegenerate();
   ui.input.focus({ preventScroll: true });
   await settleAfterTurn(api, conversationId, answer.effects);
   if (stillRunning && conversationId) awaitLateAnswer(conversationId, stillRunning);
+  return answer.answered;
+}
+
+/** The person's decision on the call a turn waits on; the answer continues the turn. */
+async function decide(answer, requestId, approval, approve) {
+  const api = state.api;
+  if (!api || state.busy) return;
+  answer.deciding(approve);
+  setBusy(true);
+  const conversationId = state.conversationId;
+  saveTurn({ requestId, conversationId, text: "", lastEventId: "" });
+  try {
+    const next = await api.decide(requestId, approval.approval_id, approve);
+    if (api !== state.api) return;
+    if (next.pending_approval) {
+      answer.chipsFrom(next.tool_calls || []);
+      answer.askApproval(next.pending_approval, (again) => decide(answer, requestId, next.pending_approval, again));
+    } else {
+      answer.final(next);
+      saveTurn(null);
+    }
+  } catch (error) {
+    if (error instanceof ApiError && error.needsSignIn) {
+      showSignIn(error.message);
+      return;
+    }
+    answer.fail(error instanceof Error ? error.message : String(error));
+  } finally {
+    if (api === state.api) setBusy(false);
+  }
+  if (api !== state.api) return;
+  updateRegenerate();
+  await settleAfterTurn(api, state.conversationId, answer.effects);
+}
+
+/** Stops the running turn on the server; its stream then ends with `cancelled`. */
+async function stopTurn() {
+  const requestId = state.turn?.requestId;
+  if (!requestId || !state.api) return;
+  ui.stop.disabled = true;
+  try {
+    await state.api.cancel(requestId);
+  } catch (error) {
+    // 409: it ended meanwhile, and its answer is on the way.
+    if (!(error instanceof ApiError && error.status === 409)) reportError(error, "The turn could not be stopped");
+    ui.stop.disabled = false;
+  }
+}
+
+/** The last answer (or problem) on the page, the one Regenerate replaces. */
+function lastAnswerNode() {
+  const last = ui.messages.querySelector(".msg:last-of-type");
+  return last && !last.classList.contains("msg-user") ? last : null;
+}
+
+/** Offers Regenerate on the last answer of a conversation, when no turn runs. */
+function updateRegenerate() {
+  for (const old of ui.messages.querySelectorAll(".regenerate")) old.remove();
+  const last = lastAnswerNode();
+  if (state.busy || !state.conversationId || !last || last.dataset.waiting === "true") return;
+  last.append(
+    h("button", { type: "button", class: "btn btn-ghost btn-small regenerate", onclick: regenerate }, "Regenerate"),
+  );
 }
 
 /** Whether `tasks` shows every change a turn reported. */
@@ -680,6 +990,7 @@ function autoGrow() {
   ui.counter.hidden = length < MAX_MESSAGE_CHARS * 0.8;
   ui.counter.textContent = `${length.toLocaleString()} / ${MAX_MESSAGE_CHARS.toLocaleString()}`;
   ui.counter.classList.toggle("over", length > MAX_MESSAGE_CHARS);
+  updateSendButton();
 }
 
 // ---------------------------------------------------------------------------------
@@ -804,6 +1115,7 @@ ui.input.addEventListener("keydown", (event) => {
   }
 });
 ui.input.addEventListener("input", autoGrow);
+ui.stop.addEventListener("click", stopTurn);
 
 // Another tab signed out or in: follow it rather than sending with a stale token.
 window.addEventListener("storage", (event) => {

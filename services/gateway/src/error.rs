@@ -76,6 +76,12 @@ pub enum ApiError {
         request_id: RequestId,
         conversation_id: ConversationId,
     },
+    /// The person stopped the turn (`POST …/turns/{request_id}/cancel`).
+    #[error("you stopped this message before it was answered (request {request_id})")]
+    Cancelled {
+        request_id: RequestId,
+        conversation_id: ConversationId,
+    },
     /// The model, its provider or the worker failed the turn.
     #[error(
         "the assistant could not answer this message right now; please try again (request {request_id})"
@@ -150,6 +156,10 @@ impl ApiError {
                 request_id,
                 conversation_id,
             },
+            ChatErrorCode::Cancelled => Self::Cancelled {
+                request_id,
+                conversation_id,
+            },
             code => Self::TurnFailed {
                 code,
                 request_id,
@@ -172,10 +182,7 @@ impl ApiError {
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             // The person stopped the turn: the request conflicts with their own later one.
-            Self::TurnFailed {
-                code: ChatErrorCode::Cancelled,
-                ..
-            } => StatusCode::CONFLICT,
+            Self::Cancelled { .. } => StatusCode::CONFLICT,
             Self::TurnFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::ReplyTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::TooManyTurns { .. } | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -202,10 +209,12 @@ impl ApiError {
             Self::HeadersTooLarge { .. } => "headers_too_large",
             Self::Invalid { code, .. } | Self::Conflict { code, .. } => code,
             Self::ConversationNotFound { .. } => "conversation_not_found",
+            Self::Cancelled { .. } => "cancelled",
             Self::TurnFailed { code, .. } => match code {
                 ChatErrorCode::ModelUnavailable => "model_unavailable",
                 ChatErrorCode::DeliveryExhausted => "delivery_exhausted",
                 ChatErrorCode::ConversationNotFound => "conversation_not_found",
+                // Answered as `Cancelled`; kept for a reply that names it otherwise.
                 ChatErrorCode::Cancelled => "cancelled",
                 ChatErrorCode::Internal => "turn_failed",
             },
@@ -249,6 +258,10 @@ impl ApiError {
     pub fn body(&self) -> ErrorBody {
         let (request_id, conversation_id) = match self {
             Self::ConversationNotFound {
+                request_id,
+                conversation_id,
+            }
+            | Self::Cancelled {
                 request_id,
                 conversation_id,
             }
