@@ -6,10 +6,17 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::chat::ChatRequest;
+use crate::events::FeedbackKind;
 use crate::ids::{ConversationId, UserId};
 
 /// The longest conversation title a person may set, in characters.
 pub const TITLE_MAX_CHARS: usize = 200;
+
+/// The most items one feedback may name.
+pub const FEEDBACK_MAX_ITEMS: usize = 100;
+
+/// The longest item id a feedback may name, in characters.
+pub const FEEDBACK_ITEM_ID_MAX_CHARS: usize = 200;
 
 /// A conversation title as a person set it: not blank, at most
 /// [`TITLE_MAX_CHARS`] characters, no control characters. Trimmed.
@@ -69,6 +76,34 @@ pub enum ConversationCommand {
     /// Stop a turn: record its end as failed with code `cancelled` (unless it has
     /// ended), and tell the replica running it to stop at its next safe point.
     CancelTurn { request: ChatRequest },
+    /// Record the person's rating of answers (by their ChatKit item ids): 1 to
+    /// [`FEEDBACK_MAX_ITEMS`] ids of at most [`FEEDBACK_ITEM_ID_MAX_CHARS`] characters.
+    Feedback {
+        user_id: UserId,
+        conversation_id: ConversationId,
+        item_ids: Vec<String>,
+        kind: FeedbackKind,
+    },
+}
+
+/// Checks the item ids of a feedback: why they are refused, if they are.
+pub fn check_feedback_items(item_ids: &[String]) -> Result<(), String> {
+    if item_ids.is_empty() || item_ids.len() > FEEDBACK_MAX_ITEMS {
+        return Err(format!(
+            "feedback must name 1 to {FEEDBACK_MAX_ITEMS} items (it names {})",
+            item_ids.len()
+        ));
+    }
+    match item_ids.iter().find(|id| {
+        id.trim().is_empty()
+            || id.chars().count() > FEEDBACK_ITEM_ID_MAX_CHARS
+            || id.chars().any(char::is_control)
+    }) {
+        Some(id) => Err(format!(
+            "item id {id:?} must be 1 to {FEEDBACK_ITEM_ID_MAX_CHARS} characters, without control characters"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// What came of a [`ConversationCommand`].
@@ -112,5 +147,16 @@ mod tests {
             ConversationTitle::parse("a\u{0}b"),
             Err(InvalidTitle::ControlCharacter)
         );
+    }
+
+    #[test]
+    fn feedback_names_a_bounded_number_of_sane_ids() {
+        let ids = |list: &[&str]| list.iter().map(|id| (*id).to_owned()).collect::<Vec<_>>();
+        assert!(check_feedback_items(&ids(&["msg_1_assistant"])).is_ok());
+        assert!(check_feedback_items(&[]).is_err());
+        assert!(check_feedback_items(&vec!["a".to_owned(); FEEDBACK_MAX_ITEMS + 1]).is_err());
+        assert!(check_feedback_items(&ids(&[" "])).is_err());
+        assert!(check_feedback_items(&ids(&["a\u{7}"])).is_err());
+        assert!(check_feedback_items(&["é".repeat(FEEDBACK_ITEM_ID_MAX_CHARS + 1)]).is_err());
     }
 }

@@ -252,6 +252,20 @@ pub enum ConversationEvent {
     /// The person deleted the conversation: every read and every later turn treats it
     /// as not found. Its events stay in the log as history.
     ConversationDeleted {},
+    /// The person rated answers of the conversation (ChatKit's thumbs up / down),
+    /// naming them by their ChatKit item ids. Kept as history; no read model uses it.
+    FeedbackGiven {
+        item_ids: Vec<String>,
+        kind: FeedbackKind,
+    },
+}
+
+/// Whether the person liked what they rated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedbackKind {
+    Positive,
+    Negative,
 }
 
 impl ConversationEvent {
@@ -260,7 +274,8 @@ impl ConversationEvent {
         match self {
             Self::ConversationStarted { .. }
             | Self::ConversationRenamed { .. }
-            | Self::ConversationDeleted {} => None,
+            | Self::ConversationDeleted {}
+            | Self::FeedbackGiven { .. } => None,
             Self::UserMessageReceived { request_id, .. }
             | Self::ToolCallRequested { request_id, .. }
             | Self::ToolCallCompleted { request_id, .. }

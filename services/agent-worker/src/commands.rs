@@ -1,6 +1,6 @@
 //! Commands on conversations and turns, from the gateway (NATS request-reply on
 //! `conversations.commands`, queue group `agent-workers`): rename, delete, cancel a
-//! turn. The workers own the conversation streams, so these are appended here, through
+//! turn, record feedback. The workers own the conversation streams, so these are appended here, through
 //! the same repository (and expected versions) as the turns themselves.
 //!
 //! A cancellation is the turn's ending, recorded like any other (`TurnFailed` with
@@ -14,9 +14,9 @@ use std::time::Duration;
 use eventlog::{EventMetadata, Executed};
 use proto_schemas::chat::{ChatErrorCode, ChatOutcome, ChatRequest};
 use proto_schemas::conversations::{
-    ConversationCommand, ConversationCommandReply, ConversationTitle,
+    ConversationCommand, ConversationCommandReply, ConversationTitle, check_feedback_items,
 };
-use proto_schemas::events::{ConversationEvent, StreamId};
+use proto_schemas::events::{ConversationEvent, FeedbackKind, StreamId};
 use proto_schemas::{ConversationId, EventId, UserId};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -80,6 +80,7 @@ fn command_name(command: &ConversationCommand) -> &'static str {
         ConversationCommand::Rename { .. } => "rename",
         ConversationCommand::Delete { .. } => "delete",
         ConversationCommand::CancelTurn { .. } => "cancel_turn",
+        ConversationCommand::Feedback { .. } => "feedback",
     }
 }
 
@@ -113,6 +114,18 @@ impl Worker {
                 conversation_id,
             } => self.delete(&user_id, conversation_id).await,
             ConversationCommand::CancelTurn { request } => self.cancel(&request).await,
+            ConversationCommand::Feedback {
+                user_id,
+                conversation_id,
+                item_ids,
+                kind,
+            } => match check_feedback_items(&item_ids) {
+                Ok(()) => {
+                    self.feedback(&user_id, conversation_id, item_ids, kind)
+                        .await
+                }
+                Err(reason) => return ConversationCommandReply::Invalid { reason },
+            },
         };
         outcome.unwrap_or_else(|error| {
             tracing::warn!(error = %platform::error_chain(&error), "conversation command failed");
@@ -151,6 +164,27 @@ impl Worker {
             (
                 EventId::derived(id.as_uuid(), "conversation-deleted", 0),
                 ConversationEvent::ConversationDeleted {},
+            )
+        })
+        .await
+    }
+
+    async fn feedback(
+        &self,
+        user: &UserId,
+        conversation_id: ConversationId,
+        item_ids: Vec<String>,
+        kind: FeedbackKind,
+    ) -> Result<ConversationCommandReply, TurnError> {
+        self.change(user, conversation_id, |_| {
+            // A fresh id each time: a person may change their mind, and each rating is
+            // history.
+            (
+                EventId::new(),
+                ConversationEvent::FeedbackGiven {
+                    item_ids: item_ids.clone(),
+                    kind,
+                },
             )
         })
         .await

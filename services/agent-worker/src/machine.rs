@@ -263,7 +263,8 @@ impl TurnState {
             }
             ConversationEvent::ConversationStarted { .. }
             | ConversationEvent::ConversationRenamed { .. }
-            | ConversationEvent::ConversationDeleted {} => {}
+            | ConversationEvent::ConversationDeleted {}
+            | ConversationEvent::FeedbackGiven { .. } => {}
         }
     }
 

@@ -390,11 +390,12 @@ impl ReadModels {
                 );
             }
             // Approvals show through the calls' results; renaming and deleting are
-            // read-model changes still to come (issue 12).
+            // read-model changes still to come (issue 12). Feedback is history only.
             ConversationEvent::ToolCallApprovalRequested { .. }
             | ConversationEvent::ToolCallApprovalDecided { .. }
             | ConversationEvent::ConversationRenamed { .. }
-            | ConversationEvent::ConversationDeleted {} => {}
+            | ConversationEvent::ConversationDeleted {}
+            | ConversationEvent::FeedbackGiven { .. } => {}
         }
         None
     }
