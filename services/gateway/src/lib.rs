@@ -6,6 +6,8 @@
 //! - [`config`]: the command line (`serve`, the default, and `token`).
 //! - [`routes`]: the axum router, the OpenAPI description and the request span;
 //!   one module per route family.
+//! - [`chatkit`]: `POST /chatkit`, ChatKit's server protocol over the same turns,
+//!   conversations and read models.
 //! - [`turn`]: one chat turn on the bus (validate, settle the request id, subscribe,
 //!   publish, wait).
 //! - [`idempotency`]: `Idempotency-Key` → request id, in a JetStream KV bucket.
@@ -20,6 +22,7 @@
 
 mod admission;
 mod api;
+mod chatkit;
 mod config;
 mod error;
 mod extract;

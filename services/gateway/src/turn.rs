@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use futures::StreamExt as _;
-use proto_schemas::chat::{ChatMessage, ChatReply, ChatRequest, InvalidChatMessage};
+use proto_schemas::chat::{ChatMessage, ChatReply, ChatRequest, InvalidChatMessage, TurnKind};
 use proto_schemas::{ConversationId, RequestId, UserId};
 
 use crate::api::ChatBody;
@@ -30,6 +30,9 @@ pub(crate) struct ChatInput {
     pub message: String,
     /// `None` starts a new conversation.
     pub conversation: Option<ConversationId>,
+    /// A new message, or a regenerate of the conversation's last one (with an empty
+    /// `message`).
+    pub kind: TurnKind,
 }
 
 impl ChatInput {
@@ -57,7 +60,17 @@ impl ChatInput {
         Ok(Self {
             message: message.into_inner(),
             conversation,
+            kind: TurnKind::Message,
         })
+    }
+
+    /// Answer `conversation`'s last user message again.
+    pub(crate) fn regenerate(conversation: ConversationId) -> Self {
+        Self {
+            message: String::new(),
+            conversation: Some(conversation),
+            kind: TurnKind::Regenerate,
+        }
     }
 }
 
@@ -159,7 +172,7 @@ pub(crate) async fn start(
         new_conversation,
         message: input.message,
         received_at: chrono::Utc::now(),
-        kind: proto_schemas::chat::TurnKind::Message,
+        kind: input.kind,
     };
     // The request id is the message id: a publish repeated after one that went
     // through unconfirmed is dropped by the stream as a duplicate.

@@ -42,6 +42,7 @@ pub(crate) const DEV_TOKEN_PATH: &str = "/api/dev/token";
         chat::post_chat,
         stream::post_chat_stream,
         approvals::post_approval,
+        crate::chatkit::post_chatkit,
         reads::get_tasks,
         reads::get_conversations,
         reads::get_messages,
@@ -60,6 +61,9 @@ pub(crate) const DEV_TOKEN_PATH: &str = "/api/dev/token";
         api::ChatStreamEvent,
         api::PendingApprovalOut,
         approvals::ApprovalBody,
+        crate::chatkit::types::ChatKitRequest,
+        crate::chatkit::ChatKitAnswer,
+        crate::chatkit::ChatKitStreamEvent,
         api::TaskStatusParam,
         api::TaskItem,
         api::TaskPage,
@@ -79,6 +83,7 @@ pub(crate) const DEV_TOKEN_PATH: &str = "/api/dev/token";
     tags(
         (name = "chat", description = "Chat turns with the assistant"),
         (name = "reads", description = "Tasks and conversation history"),
+        (name = "chatkit", description = "ChatKit's server protocol, for ChatKit front ends"),
         (name = "dev", description = "Local development helpers"),
         (name = "health", description = "Liveness and readiness"),
     )
@@ -158,6 +163,7 @@ pub fn router(state: AppState) -> Router {
             get(reads::get_messages),
         )
         .route("/api/{user_id}/tasks", get(reads::get_tasks))
+        .route(crate::chatkit::PATH, post(crate::chatkit::post_chatkit))
         .route("/api/me", get(identity::get_me))
         .route(
             platform::auth::resource::METADATA_PATH,

@@ -154,7 +154,7 @@ fn page_request(limit: Option<u32>, cursor: Option<String>) -> Result<PageReques
 }
 
 /// Sends a query to the projection and maps its answer to the API's statuses.
-async fn ask<Q: Serialize, T: DeserializeOwned>(
+pub(crate) async fn ask<Q: Serialize, T: DeserializeOwned>(
     state: &AppState,
     subject: String,
     query: &Q,

@@ -80,29 +80,78 @@ pub(crate) async fn post_chat_stream(
         ),
     ];
 
-    let (events, receiver) = mpsc::channel(EVENT_BUFFER);
-    tokio::spawn(relay(state, started, events).instrument(tracing::Span::current()));
-    let stream = ReceiverStream::new(receiver).map(Ok::<_, Infallible>);
-    let mut response = Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response();
+    let mut response = event_stream(state, started, Vec::new(), ApiEvents);
     let response_headers = response.headers_mut();
     for (name, value) in ids {
         if let Ok(value) = HeaderValue::from_str(&value) {
             response_headers.insert(name, value);
         }
     }
+    Ok(response)
+}
+
+/// How a turn's progress chunks and its end become SSE events: the API's named
+/// events ([`ApiEvents`]) or ChatKit's thread stream events (`crate::chatkit`).
+pub(crate) trait RenderTurn: Send + 'static {
+    /// The events one progress chunk becomes (none for chunks the client is not shown).
+    fn chunk(&mut self, chunk: ChatStreamChunk) -> Vec<Event>;
+    /// The last events: the reply, or why waiting for it ended.
+    fn end(&mut self, end: Result<ChatReply, ApiError>) -> Vec<Event>;
+}
+
+/// The API's own events: `delta`, `tool_call_started`, `tool_call_finished`,
+/// `approval_required`, then `final` or `error`.
+struct ApiEvents;
+
+impl RenderTurn for ApiEvents {
+    fn chunk(&mut self, chunk: ChatStreamChunk) -> Vec<Event> {
+        chunk_event(chunk)
+            .map(|(name, data)| Event::default().event(name).data(data.to_string()))
+            .into_iter()
+            .collect()
+    }
+
+    fn end(&mut self, end: Result<ChatReply, ApiError>) -> Vec<Event> {
+        vec![match end {
+            Ok(reply) => end_event(reply),
+            Err(error) => error_event(&error),
+        }]
+    }
+}
+
+/// The SSE response that sends `prelude`, then relays `started` rendered by `render`.
+pub(crate) fn event_stream(
+    state: AppState,
+    started: StartedTurn,
+    prelude: Vec<Event>,
+    render: impl RenderTurn,
+) -> Response {
+    let (events, receiver) = mpsc::channel(EVENT_BUFFER.max(prelude.len()));
+    for event in prelude {
+        // The channel is new and has room for the prelude.
+        let _ = events.try_send(event);
+    }
+    tokio::spawn(relay(state, started, events, render).instrument(tracing::Span::current()));
+    let stream = ReceiverStream::new(receiver).map(Ok::<_, Infallible>);
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response();
     // Reverse proxies (nginx ingress) would otherwise hold events back.
-    response_headers.insert(
+    response.headers_mut().insert(
         HeaderName::from_static("x-accel-buffering"),
         HeaderValue::from_static("no"),
     );
-    Ok(response)
+    response
 }
 
 /// Forwards the turn's progress and its end to `events` until the reply arrives, the
 /// wait times out, the server stops or the client goes away.
-async fn relay(state: AppState, started: StartedTurn, events: mpsc::Sender<Event>) {
+async fn relay(
+    state: AppState,
+    started: StartedTurn,
+    events: mpsc::Sender<Event>,
+    mut render: impl RenderTurn,
+) {
     let StartedTurn {
         request_id,
         conversation_id,
@@ -111,7 +160,7 @@ async fn relay(state: AppState, started: StartedTurn, events: mpsc::Sender<Event
         chunks,
     } = started;
     if let Some(reply) = stored {
-        let _ = events.send(end_event(reply)).await;
+        send_all(&events, render.end(Ok(reply))).await;
         return;
     }
     let mut chunks = chunks;
@@ -126,8 +175,8 @@ async fn relay(state: AppState, started: StartedTurn, events: mpsc::Sender<Event
                 return;
             }
             chunk = next_chunk(&mut chunks), if chunks.is_some() => match chunk {
-                Some(event) => {
-                    if events.send(event).await.is_err() {
+                Some(chunk) => {
+                    if !send_all(&events, render.chunk(chunk)).await {
                         return;
                     }
                 }
@@ -138,41 +187,45 @@ async fn relay(state: AppState, started: StartedTurn, events: mpsc::Sender<Event
                 // delivers in order: whatever chunks there are have been buffered.
                 if let Some(subscriber) = chunks.as_mut() {
                     while let Some(Some(message)) = subscriber.next().now_or_never() {
-                        if let Some(event) = decode_chunk(&message.payload)
-                            && events.send(event).await.is_err()
+                        if let Some(chunk) = decode_chunk(&message.payload)
+                            && !send_all(&events, render.chunk(chunk)).await
                         {
                             return;
                         }
                     }
                 }
-                let event = match reply {
-                    Ok(reply) => end_event(reply),
-                    Err(end) => error_event(&turn::wait_error(end, request_id, conversation_id)),
-                };
-                let _ = events.send(event).await;
+                let end = reply.map_err(|end| turn::wait_error(end, request_id, conversation_id));
+                send_all(&events, render.end(end)).await;
                 return;
             }
         }
     }
 }
 
-/// The next readable chunk as an event; `None` when the subscription ended.
-async fn next_chunk(chunks: &mut Option<async_nats::Subscriber>) -> Option<Event> {
+/// Sends `batch` in order; false when the client went away.
+async fn send_all(events: &mpsc::Sender<Event>, batch: Vec<Event>) -> bool {
+    for event in batch {
+        if events.send(event).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// The next readable chunk; `None` when the subscription ended.
+async fn next_chunk(chunks: &mut Option<async_nats::Subscriber>) -> Option<ChatStreamChunk> {
     let subscriber = chunks.as_mut()?;
     loop {
         let message = subscriber.next().await?;
-        if let Some(event) = decode_chunk(&message.payload) {
-            return Some(event);
+        if let Some(chunk) = decode_chunk(&message.payload) {
+            return Some(chunk);
         }
     }
 }
 
-fn decode_chunk(payload: &[u8]) -> Option<Event> {
+fn decode_chunk(payload: &[u8]) -> Option<ChatStreamChunk> {
     match platform::bus::decode_json::<ChatStreamChunk>(payload) {
-        Ok(chunk) => {
-            let (name, data) = chunk_event(chunk)?;
-            Some(Event::default().event(name).data(data.to_string()))
-        }
+        Ok(chunk) => Some(chunk),
         Err(error) => {
             tracing::warn!(%error, "ignoring an unreadable stream chunk");
             None
