@@ -111,6 +111,7 @@ pub(crate) struct ThreadIdParams {
 pub(crate) struct ThreadUpdateParams {
     pub thread_id: String,
     /// The new title: 1 to 200 characters, not blank, no control characters.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub title: String,
 }
 
@@ -127,6 +128,7 @@ pub(crate) enum Order {
 pub(crate) struct ListParams {
     /// Page size, 1 to 200; 20 when absent (or 0).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 200)]
     pub limit: Option<i64>,
     #[serde(default)]
     pub order: Order,
@@ -140,6 +142,7 @@ pub(crate) struct ItemsListParams {
     pub thread_id: String,
     /// Page size, 1 to 200; 20 when absent (or 0).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 200)]
     pub limit: Option<i64>,
     #[serde(default)]
     pub order: Order,
@@ -159,6 +162,7 @@ pub(crate) enum FeedbackKind {
 pub(crate) struct ItemFeedbackParams {
     pub thread_id: String,
     /// 1 to 100 item ids of the thread.
+    #[schema(min_items = 1, max_items = 100)]
     pub item_ids: Vec<String>,
     pub kind: FeedbackKind,
 }
