@@ -7,6 +7,7 @@ pub(crate) mod health;
 pub(crate) mod identity;
 pub(crate) mod reads;
 pub(crate) mod stream;
+pub(crate) mod turns;
 
 use std::sync::Arc;
 
@@ -40,6 +41,8 @@ pub(crate) const DEV_TOKEN_PATH: &str = "/api/dev/token";
     paths(
         chat::post_chat,
         stream::post_chat_stream,
+        turns::get_turn_events,
+        turns::post_cancel_turn,
         reads::get_tasks,
         reads::get_conversations,
         reads::get_messages,
@@ -57,6 +60,8 @@ pub(crate) const DEV_TOKEN_PATH: &str = "/api/dev/token";
         api::ToolCallFinishedEvent,
         api::ChatStreamEvent,
         api::PendingApprovalOut,
+        api::CancelAccepted,
+        api::CancelStatus,
         api::TaskStatusParam,
         api::TaskItem,
         api::TaskPage,
@@ -142,6 +147,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/{user_id}/chat", post(chat::post_chat))
         .route("/api/{user_id}/chat/stream", post(stream::post_chat_stream))
+        .route(
+            "/api/{user_id}/turns/{request_id}/events",
+            get(turns::get_turn_events),
+        )
+        .route(
+            "/api/{user_id}/turns/{request_id}/cancel",
+            post(turns::post_cancel_turn),
+        )
         .route(
             "/api/{user_id}/conversations",
             get(reads::get_conversations),
