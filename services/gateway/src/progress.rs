@@ -62,9 +62,10 @@ impl LastEventId {
         let raw = value.to_str().map_err(|_| malformed())?.trim();
         match raw {
             END_EVENT_ID => Ok(Some(Self::End)),
-            _ if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) => {
-                raw.parse().map(|id| Some(Self::Chunk(id))).map_err(|_| malformed())
-            }
+            _ if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) => raw
+                .parse()
+                .map(|id| Some(Self::Chunk(id)))
+                .map_err(|_| malformed()),
             _ => Err(malformed()),
         }
     }
@@ -99,7 +100,9 @@ pub(crate) async fn find(
         return Ok(KnownTurn::Progress(Box::new(request)));
     }
     match turn::stored_reply(state, request_id).await {
-        Some(reply) if reply.user_id.as_ref() == Some(user) => Ok(KnownTurn::Reply(Box::new(reply))),
+        Some(reply) if reply.user_id.as_ref() == Some(user) => {
+            Ok(KnownTurn::Reply(Box::new(reply)))
+        }
         _ => Err(ApiError::NotFound(format!(
             "turn {request_id} was not found"
         ))),
@@ -131,7 +134,10 @@ async fn accepted(
             }
         },
         Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(None),
-        Err(error) => Err(ApiError::unavailable("the message bus", error_chain(&error))),
+        Err(error) => Err(ApiError::unavailable(
+            "the message bus",
+            error_chain(&error),
+        )),
     }
 }
 
@@ -181,7 +187,10 @@ impl Progress {
             })
             .await
             .map_err(|error| bus_down(&error))?;
-        let messages = consumer.messages().await.map_err(|error| bus_down(&error))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|error| bus_down(&error))?;
         Ok(Self {
             stream,
             subject,
@@ -242,7 +251,11 @@ impl Progress {
                 }
                 Ok(Some(None)) => {}
                 Ok(None) | Err(_) => {
-                    tracing::warn!(read = self.read, last, "progress chunks missing at the end of a turn");
+                    tracing::warn!(
+                        read = self.read,
+                        last,
+                        "progress chunks missing at the end of a turn"
+                    );
                     break;
                 }
             }
