@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use futures::StreamExt as _;
@@ -228,7 +229,16 @@ async fn publish(state: &AppState, request: &ChatRequest) -> Result<(), ApiError
         .await
         .map_err(refused)?;
     let (accepted, queued) = tokio::join!(accepted.into_future(), queued.into_future());
-    let accepted = accepted.map_err(|error| bus_down(&error))?;
+    let accepted = match accepted {
+        Ok(ack) => ack,
+        Err(error) => {
+            if error.kind() == PublishErrorKind::StreamNotFound {
+                // Lost with a NATS restart (memory storage): the retry finds it again.
+                state.restore_progress_stream().await;
+            }
+            return Err(bus_down(&error));
+        }
+    };
     let ack = match queued {
         Ok(ack) => ack,
         Err(error) => {
