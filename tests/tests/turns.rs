@@ -143,6 +143,29 @@ async fn a_dropped_stream_resumes_after_its_last_event_on_any_gateway() {
     )
     .await;
     assert_eq!(error["error"]["code"], "invalid_request_id");
+
+    // Once the progress has expired (purged here), the stored reply still tells whose
+    // the turn is: its end event alone is replayed, and it still cannot be stopped.
+    stack
+        .bus
+        .jetstream()
+        .get_stream(stack.bus.subjects.chat_progress_stream())
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    let end_only =
+        read_events(open_event_stream(turn_events(&stack, user, &request, None)).await).await;
+    assert_eq!(end_only[..], all[all.len() - 1..]);
+    let error = expect_json(cancel(&stack, user, &request), StatusCode::CONFLICT).await;
+    assert_eq!(error["error"]["code"], "turn_finished");
+    expect_json(
+        turn_events(&stack, "intruder", &request, None),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+
     // The token's user must be the path's.
     let forbidden = stack
         .http()
