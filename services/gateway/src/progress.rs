@@ -35,6 +35,9 @@ pub(crate) const END_EVENT_ID: &str = "end";
 /// delivered yet, before the end event goes out regardless.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The pause after an error of the progress consumer.
+const CONSUMER_PAUSE: Duration = Duration::from_millis(250);
+
 /// Where a client left a turn's events (`Last-Event-ID`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LastEventId {
@@ -117,10 +120,17 @@ async fn accepted(
     request_id: RequestId,
 ) -> Result<Option<ChatRequest>, ApiError> {
     let subject = state.subjects().chat_stream(user, request_id);
-    let first = progress_stream(state)
-        .await?
-        .direct_get_first_for_subject(subject)
-        .await;
+    let stream = progress_stream(state).await?;
+    let first = match stream.direct_get_first_for_subject(subject.clone()).await {
+        // No answer at all: the stream may be gone with a NATS restart (it is kept in
+        // memory). Make sure it is there, and ask once more.
+        Err(error) if error.kind() != DirectGetErrorKind::NotFound => {
+            tracing::debug!(error = %error_chain(&error), "progress stream look-up failed");
+            state.restore_progress_stream().await;
+            stream.direct_get_first_for_subject(subject).await
+        }
+        first => first,
+    };
     match first {
         Ok(message) => match platform::bus::decode_json::<ChatStreamChunk>(&message.payload) {
             Ok(ChatStreamChunk::Accepted { request }) if request.request_id == request_id => {
@@ -206,8 +216,10 @@ impl Progress {
             let message = match self.messages.next().await? {
                 Ok(message) => message,
                 Err(error) => {
-                    // The ordered consumer recreates itself; it goes on from `read`.
+                    // The ordered consumer recreates itself and goes on from where it
+                    // was; a pause keeps a bus outage from spinning here.
                     tracing::warn!(error = %error_chain(&error), "progress consumer hiccup");
+                    tokio::time::sleep(CONSUMER_PAUSE).await;
                     continue;
                 }
             };
