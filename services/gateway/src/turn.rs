@@ -324,17 +324,29 @@ pub(crate) enum WaitEnd {
     Closed,
 }
 
-/// Waits up to `timeout` for the turn's reply on `replies`. Replies that cannot be
-/// read or name another request are logged and skipped.
+/// How often a wait for a reply also looks in the replies stream: a reply published
+/// while this gateway was reconnecting to NATS never reaches the subscription, but it
+/// is stored.
+const REPLY_RECHECK: Duration = Duration::from_secs(5);
+
+/// Waits until `deadline` for the turn's reply on `replies` (and, every
+/// [`REPLY_RECHECK`], in the replies stream). Replies that cannot be read or name
+/// another request are logged and skipped.
 pub(crate) async fn next_reply(
     state: &AppState,
     replies: &mut async_nats::Subscriber,
     request_id: RequestId,
     deadline: tokio::time::Instant,
 ) -> Result<ChatReply, WaitEnd> {
+    let mut recheck =
+        tokio::time::interval_at(tokio::time::Instant::now() + REPLY_RECHECK, REPLY_RECHECK);
     loop {
         let message = tokio::select! {
             message = replies.next() => message.ok_or(WaitEnd::Closed)?,
+            _ = recheck.tick() => match stored_reply(state, request_id).await {
+                Some(reply) => return Ok(reply),
+                None => continue,
+            },
             () = tokio::time::sleep_until(deadline) => return Err(WaitEnd::TimedOut),
             () = state.shutdown().cancelled() => return Err(WaitEnd::ShuttingDown),
         };
