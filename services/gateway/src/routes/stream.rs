@@ -2,27 +2,28 @@
 //! Server-Sent Events while it runs.
 //!
 //! The request is in JetStream before the response starts, so a client that goes
-//! away does not stop the turn: its answer is stored and shows in the history.
+//! away does not stop the turn: its answer is stored and shows in the history, and
+//! its events can be read again (`GET …/turns/{request_id}/events`, see
+//! [`crate::progress`]).
 
 use std::convert::Infallible;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::{FutureExt as _, StreamExt as _};
-use proto_schemas::chat::{ChatReply, ChatStreamChunk};
+use futures::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument as _;
 
-use crate::api::{ChatBody, ChatStreamEvent, chunk_event};
+use crate::api::{ChatBody, ChatStreamEvent};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, AuthUser};
 use crate::idempotency::IdempotencyKey;
-use crate::routes::chat::answer;
+use crate::progress::{self, Follow, Progress};
 use crate::state::AppState;
-use crate::turn::{self, ChatInput, StartedTurn};
+use crate::turn::{self, ChatInput};
 
 /// Events buffered for a slow client before the relay waits for it.
 const EVENT_BUFFER: usize = 64;
@@ -32,7 +33,11 @@ const EVENT_BUFFER: usize = 64;
 /// Events: `delta` (`{"text"}`, a piece of the answer), `tool_call_started`
 /// (`{"call_id","name","arguments"}`), `tool_call_finished`
 /// (`{"call_id","name","arguments","result"}`), then exactly one of `final` (the same
-/// JSON as `POST /chat` answers) or `error` (`{"error":{"code","message","request_id"}}`).
+/// JSON as `POST /chat` answers) or `error` (`{"error":{"code","message","request_id"}}`);
+/// a turn paused for an approval ends with `approval_required` instead. Every event
+/// has an `id:` that is the same on every read of the turn (the end event's is `end`):
+/// after a dropped connection, `GET /api/{user_id}/turns/{request_id}/events` with
+/// `Last-Event-ID` sends the rest (the request id is in the `X-Request-Id` header).
 /// Problems found before the turn starts (auth, validation) are plain JSON errors as
 /// for `POST /chat`. Disconnecting does not stop the turn.
 #[utoipa::path(
@@ -68,7 +73,22 @@ pub(crate) async fn post_chat_stream(
 ) -> Result<Response, ApiError> {
     let key = IdempotencyKey::from_headers(&headers)?;
     let input = ChatInput::parse(body)?;
-    let started = turn::start(&state, user, input, key, true).await?;
+    let started = turn::start(&state, user.clone(), input, key).await?;
+    let progress = match Progress::open(&state, &user, started.request_id, 0).await {
+        Ok(progress) => Some(progress),
+        Err(error) => {
+            // The turn is queued: its end still comes, only its progress is missed.
+            tracing::warn!(%error, "cannot read the turn's progress");
+            None
+        }
+    };
+    let follow = Follow {
+        request_id: started.request_id,
+        conversation_id: started.conversation_id,
+        progress,
+        stored: started.stored,
+        replies: started.replies,
+    };
     let ids = [
         (
             HeaderName::from_static("x-request-id"),
@@ -80,121 +100,28 @@ pub(crate) async fn post_chat_stream(
         ),
     ];
 
-    let (events, receiver) = mpsc::channel(EVENT_BUFFER);
-    tokio::spawn(relay(state, started, events).instrument(tracing::Span::current()));
-    let stream = ReceiverStream::new(receiver).map(Ok::<_, Infallible>);
-    let mut response = Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response();
+    let mut response = event_stream(state, follow);
     let response_headers = response.headers_mut();
     for (name, value) in ids {
         if let Ok(value) = HeaderValue::from_str(&value) {
             response_headers.insert(name, value);
         }
     }
-    // Reverse proxies (nginx ingress) would otherwise hold events back.
-    response_headers.insert(
-        HeaderName::from_static("x-accel-buffering"),
-        HeaderValue::from_static("no"),
-    );
     Ok(response)
 }
 
-/// Forwards the turn's progress and its end to `events` until the reply arrives, the
-/// wait times out, the server stops or the client goes away.
-async fn relay(state: AppState, started: StartedTurn, events: mpsc::Sender<Event>) {
-    let StartedTurn {
-        request_id,
-        conversation_id,
-        stored,
-        mut replies,
-        chunks,
-    } = started;
-    if let Some(reply) = stored {
-        let _ = events.send(end_event(reply)).await;
-        return;
-    }
-    let mut chunks = chunks;
-    let deadline = turn::deadline(state.settings().reply_timeout);
-    loop {
-        tokio::select! {
-            // Chunks first: a chunk and the reply may both be waiting, and the chunk
-            // was sent earlier.
-            biased;
-            () = events.closed() => {
-                tracing::info!(%request_id, "stream client went away, the turn goes on");
-                return;
-            }
-            chunk = next_chunk(&mut chunks), if chunks.is_some() => match chunk {
-                Some(event) => {
-                    if events.send(event).await.is_err() {
-                        return;
-                    }
-                }
-                None => chunks = None,
-            },
-            reply = turn::next_reply(&state, &mut replies, request_id, deadline) => {
-                // The worker sends every chunk before the reply, and one connection
-                // delivers in order: whatever chunks there are have been buffered.
-                if let Some(subscriber) = chunks.as_mut() {
-                    while let Some(Some(message)) = subscriber.next().now_or_never() {
-                        if let Some(event) = decode_chunk(&message.payload)
-                            && events.send(event).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-                let event = match reply {
-                    Ok(reply) => end_event(reply),
-                    Err(end) => error_event(&turn::wait_error(end, request_id, conversation_id)),
-                };
-                let _ = events.send(event).await;
-                return;
-            }
-        }
-    }
-}
-
-/// The next readable chunk as an event; `None` when the subscription ended.
-async fn next_chunk(chunks: &mut Option<async_nats::Subscriber>) -> Option<Event> {
-    let subscriber = chunks.as_mut()?;
-    loop {
-        let message = subscriber.next().await?;
-        if let Some(event) = decode_chunk(&message.payload) {
-            return Some(event);
-        }
-    }
-}
-
-fn decode_chunk(payload: &[u8]) -> Option<Event> {
-    match platform::bus::decode_json::<ChatStreamChunk>(payload) {
-        Ok(chunk) => {
-            let (name, data) = chunk_event(chunk)?;
-            Some(Event::default().event(name).data(data.to_string()))
-        }
-        Err(error) => {
-            tracing::warn!(%error, "ignoring an unreadable stream chunk");
-            None
-        }
-    }
-}
-
-/// `final` with the answer, or `error` for a failed turn.
-fn end_event(reply: ChatReply) -> Event {
-    match answer(reply) {
-        Ok(answer) => Event::default()
-            .event("final")
-            .data(serde_json::to_string(&answer).unwrap_or_default()),
-        Err(error) => error_event(&error),
-    }
-}
-
-fn error_event(error: &ApiError) -> Event {
-    if error.status().is_server_error() {
-        tracing::warn!(code = error.code(), error = %error, "chat stream ended with an error");
-    }
-    Event::default()
-        .event("error")
-        .data(serde_json::to_string(&error.body()).unwrap_or_default())
+/// The SSE response that relays `follow` (see [`progress::relay`]).
+pub(crate) fn event_stream(state: AppState, follow: Follow) -> Response {
+    let (events, receiver) = mpsc::channel(EVENT_BUFFER);
+    tokio::spawn(progress::relay(state, follow, events).instrument(tracing::Span::current()));
+    let stream = ReceiverStream::new(receiver).map(Ok::<_, Infallible>);
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    // Reverse proxies (nginx ingress) would otherwise hold events back.
+    response.headers_mut().insert(
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
+    response
 }
