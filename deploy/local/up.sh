@@ -133,6 +133,8 @@ if $offline; then
 fi
 wait_http task-service "$TASK_SERVICE_URL/healthz"
 export TASK_SERVICE_MCP_URL=${TASK_SERVICE_MCP_URL:-$TASK_SERVICE_URL/mcp}
+# Deleting a task waits for the person's approval on the page (empty it to turn off).
+export AGENT_CONFIRM_TOOLS=${AGENT_CONFIRM_TOOLS-delete_task}
 start agent-worker
 start gateway
 wait_http gateway "$GATEWAY_URL/readyz"

@@ -290,6 +290,24 @@ impl Stack {
         Ok(())
     }
 
+    /// Kills the gateway (SIGKILL) and starts it again on the same address; returns
+    /// once it is ready.
+    pub async fn restart_gateway(&mut self) -> anyhow::Result<()> {
+        self.kill("gateway").await?;
+        self.spawn("gateway", "gateway", &[])?;
+        let port: u16 = self
+            .gateway
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .context("the gateway's URL has a port")?;
+        self.wait_listening("gateway", port, "/readyz")
+            .await
+            .map_err(|error| match error {
+                StartError::PortTaken(error) | StartError::Failed(error) => error,
+            })
+    }
+
     /// Runs a one-off command of a service binary (e.g. `projection verify`) to the end.
     pub async fn run_to_end(
         &self,

@@ -585,6 +585,217 @@ async fn sign_in_with_a_provider_token(
     Ok(())
 }
 
+/// Clicks the first visible element matching `css`.
+async fn click(browser: &Browser, what: &str, css: &str) -> anyhow::Result<()> {
+    browser
+        .wait_until(
+            what,
+            UI,
+            "const el = [...document.querySelectorAll(arguments[0])].find((e) => e.offsetParent !== null && !e.disabled);
+             if (!el) return null;
+             el.click();
+             return true;",
+            vec![css.into()],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Turns a person steers: Regenerate, an approval, Stop, and a reload in the middle
+/// of a turn, which the page follows to its end.
+async fn steer_turns_in_the_browser(stack: &Stack, browser: &Browser) -> anyhow::Result<()> {
+    let user = "steering-user";
+    browser.client.goto(&format!("{}/", stack.gateway)).await?;
+    browser
+        .wait_until(
+            "the dev sign-in form",
+            UI,
+            "const form = document.getElementById('dev-login'); return form && !form.hidden;",
+            vec![],
+        )
+        .await?;
+    browser
+        .client
+        .find(Locator::Css("#dev-user"))
+        .await?
+        .send_keys(user)
+        .await?;
+    browser
+        .client
+        .find(Locator::Css("#dev-login button[type=submit]"))
+        .await?
+        .click()
+        .await?;
+    browser.wait_signed_in_empty(user).await?;
+
+    // A first answer, then Regenerate: the page shows one answer, the fresh one.
+    browser.send("add a task to buy milk").await?;
+    let first = browser.wait_for_answer(1).await?;
+    anyhow::ensure!(
+        first["role"] == "assistant",
+        "the first turn failed: {first}"
+    );
+    click(browser, "the Regenerate button", "#messages .regenerate").await?;
+    browser
+        .wait_until(
+            "the regenerated answer",
+            TURN,
+            "const answers = document.querySelectorAll('#messages .msg-assistant, #messages .msg-error');
+             return document.body.dataset.turn === 'idle' && answers.length === 1
+               && answers[0].getAttribute('aria-busy') === null
+               && answers[0].querySelector('.chip') !== null;",
+            vec![],
+        )
+        .await?;
+    // The superseded answer's tool call is not undone: the message ran twice.
+    browser
+        .wait_for_text(
+            "the regenerated turn's task",
+            UI,
+            "#tasks-pending li[data-task-id='2']",
+            "milk",
+        )
+        .await?;
+    browser.screenshot("steering-1-regenerated").await?;
+
+    // A destructive call waits for approval; Approve runs it.
+    browser.send("delete task 1").await?;
+    browser
+        .wait_for_text(
+            "the approval request",
+            TURN,
+            "#messages .approval",
+            "delete_task",
+        )
+        .await?;
+    browser.screenshot("steering-2-approval").await?;
+    browser
+        .wait_for_text(
+            "task 1 still there while waiting",
+            UI,
+            "#tasks-pending li[data-task-id='1']",
+            "milk",
+        )
+        .await?;
+    click(
+        browser,
+        "the Approve button",
+        "#messages .approval .approve",
+    )
+    .await?;
+    let approved = browser.wait_for_answer(2).await?;
+    anyhow::ensure!(
+        approved["role"] == "assistant"
+            && approved["chips"]
+                .to_string()
+                .to_lowercase()
+                .contains("deleted"),
+        "the approved call did not run: {approved}"
+    );
+    browser
+        .wait_until(
+            "task 1 gone from the list",
+            UI,
+            "return document.querySelector(\"#tasks-pending li[data-task-id='1']\") === null;",
+            vec![],
+        )
+        .await?;
+
+    // Stop during a slow model call: the turn ends as stopped, the message stays in the
+    // composer, and no task is added.
+    browser.send("add a task to walk the dog").await?;
+    browser
+        .wait_until(
+            "the Stop button",
+            UI,
+            "const stop = document.getElementById('stop'); return !stop.hidden && document.body.dataset.turn === 'running' && (JSON.parse(localStorage.getItem(`taskchat.turn.${arguments[0]}`) || 'null')?.requestId || null);",
+            vec![user.into()],
+        )
+        .await?;
+    click(browser, "the Stop button", "#stop").await?;
+    let stopped = browser.wait_for_answer(3).await?;
+    anyhow::ensure!(
+        stopped["role"] == "error"
+            && stopped["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_lowercase()
+                .contains("stopped"),
+        "the turn was not shown as stopped: {stopped}"
+    );
+    browser
+        .wait_until(
+            "the stopped message back in the composer",
+            UI,
+            "return document.getElementById('composer-input').value === 'add a task to walk the dog';",
+            vec![],
+        )
+        .await?;
+    browser.screenshot("steering-3-stopped").await?;
+
+    // A reload while a turn runs: the page follows the same turn to its answer.
+    browser
+        .js(
+            "document.getElementById('composer-input').value = '';",
+            vec![],
+        )
+        .await?;
+    browser.send("add a task to call mum").await?;
+    browser
+        .wait_until(
+            "the running turn remembered",
+            UI,
+            "return JSON.parse(localStorage.getItem(`taskchat.turn.${arguments[0]}`) || 'null')?.requestId || null;",
+            vec![user.into()],
+        )
+        .await?;
+    browser.client.refresh().await?;
+    browser
+        .wait_for_text(
+            "the reloaded turn's answer",
+            TURN,
+            "#messages .msg-assistant .chip",
+            "call mum",
+        )
+        .await?;
+    browser
+        .wait_for_text("the reloaded turn's task", UI, "#tasks-pending", "call mum")
+        .await?;
+    browser.screenshot("steering-4-reloaded").await?;
+
+    // Rename and delete the conversation from the list.
+    click(browser, "the Rename button", "#conversation-list .rename").await?;
+    let input = browser.client.find(Locator::Css(".rename-input")).await?;
+    input.clear().await?;
+    input
+        .send_keys(&format!("Errands{}", char::from(Key::Enter)))
+        .await?;
+    browser
+        .wait_for_text(
+            "the renamed conversation",
+            UI,
+            "#conversation-list .conversation-title",
+            "Errands",
+        )
+        .await?;
+    click(browser, "the Delete button", "#conversation-list .delete").await?;
+    click(
+        browser,
+        "the Delete confirmation",
+        "#conversation-list .delete.danger",
+    )
+    .await?;
+    browser
+        .wait_until(
+            "the conversation gone from the list",
+            UI,
+            "return document.querySelectorAll('#conversation-list .conversation').length === 0;",
+            vec![],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Runs `steps` in a fresh browser against `stack`; on failure saves a screenshot and
 /// panics with what went wrong, what the page showed and where the logs are.
 async fn in_browser<F>(stack: &Stack, name: &str, steps: F)
@@ -624,6 +835,21 @@ async fn a_person_chats_in_the_browser_and_sees_the_task_list_follow() {
         .unwrap();
     let stack = Stack::start().await.expect("the stack starts");
     in_browser(&stack, "browser", chat_in_the_browser).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_stops_regenerates_approves_and_reloads_in_the_browser() {
+    Installed::find()
+        .map_err(|error| format!("{error:#}"))
+        .unwrap();
+    // Slow enough to press Stop and reload mid-turn.
+    let options = StackOptions {
+        llm_latency_ms: 1_500,
+        env: vec![("AGENT_CONFIRM_TOOLS", "delete_task".to_owned())],
+        ..StackOptions::default()
+    };
+    let stack = Stack::start_with(options).await.expect("the stack starts");
+    in_browser(&stack, "steering", steer_turns_in_the_browser).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

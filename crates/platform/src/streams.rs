@@ -180,8 +180,18 @@ pub async fn ensure_chat_streams(
         );
     }
     let replies = ensure(jetstream, chat_replies_config(subjects, replicas)).await?;
-    ensure(jetstream, chat_progress_config(subjects, replicas)).await?;
+    ensure_progress_stream(jetstream, subjects, replicas).await?;
     Ok((requests, replies))
+}
+
+/// Creates the progress stream if it is missing. It is kept in memory, so a NATS
+/// restart loses it: the gateway calls this again when a publish finds no stream.
+pub async fn ensure_progress_stream(
+    jetstream: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: usize,
+) -> Result<stream::Stream, BusError> {
+    ensure(jetstream, chat_progress_config(subjects, replicas)).await
 }
 
 /// Gets or creates a stream. A server error (nats-server can fail to create a stream's

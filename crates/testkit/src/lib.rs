@@ -32,7 +32,7 @@ pub use idp::{KeyKind, TestIdp, TestKey};
 pub use model_stub::{ModelStub, Requests, Scripted};
 pub use nats_server::NatsServer;
 pub use running::Running;
-pub use sse::{SseEvent, read_events};
+pub use sse::{SseEvent, read_events, read_first_events};
 
 /// The Postgres server tests create their databases on; overridable by env
 /// `TEST_POSTGRES_ADMIN_URL` (see [`postgres_admin_url`]).

@@ -12,12 +12,38 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, PartialEq)]
 pub struct SseEvent {
     pub event: String,
+    /// The event's `id:`, if it has one.
+    pub id: Option<String>,
     pub data: serde_json::Value,
 }
 
-/// Reads events from an SSE response until a `final` or `error` event (inclusive).
-/// Panics when an event's data is not JSON or the stream has not got there in 60 s.
+/// Reads events from an SSE response until a `final` or `error` event (inclusive) or
+/// the end of the stream. Panics when an event's data is not JSON or the stream has
+/// not got there in 60 s.
 pub async fn read_events(response: reqwest::Response) -> Vec<SseEvent> {
+    read_until(response, |event| {
+        event.event == "final" || event.event == "error"
+    })
+    .await
+}
+
+/// Reads the first `count` events (fewer if the stream ends first), then drops the
+/// connection, as a client whose network failed would.
+pub async fn read_first_events(response: reqwest::Response, count: usize) -> Vec<SseEvent> {
+    let mut seen = 0;
+    read_until(response, |_| {
+        seen += 1;
+        seen == count
+    })
+    .await
+}
+
+/// Reads events until `last` says the event just read is the last one wanted, or the
+/// stream ends.
+async fn read_until(
+    response: reqwest::Response,
+    mut last: impl FnMut(&SseEvent) -> bool,
+) -> Vec<SseEvent> {
     let mut body = response.bytes_stream();
     let mut buffer = String::new();
     let mut events = Vec::new();
@@ -30,7 +56,7 @@ pub async fn read_events(response: reqwest::Response) -> Vec<SseEvent> {
                 let Some(event) = parse_block(&block) else {
                     continue;
                 };
-                let done = event.event == "final" || event.event == "error";
+                let done = last(&event);
                 events.push(event);
                 if done {
                     return;
@@ -47,16 +73,20 @@ pub async fn read_events(response: reqwest::Response) -> Vec<SseEvent> {
 /// One event block (the lines before a blank line); `None` when it names no event.
 fn parse_block(block: &str) -> Option<SseEvent> {
     let mut event = None;
+    let mut id = None;
     let mut data = String::new();
     for line in block.lines() {
         if let Some(name) = line.strip_prefix("event:") {
             event = Some(name.trim().to_owned());
+        } else if let Some(value) = line.strip_prefix("id:") {
+            id = Some(value.trim().to_owned());
         } else if let Some(chunk) = line.strip_prefix("data:") {
             data.push_str(chunk.strip_prefix(' ').unwrap_or(chunk));
         }
     }
     Some(SseEvent {
         event: event?,
+        id,
         data: serde_json::from_str(&data).expect("json event data"),
     })
 }
@@ -68,9 +98,10 @@ mod tests {
     #[test]
     fn parses_named_json_events_and_skips_comments() {
         assert_eq!(
-            parse_block("event: delta\ndata: {\"text\":\"hi\"}\n\n"),
+            parse_block("event: delta\nid: 7\ndata: {\"text\":\"hi\"}\n\n"),
             Some(SseEvent {
                 event: "delta".into(),
+                id: Some("7".into()),
                 data: serde_json::json!({"text": "hi"}),
             })
         );

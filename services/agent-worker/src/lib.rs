@@ -20,6 +20,7 @@
 //!   requests.
 //! - `commands`: rename and delete conversations, cancel turns (request-reply from
 //!   the gateway).
+//! - `running`: the turns this replica runs, stopped at once when cancelled.
 //! - [`prompt`]: the default instructions and the worker's own messages.
 //!
 //! [`App::build`] connects and prepares; [`App::run`] works until a shutdown token
@@ -35,6 +36,7 @@ pub mod machine;
 pub mod model;
 pub mod prompt;
 mod provider;
+mod running;
 pub mod tools;
 pub mod transport;
 mod turn;
@@ -70,6 +72,7 @@ pub struct App {
     requests: jetstream::stream::Stream,
     advisories: async_nats::Subscriber,
     commands: async_nats::Subscriber,
+    cancellations: async_nats::Subscriber,
     model: ModelClient,
 }
 
@@ -130,6 +133,11 @@ impl App {
             )
             .await
             .context("failed to subscribe to conversation commands")?;
+        // Every replica: only the one running a turn can stop it.
+        let cancellations = bus
+            .subscribe(subjects.turns_cancelled())
+            .await
+            .context("failed to subscribe to turn cancellations")?;
         Ok(Self {
             config,
             provider,
@@ -140,6 +148,7 @@ impl App {
             requests,
             advisories,
             commands,
+            cancellations,
             model,
         })
     }
@@ -175,6 +184,7 @@ impl App {
             subjects: config.nats.subjects(),
             model: self.model,
             tools,
+            running: Arc::default(),
             settings: TurnSettings {
                 max_model_steps: config.max_model_steps,
                 history_messages: config.history_messages,
@@ -196,6 +206,11 @@ impl App {
         let commands = tokio::spawn(commands::serve(
             Arc::clone(&worker),
             self.commands,
+            shutdown.clone(),
+        ));
+        let cancellations = tokio::spawn(running::listen(
+            Arc::clone(&worker.running),
+            self.cancellations,
             shutdown.clone(),
         ));
         let info = &self.consumer.cached_info().config;
@@ -227,6 +242,9 @@ impl App {
         commands
             .await
             .context("the conversation commands loop panicked")?;
+        cancellations
+            .await
+            .context("the turn cancellations loop panicked")?;
         if let Err(error) = self.bus.flush().await {
             tracing::warn!(%error, "failed to flush nats on shutdown");
         }

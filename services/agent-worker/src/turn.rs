@@ -11,6 +11,7 @@
 //! turn's answer, and the reply is (re)published from it.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -23,11 +24,13 @@ use proto_schemas::events::{ConversationEvent, EventsAppended, StreamId};
 use proto_schemas::tasks::{TaskCommand, TaskCommandReply, ToolCall};
 use proto_schemas::{EventId, RequestId, Subjects};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use crate::conversation::{Access, Conversation, KnownTurn};
 use crate::machine::{self, Action, CallState, Ending, Next, TurnState, event_ids};
 use crate::model::{ModelClient, ModelError};
 use crate::prompt;
+use crate::running::RunningTurns;
 use crate::tools::ToolCatalog;
 
 /// How often one decision is appended again on top of other turns of the same
@@ -62,6 +65,10 @@ pub(crate) enum TurnError {
     ToolUnavailable { name: String, reason: String },
     #[error("failed to publish the reply")]
     Publish(#[source] async_nats::Error),
+    /// The person stopped the turn while it ran. Never leaves [`Worker::run_turn`],
+    /// which ends the turn with the recorded cancellation.
+    #[error("the turn was cancelled")]
+    Cancelled,
 }
 
 impl TurnError {
@@ -70,7 +77,10 @@ impl TurnError {
     pub(crate) fn is_permanent(&self) -> bool {
         match self {
             Self::Conversation(error) => error.is_permanent(),
-            Self::Contended { .. } | Self::ToolUnavailable { .. } | Self::Publish(_) => false,
+            Self::Contended { .. }
+            | Self::ToolUnavailable { .. }
+            | Self::Publish(_)
+            | Self::Cancelled => false,
         }
     }
 }
@@ -92,6 +102,8 @@ pub(crate) struct Worker {
     pub subjects: Subjects,
     pub model: ModelClient,
     pub tools: ToolCatalog,
+    /// The turns running on this replica, to stop one when it is cancelled.
+    pub running: Arc<RunningTurns>,
     pub settings: TurnSettings,
 }
 
@@ -116,6 +128,10 @@ impl Worker {
             self.publish_reply(&reply).await?;
             return Ok(reply);
         }
+        // Registered before the turn is read: a cancellation broadcast before this
+        // was recorded before it, so the read below finds the ending.
+        let running = self.running.register(request.request_id);
+        let cancel = running.token();
         let mut turn = self.open(request).await?;
         if let TurnKind::Approval {
             approval_id,
@@ -140,7 +156,7 @@ impl Worker {
                 return self.not_found(request).await;
             }
             let start = turn.conversation.version == 0;
-            let events =
+            let advanced =
                 match machine::next_action(&turn.state, start, self.settings.max_model_steps) {
                     Action::Finish(ending) => {
                         let reply = reply_for(request, &turn.state, ending);
@@ -162,18 +178,42 @@ impl Worker {
                         }
                         let first =
                             machine::next_action(&opened, false, self.settings.max_model_steps);
-                        if let Action::Advance { pending, next } = first {
-                            events.extend(self.advance(&turn, opened, &pending, next).await?);
+                        match first {
+                            Action::Advance { pending, next } => self
+                                .advance(&turn, opened, &pending, next, cancel)
+                                .await
+                                .map(|more| {
+                                    events.extend(more);
+                                    events
+                                }),
+                            _ => Ok(events),
                         }
-                        events
                     }
                     Action::Advance { pending, next } => {
-                        self.advance(&turn, turn.state.clone(), &pending, next)
-                            .await?
+                        self.advance(&turn, turn.state.clone(), &pending, next, cancel)
+                            .await
                     }
                 };
+            let events = match advanced {
+                Err(TurnError::Cancelled) => return self.stop(request).await,
+                other => other?,
+            };
             self.record(&mut turn, events).await?;
         }
+    }
+
+    /// Ends a turn stopped while it ran: the cancellation is in the log (it is recorded
+    /// before it is broadcast), so the turn, read again, finishes with it; what the
+    /// stopped step did but had not recorded is dropped (a tool call that had started
+    /// stays applied in task-service, and a redelivery would not run it: the turn has
+    /// ended). Recorded here too, should the broadcast ever come alone.
+    async fn stop(&self, request: &ChatRequest) -> Result<ChatReply, TurnError> {
+        tracing::info!("turn cancelled, stopped");
+        let reply = self
+            .record_failure(request, ChatErrorCode::Cancelled, prompt::CANCELLED_MESSAGE)
+            .await?;
+        self.publish_reply(&reply).await?;
+        Ok(reply)
     }
 
     /// Ends the turn of `request` with a failure, unless it has ended already (then
@@ -437,11 +477,16 @@ impl Worker {
         mut state: TurnState,
         pending: &[(u32, u32)],
         next: Next,
+        cancel: &CancellationToken,
     ) -> Result<Vec<(EventId, ConversationEvent)>, TurnError> {
         let request = turn.request;
         // The model of the next step must see these results: they go into `state`.
         let mut events = Vec::new();
         for &(step, index) in pending {
+            // A tool call that has started runs to its end; none starts after a cancel.
+            if cancel.is_cancelled() {
+                return Err(TurnError::Cancelled);
+            }
             let call = &state.steps[&step][index as usize];
             let result = if call.is_declined() {
                 tracing::info!(tool = %call.name, "tool call declined by the person, not run");
@@ -463,7 +508,7 @@ impl Worker {
         }
         match next {
             Next::CallModel { step } => {
-                events.extend(self.call_model(turn, &state, step).await);
+                events.extend(self.call_model(turn, &state, step, cancel).await?);
             }
             // The results so far are recorded; the next action pauses the turn.
             Next::AwaitApproval => {}
@@ -481,13 +526,15 @@ impl Worker {
         Ok(events)
     }
 
-    /// One model step, and the events that record what it decided.
+    /// One model step, and the events that record what it decided. A cancel drops the
+    /// model call in flight (and so its HTTP request).
     async fn call_model(
         &self,
         turn: &Turn<'_>,
         state: &TurnState,
         step: u32,
-    ) -> Vec<(EventId, ConversationEvent)> {
+        cancel: &CancellationToken,
+    ) -> Result<Vec<(EventId, ConversationEvent)>, TurnError> {
         let request = turn.request;
         let history = turn
             .conversation
@@ -514,9 +561,13 @@ impl Worker {
             }
         };
         let started = std::time::Instant::now();
-        let (outcome, ()) = tokio::join!(step_call, forwarding);
+        let (outcome, ()) = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(TurnError::Cancelled),
+            done = async { tokio::join!(step_call, forwarding) } => done,
+        };
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        match outcome {
+        Ok(match outcome {
             Ok(model_step) if model_step.calls.is_empty() => {
                 tracing::debug!(step, elapsed_ms, "model answered");
                 let text = if model_step.text.trim().is_empty() {
@@ -620,7 +671,7 @@ impl Worker {
                     },
                 )]
             }
-        }
+        })
     }
 
     /// Runs one recorded tool call and returns its result (a tool error is a result

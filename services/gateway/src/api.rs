@@ -109,6 +109,22 @@ impl From<PendingApproval> for PendingApprovalOut {
     }
 }
 
+/// The answer to `POST /api/{user_id}/turns/{request_id}/cancel`: the turn is being
+/// stopped; its events end with an `error` event of code `cancelled`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct CancelAccepted {
+    #[schema(value_type = String, format = Uuid)]
+    pub request_id: RequestId,
+    pub status: CancelStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum CancelStatus {
+    /// The cancellation is recorded; the turn stops at its next safe point.
+    Cancelling,
+}
+
 /// SSE event `delta`: a piece of the assistant's text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub(crate) struct DeltaEvent {
@@ -132,10 +148,11 @@ pub(crate) struct ToolCallFinishedEvent {
     pub result: serde_json::Value,
 }
 
-/// One Server-Sent Event of `POST /api/{user_id}/chat/stream`: its `event` name and
-/// its `data`, a JSON text whose schema depends on the name. Documented for clients and
+/// One Server-Sent Event of `POST /api/{user_id}/chat/stream` and
+/// `GET /api/{user_id}/turns/{request_id}/events`: its `event` name, its `id` and its
+/// `data`, a JSON text whose schema depends on the name. Documented for clients and
 /// API checkers (schemathesis validates every event of a stream against it); the
-/// events themselves are written by [`chunk_event`] and the stream route.
+/// events themselves are written by [`chunk_event`] and `crate::progress`.
 pub(crate) struct ChatStreamEvent;
 
 /// Each event name with the schema of its JSON data, in the order a turn sends them.
@@ -180,9 +197,20 @@ fn stream_events() -> [(&'static str, &'static str, RefOr<Schema>); 6] {
 impl PartialSchema for ChatStreamEvent {
     fn schema() -> RefOr<Schema> {
         let mut events = OneOfBuilder::new().description(Some(
-            "One event of the stream: `event` names it and `data` is JSON of the schema that name has.",
+            "One event of the stream: `event` names it, `data` is JSON of the schema that name has, and `id` is the same on every read of the turn (send it back as `Last-Event-ID` to get only what came after it).",
         ));
         for (name, description, data) in stream_events() {
+            let id = if matches!(name, "final" | "error") {
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("`end`: nothing comes after this event."))
+                    .enum_values(Some(["end"]))
+            } else {
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("The event's position in the turn (a number)."))
+                    .pattern(Some("^[0-9]+$"))
+            };
             events = events.item(
                 ObjectBuilder::new()
                     .description(Some(description))
@@ -193,6 +221,7 @@ impl PartialSchema for ChatStreamEvent {
                             .enum_values(Some([name])),
                     )
                     .required("event")
+                    .property("id", id)
                     .property(
                         "data",
                         ObjectBuilder::new()

@@ -91,6 +91,9 @@ pub enum ApiError {
         request_id: RequestId,
         conversation_id: ConversationId,
     },
+    /// The turn has ended: there is nothing to stop.
+    #[error("this turn (request {request_id}) has already ended; there is nothing to stop")]
+    TurnFinished { request_id: RequestId },
     #[error(
         "the assistant is still working on this message (request {request_id}); its answer will appear in the conversation history"
     )]
@@ -184,6 +187,7 @@ impl ApiError {
             // The person stopped the turn: the request conflicts with their own later one.
             Self::Cancelled { .. } => StatusCode::CONFLICT,
             Self::TurnFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::TurnFinished { .. } => StatusCode::CONFLICT,
             Self::ReplyTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::TooManyTurns { .. } | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ShuttingDown { .. } | Self::Busy | Self::Unavailable { .. } => {
@@ -218,6 +222,7 @@ impl ApiError {
                 ChatErrorCode::Cancelled => "cancelled",
                 ChatErrorCode::Internal => "turn_failed",
             },
+            Self::TurnFinished { .. } => "turn_finished",
             Self::ReplyTimeout { .. } => "reply_timeout",
             Self::ShuttingDown { .. } => "shutting_down",
             Self::TooManyTurns { .. } => "too_many_turns",
@@ -278,6 +283,7 @@ impl ApiError {
                 request_id,
                 conversation_id,
             } => (Some(*request_id), Some(*conversation_id)),
+            Self::TurnFinished { request_id } => (Some(*request_id), None),
             _ => (None, None),
         };
         ErrorBody {

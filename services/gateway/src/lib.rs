@@ -10,6 +10,8 @@
 //!   conversations and read models.
 //! - [`turn`]: one chat turn on the bus (validate, settle the request id, subscribe,
 //!   publish, wait).
+//! - [`progress`]: a turn's events as JetStream keeps them (SSE ids, resuming
+//!   after `Last-Event-ID`, finding a user's turn).
 //! - [`idempotency`]: `Idempotency-Key` → request id, in a JetStream KV bucket.
 //! - [`extract`]: the verified user and JSON/query extractors with the API's errors.
 //! - [`error`]: the one error type of the HTTP edge.
@@ -27,6 +29,7 @@ mod config;
 mod error;
 mod extract;
 mod idempotency;
+mod progress;
 mod routes;
 mod state;
 mod turn;

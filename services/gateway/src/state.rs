@@ -124,6 +124,23 @@ impl AppState {
         Ok(())
     }
 
+    /// Creates the progress stream if it is missing (a NATS restart loses it: it is
+    /// kept in memory). Failures are logged; the caller's retry finds out.
+    pub(crate) async fn restore_progress_stream(&self) {
+        let restored = platform::streams::ensure_progress_stream(
+            &self.inner.jetstream,
+            &self.inner.subjects,
+            self.inner.settings.stream_replicas,
+        )
+        .await;
+        match restored {
+            Ok(_) => tracing::info!("turn progress stream checked after a failed use"),
+            Err(error) => {
+                tracing::warn!(error = %platform::error_chain(&error), "failed to create the turn progress stream")
+            }
+        }
+    }
+
     pub fn client(&self) -> &async_nats::Client {
         &self.inner.client
     }

@@ -1,18 +1,24 @@
 //! One chat turn as the gateway sees it: check the message, settle the request id
 //! (fresh, or the one an `Idempotency-Key` already stands for), subscribe to the
-//! turn's reply (and progress) subjects, then publish the request to JetStream with
-//! the request id as message id, and wait for the reply.
+//! turn's reply subject, then publish the turn's `Accepted` chunk to the progress
+//! stream and the request to the requests stream (each with a message id derived
+//! from the request id), and wait for the reply.
 //!
 //! Subscribing before publishing means a fast worker's reply cannot be missed; a
 //! reused request id additionally looks for a reply already stored in the replies
-//! stream, which covers retries that arrive after the turn finished.
+//! stream, which covers retries that arrive after the turn finished. The turn's
+//! progress is read back from the progress stream (`crate::progress`), from its start,
+//! so nothing published before the reader was ready is missed.
 
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use futures::StreamExt as _;
-use proto_schemas::chat::{ChatMessage, ChatReply, ChatRequest, InvalidChatMessage, TurnKind};
+use proto_schemas::chat::{
+    ChatMessage, ChatReply, ChatRequest, ChatStreamChunk, InvalidChatMessage, TurnKind,
+};
 use proto_schemas::{ConversationId, RequestId, UserId};
 
 use crate::api::ChatBody;
@@ -74,7 +80,7 @@ impl ChatInput {
     }
 }
 
-/// A published (or already answered) turn, with its subscriptions open.
+/// A published (or already answered) turn, with its reply subscription open.
 #[derive(Debug)]
 pub(crate) struct StartedTurn {
     pub request_id: RequestId,
@@ -82,8 +88,6 @@ pub(crate) struct StartedTurn {
     /// The reply, when a retried request finds it already stored.
     pub stored: Option<ChatReply>,
     pub replies: async_nats::Subscriber,
-    /// Progress chunks, when asked for.
-    pub chunks: Option<async_nats::Subscriber>,
 }
 
 /// Settles the request id, subscribes and publishes the request.
@@ -92,7 +96,6 @@ pub(crate) async fn start(
     user: UserId,
     input: ChatInput,
     key: Option<IdempotencyKey>,
-    with_chunks: bool,
 ) -> Result<StartedTurn, ApiError> {
     let proposed = Claim {
         request_id: RequestId::new(),
@@ -138,23 +141,11 @@ pub(crate) async fn start(
         .subscribe(subjects.chat_reply(request_id))
         .await
         .map_err(|error| bus_down(&error))?;
-    let chunks = if with_chunks {
-        Some(
-            state
-                .client()
-                .subscribe(subjects.chat_stream(&user, request_id))
-                .await
-                .map_err(|error| bus_down(&error))?,
-        )
-    } else {
-        None
-    };
     let mut turn = StartedTurn {
         request_id,
         conversation_id,
         stored: None,
         replies,
-        chunks,
     };
 
     if reused {
@@ -174,8 +165,8 @@ pub(crate) async fn start(
         received_at: chrono::Utc::now(),
         kind: input.kind,
     };
-    // The request id is the message id: a publish repeated after one that went
-    // through unconfirmed is dropped by the stream as a duplicate.
+    // The message ids derive from the request id: a publish repeated after one that
+    // went through unconfirmed is dropped by the streams as a duplicate.
     let published = (|| publish(state, &request))
         .retry(platform::retry::bus_outage())
         .when(ApiError::is_bus_outage)
@@ -203,10 +194,34 @@ async fn unclaim(state: &AppState, bucket_key: Option<&str>, error: ApiError) ->
     error
 }
 
-/// Publishes the request to its user's subject with `Nats-Msg-Id` = request id and
-/// waits for the stream's ack; the stream refuses it when the user, or everyone
-/// together, has as many turns waiting or running as its limits allow.
+/// Publishes the turn's `Accepted` chunk (`Nats-Msg-Id` = `<request id>/accepted`)
+/// and then the request to its user's subject (`Nats-Msg-Id` = request id), and waits
+/// for both acks. The requests stream refuses the request when the user, or everyone
+/// together, has as many turns waiting or running as its limits allow; the chunk of
+/// a refused turn is taken back.
 pub(crate) async fn publish(state: &AppState, request: &ChatRequest) -> Result<(), ApiError> {
+    let bus_down = |error: &dyn std::error::Error| {
+        ApiError::unavailable("the message bus", error_chain(error))
+    };
+    let chunk = ChatStreamChunk::Accepted {
+        request: request.clone(),
+    };
+    let accepted = PublishMessage::build()
+        .payload(platform::bus::encode_json(&chunk).map_err(ApiError::internal)?)
+        .headers(platform::bus::traced_headers())
+        .message_id(format!("{}/accepted", request.request_id));
+    // Sent first on the same connection: stored before any worker can take the
+    // request, so the turn can be found (and cancelled) as soon as it is queued.
+    let accepted = state
+        .jetstream()
+        .send_publish(
+            state
+                .subjects()
+                .chat_stream(&request.user_id, request.request_id),
+            accepted,
+        )
+        .await
+        .map_err(|error| bus_down(&error))?;
     let payload = platform::bus::encode_json(request).map_err(ApiError::internal)?;
     // Headers first: `headers` replaces the map that `message_id` writes into.
     let message = PublishMessage::build()
@@ -221,13 +236,32 @@ pub(crate) async fn publish(state: &AppState, request: &ChatRequest) -> Result<(
             Some(QueueRefusal::Full) => ApiError::Busy,
             None => ApiError::unavailable("the message bus", error_chain(&error)),
         };
-    let ack = state
+    let queued = state
         .jetstream()
         .send_publish(state.subjects().chat_request(&request.user_id), message)
         .await
-        .map_err(refused)?
-        .await
         .map_err(refused)?;
+    let (accepted, queued) = tokio::join!(accepted.into_future(), queued.into_future());
+    let accepted = match accepted {
+        Ok(ack) => ack,
+        Err(error) => {
+            if error.kind() == PublishErrorKind::StreamNotFound {
+                // Lost with a NATS restart (memory storage): the retry finds it again.
+                state.restore_progress_stream().await;
+            }
+            return Err(bus_down(&error));
+        }
+    };
+    let ack = match queued {
+        Ok(ack) => ack,
+        Err(error) => {
+            let error = refused(error);
+            if error.is_admission_refusal() && !accepted.duplicate {
+                forget_accepted(state, accepted.sequence).await;
+            }
+            return Err(error);
+        }
+    };
     tracing::info!(
         request_id = %request.request_id,
         conversation_id = %request.conversation_id,
@@ -237,6 +271,26 @@ pub(crate) async fn publish(state: &AppState, request: &ChatRequest) -> Result<(
         "chat request published"
     );
     Ok(())
+}
+
+/// Deletes the `Accepted` chunk of a turn the requests stream refused: that turn never
+/// existed. Best effort; a chunk left behind expires with the progress stream's age.
+async fn forget_accepted(state: &AppState, sequence: u64) {
+    let deleted = match state
+        .jetstream()
+        .get_stream_no_info(state.subjects().chat_progress_stream())
+        .await
+    {
+        Ok(stream) => stream
+            .delete_message(sequence)
+            .await
+            .map(drop)
+            .map_err(|error| error_chain(&error)),
+        Err(error) => Err(error_chain(&error)),
+    };
+    if let Err(error) = deleted {
+        tracing::warn!(%error, sequence, "failed to delete the progress of a refused turn");
+    }
 }
 
 /// The reply the replies stream keeps for `request_id`, if any. Failures to look are
@@ -283,17 +337,29 @@ pub(crate) enum WaitEnd {
     Closed,
 }
 
-/// Waits up to `timeout` for the turn's reply on `replies`. Replies that cannot be
-/// read or name another request are logged and skipped.
+/// How often a wait for a reply also looks in the replies stream: a reply published
+/// while this gateway was reconnecting to NATS never reaches the subscription, but it
+/// is stored.
+const REPLY_RECHECK: Duration = Duration::from_secs(5);
+
+/// Waits until `deadline` for the turn's reply on `replies` (and, every
+/// [`REPLY_RECHECK`], in the replies stream). Replies that cannot be read or name
+/// another request are logged and skipped.
 pub(crate) async fn next_reply(
     state: &AppState,
     replies: &mut async_nats::Subscriber,
     request_id: RequestId,
     deadline: tokio::time::Instant,
 ) -> Result<ChatReply, WaitEnd> {
+    let mut recheck =
+        tokio::time::interval_at(tokio::time::Instant::now() + REPLY_RECHECK, REPLY_RECHECK);
     loop {
         let message = tokio::select! {
             message = replies.next() => message.ok_or(WaitEnd::Closed)?,
+            _ = recheck.tick() => match stored_reply(state, request_id).await {
+                Some(reply) => return Ok(reply),
+                None => continue,
+            },
             () = tokio::time::sleep_until(deadline) => return Err(WaitEnd::TimedOut),
             () = state.shutdown().cancelled() => return Err(WaitEnd::ShuttingDown),
         };

@@ -234,6 +234,15 @@ async fn stream_relays_progress_then_the_final_answer() {
     assert_eq!(last["tool_calls"][0]["name"], "add_task");
     assert_eq!(last["request_id"], request_header);
     assert!(last["conversation_id"].is_string());
+    // Ids: the chunks' positions in the progress stream, rising (the turn's Accepted
+    // chunk, not shown, came first), then `end`.
+    let positions: Vec<u64> = events[..4]
+        .iter()
+        .map(|e| e.id.as_deref().expect("an id").parse().expect("a number"))
+        .collect();
+    assert!(positions[0] > 1, "{positions:?}");
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    assert_eq!(events[4].id.as_deref(), Some("end"));
 }
 
 #[tokio::test]

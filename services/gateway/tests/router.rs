@@ -455,6 +455,8 @@ async fn openapi_lists_every_route() {
             "get",
         ),
         ("/api/{user_id}/tasks", "get"),
+        ("/api/{user_id}/turns/{request_id}/events", "get"),
+        ("/api/{user_id}/turns/{request_id}/cancel", "post"),
         ("/api/me", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),

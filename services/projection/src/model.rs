@@ -47,6 +47,10 @@ pub struct ConversationRow {
     pub created_at: DateTime<Utc>,
     /// When its latest event was recorded.
     pub updated_at: DateTime<Utc>,
+    /// The person deleted it: every query treats it as not found.
+    pub deleted: bool,
+    /// Turns answered again (regenerate): their messages are no longer shown.
+    pub superseded: Vec<Uuid>,
 }
 
 /// One message: `seq` is the stream version of the event that made it, so messages
@@ -261,6 +265,8 @@ impl ReadModels {
                     message_count: 0,
                     created_at: at,
                     updated_at: at,
+                    deleted: false,
+                    superseded: Vec::new(),
                 },
             );
             return None;
@@ -281,8 +287,19 @@ impl ReadModels {
         match event {
             ConversationEvent::ConversationStarted { .. } => unreachable!("handled above"),
             ConversationEvent::UserMessageReceived {
-                request_id, text, ..
+                request_id,
+                text,
+                regenerates,
             } => {
+                // The turn answered again leaves the conversation: its message and its
+                // answer (one each for an ended turn); this turn brings the message back.
+                if let Some(earlier) = regenerates
+                    && !conversation.superseded.contains(&earlier.as_uuid())
+                {
+                    conversation.superseded.push(earlier.as_uuid());
+                    conversation.message_count = conversation.message_count.saturating_sub(2);
+                }
+                // A title the person chose (or the first message's) stays.
                 if conversation.title.is_empty() {
                     conversation.title = conversation_title(text);
                 }
@@ -389,12 +406,13 @@ impl ReadModels {
                     },
                 );
             }
-            // Approvals show through the calls' results; renaming and deleting are
-            // read-model changes still to come (issue 12). Feedback is history only.
+            ConversationEvent::ConversationRenamed { title } => {
+                conversation.title.clone_from(title);
+            }
+            ConversationEvent::ConversationDeleted {} => conversation.deleted = true,
+            // Approvals show through the calls' results; feedback is history only.
             ConversationEvent::ToolCallApprovalRequested { .. }
             | ConversationEvent::ToolCallApprovalDecided { .. }
-            | ConversationEvent::ConversationRenamed { .. }
-            | ConversationEvent::ConversationDeleted {}
             | ConversationEvent::FeedbackGiven { .. } => {}
         }
         None

@@ -107,6 +107,11 @@ CREATE TABLE IF NOT EXISTS {s}.conversations (
 );
 CREATE INDEX IF NOT EXISTS conversations_by_user
     ON {s}.conversations (user_id, created_at DESC, conversation_id DESC);
+-- Added after layout 1 was released: defaults that are right for every conversation
+-- written before (no earlier event could delete or regenerate), so no replay is needed.
+ALTER TABLE {s}.conversations
+    ADD COLUMN IF NOT EXISTS deleted boolean NOT NULL DEFAULT false,
+    ADD COLUMN IF NOT EXISTS superseded jsonb NOT NULL DEFAULT '[]';
 CREATE TABLE IF NOT EXISTS {s}.messages (
     conversation_id  uuid        NOT NULL,
     seq              bigint      NOT NULL,
@@ -237,17 +242,19 @@ impl Sql {
                  WHERE t.user_id = k.user_id AND t.task_id = k.task_id"
             )),
             load_conversations: f(format!(
-                "SELECT conversation_id, user_id, title, message_count, created_at, updated_at \
-                 FROM {s}.conversations WHERE conversation_id = ANY($1)"
+                "SELECT conversation_id, user_id, title, message_count, created_at, updated_at, \
+                 deleted, superseded FROM {s}.conversations WHERE conversation_id = ANY($1)"
             )),
             upsert_conversations: f(format!(
                 "INSERT INTO {s}.conversations \
-                 (conversation_id, user_id, title, message_count, created_at, updated_at) \
+                 (conversation_id, user_id, title, message_count, created_at, updated_at, \
+                  deleted, superseded) \
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], \
-                                      $5::timestamptz[], $6::timestamptz[]) \
+                                      $5::timestamptz[], $6::timestamptz[], $7::bool[], $8::jsonb[]) \
                  ON CONFLICT (conversation_id) DO UPDATE SET user_id = excluded.user_id, \
                  title = excluded.title, message_count = excluded.message_count, \
-                 created_at = excluded.created_at, updated_at = excluded.updated_at"
+                 created_at = excluded.created_at, updated_at = excluded.updated_at, \
+                 deleted = excluded.deleted, superseded = excluded.superseded"
             )),
             load_pending: f(format!(
                 "SELECT conversation_id, request_id, call_id, name, arguments, result \
@@ -278,24 +285,28 @@ impl Sql {
             )),
             page_conversations: f(format!(
                 "SELECT conversation_id, title, message_count, created_at, updated_at \
-                 FROM {s}.conversations WHERE user_id = $1 \
+                 FROM {s}.conversations WHERE user_id = $1 AND NOT deleted \
                  AND ($2::timestamptz IS NULL OR (created_at, conversation_id) < ($2, $3)) \
                  ORDER BY created_at DESC, conversation_id DESC LIMIT $4"
             )),
+            // A deleted conversation has no owner as far as queries go.
             conversation_owner: f(format!(
-                "SELECT user_id FROM {s}.conversations WHERE conversation_id = $1"
+                "SELECT user_id FROM {s}.conversations WHERE conversation_id = $1 AND NOT deleted"
             )),
+            // Without the messages of superseded (regenerated) turns.
             page_messages: f(format!(
-                "SELECT conversation_id, seq, role, content, tool_calls, request_id, created_at \
-                 FROM {s}.messages \
-                 WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                "SELECT m.conversation_id, m.seq, m.role, m.content, m.tool_calls, m.request_id, \
+                 m.created_at FROM {s}.messages m JOIN {s}.conversations c USING (conversation_id) \
+                 WHERE m.conversation_id = $1 AND m.seq > $2 \
+                 AND NOT c.superseded @> jsonb_build_array(m.request_id::text) \
+                 ORDER BY m.seq LIMIT $3"
             )),
             all_tasks: f(format!(
                 "SELECT user_id, task_id, title, description, completed FROM {s}.tasks"
             )),
             all_conversations: f(format!(
-                "SELECT conversation_id, user_id, title, message_count, created_at, updated_at \
-                 FROM {s}.conversations"
+                "SELECT conversation_id, user_id, title, message_count, created_at, updated_at, \
+                 deleted, superseded FROM {s}.conversations"
             )),
             all_messages: f(format!(
                 "SELECT conversation_id, seq, role, content, tool_calls, request_id, created_at \

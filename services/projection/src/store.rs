@@ -319,6 +319,12 @@ async fn write_conversations(
                 conversation.updated_at,
             )
         }));
+    let deleted: Vec<bool> = models.conversations.values().map(|c| c.deleted).collect();
+    let superseded: Vec<Value> = models
+        .conversations
+        .values()
+        .map(|c| Value::from(c.superseded.iter().map(Uuid::to_string).collect::<Vec<_>>()))
+        .collect();
     query(&sql.upsert_conversations)
         .bind(&ids)
         .bind(&users)
@@ -326,6 +332,8 @@ async fn write_conversations(
         .bind(&counts)
         .bind(&created)
         .bind(&updated)
+        .bind(&deleted)
+        .bind(&superseded)
         .execute(&mut *conn)
         .await?;
     Ok(())
@@ -473,6 +481,9 @@ fn decode_conversation(row: &PgRow) -> Result<(Uuid, ConversationRow), Projectio
                 .map_err(|_| ProjectionError::Corrupt(format!("message count {count}")))?,
             created_at: row.try_get::<DateTime<Utc>, _>("created_at")?,
             updated_at: row.try_get::<DateTime<Utc>, _>("updated_at")?,
+            deleted: row.try_get("deleted")?,
+            superseded: serde_json::from_value(row.try_get::<Value, _>("superseded")?)
+                .map_err(|error| ProjectionError::Corrupt(format!("superseded turns: {error}")))?,
         },
     ))
 }

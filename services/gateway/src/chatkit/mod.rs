@@ -6,7 +6,7 @@
 //! It is a second face of the same system, not a second system: a thread is one of the
 //! user's conversations, its items are the conversation's messages as the projection
 //! reads them, a message is a turn started through [`turn::start`] and relayed by the
-//! API's relay (`routes::stream`), rendered as ChatKit events ([`render`]); renaming,
+//! API's relay (`crate::progress`), rendered as ChatKit events ([`render`]); renaming,
 //! deleting and feedback are conversation commands to the agent-workers. The user is
 //! the bearer token's, as everywhere.
 //!
@@ -37,6 +37,7 @@ use utoipa::ToSchema;
 use crate::api::ChatBody;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, TokenUser};
+use crate::progress::Follow;
 use crate::routes::stream::event_stream;
 use crate::state::AppState;
 use crate::turn::{self, ChatInput, StartedTurn};
@@ -117,7 +118,7 @@ pub(crate) async fn post_chatkit(
                 },
                 stream_options(),
             ];
-            Ok(stream(state, started, prelude))
+            Ok(stream(state, &user, started, prelude).await)
         }
         ChatKitRequest::ThreadsAddUserMessage { params } => {
             let message = message_text(params.input)?;
@@ -131,7 +132,7 @@ pub(crate) async fn post_chatkit(
                 },
                 stream_options(),
             ];
-            Ok(stream(state, started, prelude))
+            Ok(stream(state, &user, started, prelude).await)
         }
         ChatKitRequest::ThreadsRetryAfterItem { params } => {
             let items = threads::items(&state, &user, &params.thread_id).await?;
@@ -155,10 +156,9 @@ pub(crate) async fn post_chatkit(
             let conversation = conversation_id(&params.thread_id)?;
             let started = turn::start(
                 &state,
-                user,
+                user.clone(),
                 ChatInput::regenerate(conversation),
                 None,
-                true,
             )
             .await?;
             // The regenerate turn records the message again under its own request id:
@@ -171,7 +171,7 @@ pub(crate) async fn post_chatkit(
                     item: user_item(&params.thread_id, started.request_id, text, Utc::now()),
                 },
             ];
-            Ok(stream(state, started, prelude))
+            Ok(stream(state, &user, started, prelude).await)
         }
         ChatKitRequest::ThreadsAddClientToolOutput { params } => {
             threads::messages(&state, &user, &params.thread_id).await?;
@@ -328,7 +328,7 @@ async fn start(
         message,
         conversation_id: conversation.map(|id| id.to_string()),
     })?;
-    turn::start(state, user.clone(), input, None, true).await
+    turn::start(state, user.clone(), input, None).await
 }
 
 fn stream_options() -> StreamEvent {
@@ -341,10 +341,16 @@ fn stream_options() -> StreamEvent {
 }
 
 /// The SSE answer: `prelude`, then the turn as ChatKit events.
-fn stream(state: AppState, started: StartedTurn, prelude: Vec<StreamEvent>) -> Response {
+async fn stream(
+    state: AppState,
+    user: &UserId,
+    started: StartedTurn,
+    prelude: Vec<StreamEvent>,
+) -> Response {
     let render = TurnEvents::new(started.conversation_id.to_string(), started.request_id);
+    let follow = Follow::started(&state, user, started).await;
     let prelude = prelude.iter().map(sse).collect();
-    event_stream(state, started, prelude, render)
+    event_stream(state, follow, prelude, render)
 }
 
 /// Sends a conversation command to the agent-workers and maps their answer.

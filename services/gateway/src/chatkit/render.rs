@@ -1,5 +1,5 @@
 //! One live turn as ChatKit thread stream events: the gateway's chunks and the reply,
-//! rendered for the relay of `routes::stream` ([`RenderTurn`]).
+//! rendered for the API's relay (`crate::progress`, [`RenderTurn`]).
 //!
 //! Tool calls become one workflow item (`workflow_<request id>`) whose tasks load and
 //! complete as the calls run, each announced with a `progress_update` ("Adding
@@ -17,8 +17,8 @@ use super::threads::{
 };
 use super::types::{AssistantContent, ItemUpdate, NoticeLevel, StreamEvent, Task, ThreadItem};
 use crate::error::ApiError;
+use crate::progress::RenderTurn;
 use crate::routes::chat::answer;
-use crate::routes::stream::RenderTurn;
 
 /// A stream event as SSE: `data: <json>`, no event name, as the protocol sends it.
 pub(crate) fn sse(event: &StreamEvent) -> Event {
@@ -273,7 +273,8 @@ fn index(position: usize) -> u32 {
 }
 
 impl RenderTurn for TurnEvents {
-    fn chunk(&mut self, chunk: ChatStreamChunk) -> Vec<Event> {
+    fn chunk(&mut self, _sequence: u64, chunk: ChatStreamChunk) -> Vec<Event> {
+        // No SSE ids: ChatKit does not resume streams.
         self.events(chunk).iter().map(sse).collect()
     }
 

@@ -53,7 +53,7 @@ pub(crate) async fn post_chat(
 ) -> Result<Json<ChatAnswer>, ApiError> {
     let key = IdempotencyKey::from_headers(&headers)?;
     let input = ChatInput::parse(body)?;
-    let mut started = turn::start(&state, user, input, key, false).await?;
+    let mut started = turn::start(&state, user, input, key).await?;
     let reply = match started.stored.take() {
         Some(reply) => reply,
         None => {

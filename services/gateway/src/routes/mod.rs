@@ -8,6 +8,7 @@ pub(crate) mod health;
 pub(crate) mod identity;
 pub(crate) mod reads;
 pub(crate) mod stream;
+pub(crate) mod turns;
 
 use std::sync::Arc;
 
@@ -42,6 +43,8 @@ pub(crate) const DEV_TOKEN_PATH: &str = "/api/dev/token";
         chat::post_chat,
         stream::post_chat_stream,
         approvals::post_approval,
+        turns::get_turn_events,
+        turns::post_cancel_turn,
         crate::chatkit::post_chatkit,
         reads::get_tasks,
         reads::get_conversations,
@@ -61,6 +64,8 @@ pub(crate) const DEV_TOKEN_PATH: &str = "/api/dev/token";
         api::ChatStreamEvent,
         api::PendingApprovalOut,
         approvals::ApprovalBody,
+        api::CancelAccepted,
+        api::CancelStatus,
         crate::chatkit::types::ChatKitRequest,
         crate::chatkit::ChatKitAnswer,
         crate::chatkit::ChatKitStreamEvent,
@@ -153,6 +158,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/{user_id}/turns/{request_id}/approvals/{approval_id}",
             post(approvals::post_approval),
+        )
+        .route(
+            "/api/{user_id}/turns/{request_id}/events",
+            get(turns::get_turn_events),
+        )
+        .route(
+            "/api/{user_id}/turns/{request_id}/cancel",
+            post(turns::post_cancel_turn),
         )
         .route(
             "/api/{user_id}/conversations",
