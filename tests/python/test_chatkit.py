@@ -322,32 +322,34 @@ def main() -> None:
     assert types(events) == ["error"] and "not supported" in events[0].message, events
     assert [i.id for i in items(thread_id)] == streamed, "a refused request changed the thread"
 
-    # The rest needs issue 12's regenerate turns and renamed/deleted conversations in
-    # the read models.
-    step("threads.retry_after_item regenerates the last answer")
-    last_user = streamed[-3]
-    events = stream({"type": "threads.retry_after_item", "params": {"thread_id": thread_id, "item_id": last_user}})
-    assert types(events)[:3] == ["stream_options", "thread.item.removed", "thread.item.done"], types(events)
-    assert events[1].item_id == last_user, events[1]
-    again = events[2].item
-    assert again.type == "user_message" and again.content[0].text == "complete 1" and again.id != last_user, again
-    check_turn(events, "Completing task…", "task #1")
-    regenerated = [again.id] + [e.item.id for e in events[3:] if e.type == "thread.item.done"]
-    expected = streamed[:-3] + regenerated
-    wait_for("the regenerated answer to replace the old one",
-             lambda: [i.id for i in items(thread_id)] == expected)
-
     step("threads.update renames the thread")
     renamed = answer({"type": "threads.update", "params": {"thread_id": thread_id, "title": "Groceries"}}, THREAD)
     assert renamed.id == thread_id and renamed.title == "Groceries", renamed
     wait_for("the new title in threads.get_by_id",
              lambda: answer({"type": "threads.get_by_id", "params": {"thread_id": thread_id}}, THREAD).title == "Groceries")
+    assert [i.id for i in items(thread_id)] == streamed, "renaming changed the items"
 
     step("threads.delete deletes it")
     answer({"type": "threads.delete", "params": {"thread_id": thread_id}}, None)
     wait_for("the thread to be gone", lambda: post({"type": "threads.get_by_id", "params": {"thread_id": thread_id}})[0] == 404)
     refused({"type": "items.list", "params": {"thread_id": thread_id}}, 404, "not_found")
+    refused({"type": "threads.add_user_message", "params": {"thread_id": thread_id, "input": user_input("show my tasks")}}, 404, "not_found")
     assert [t.id for t in answer({"type": "threads.list", "params": {}}, THREADS).data] == [second]
+
+    # Last, as it needs the workers' regenerate turns (issue 12).
+    step("threads.retry_after_item regenerates the last answer")
+    before = [i.id for i in items(second)]
+    last_user = before[-3]
+    events = stream({"type": "threads.retry_after_item", "params": {"thread_id": second, "item_id": last_user}})
+    assert types(events)[:3] == ["stream_options", "thread.item.removed", "thread.item.done"], types(events)
+    assert events[1].item_id == last_user, events[1]
+    again = events[2].item
+    assert again.type == "user_message" and again.content[0].text == "show my tasks" and again.id != last_user, again
+    check_turn(events, "Listing tasks…", "[x] Buy milk")
+    regenerated = [again.id] + [e.item.id for e in events[3:] if e.type == "thread.item.done"]
+    expected = before[:-3] + regenerated
+    wait_for("the regenerated answer to replace the old one",
+             lambda: [i.id for i in items(second)] == expected)
 
     print("chatkit conversation passed", flush=True)
 
