@@ -352,4 +352,42 @@ mod tests {
         let progress: Value = serde_json::to_value(&events[0]).unwrap();
         assert_eq!(progress["text"], "Adding task…");
     }
+
+    #[test]
+    fn a_stored_reply_shows_its_calls_and_a_failure_ends_with_an_error_event() {
+        let request_id = RequestId::new();
+        let conversation_id = ConversationId::new();
+        let mut stored = TurnEvents::new("t".to_owned(), request_id);
+        let reply = ChatReply {
+            request_id,
+            conversation_id,
+            user_id: None,
+            outcome: ChatOutcome::Answered {
+                response: "Added milk.".to_owned(),
+                tool_calls: vec![ToolCallRecord {
+                    name: "add_task".to_owned(),
+                    arguments: json!({"title": "milk"}),
+                    result: json!({"task_id": 1}),
+                }],
+            },
+        };
+        let events = stored.end_events(Ok(reply));
+        assert_eq!(types(&events)[0], "thread.item.done");
+        let workflow = serde_json::to_value(&events[0]).unwrap();
+        assert_eq!(workflow["item"]["id"], workflow_item_id(request_id));
+        assert_eq!(
+            workflow["item"]["workflow"]["tasks"][0]["status_indicator"],
+            "complete"
+        );
+
+        let mut failed = TurnEvents::new("t".to_owned(), request_id);
+        let events = failed.end_events(Err(ApiError::ReplyTimeout {
+            request_id,
+            conversation_id,
+        }));
+        assert_eq!(types(&events), ["error"]);
+        let error = serde_json::to_value(&events[0]).unwrap();
+        assert_eq!(error["code"], "custom");
+        assert_eq!(error["allow_retry"], true);
+    }
 }
