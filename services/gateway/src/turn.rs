@@ -17,7 +17,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use futures::StreamExt as _;
 use proto_schemas::chat::{
-    ChatMessage, ChatReply, ChatRequest, ChatStreamChunk, InvalidChatMessage,
+    ChatMessage, ChatReply, ChatRequest, ChatStreamChunk, InvalidChatMessage, TurnKind,
 };
 use proto_schemas::{ConversationId, RequestId, UserId};
 
@@ -30,12 +30,14 @@ use platform::streams::QueueRefusal;
 
 use crate::state::AppState;
 
-/// A chat message that passed validation.
+/// A chat turn to queue, checked: a message that passed validation, or a regenerate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ChatInput {
+    /// Empty for a regenerate (the worker answers the last recorded message).
     pub message: String,
     /// `None` starts a new conversation.
     pub conversation: Option<ConversationId>,
+    pub kind: TurnKind,
 }
 
 impl ChatInput {
@@ -63,7 +65,17 @@ impl ChatInput {
         Ok(Self {
             message: message.into_inner(),
             conversation,
+            kind: TurnKind::Message,
         })
+    }
+
+    /// Answer `conversation`'s last message again.
+    pub(crate) fn regenerate(conversation: ConversationId) -> Self {
+        Self {
+            message: String::new(),
+            conversation: Some(conversation),
+            kind: TurnKind::Regenerate,
+        }
     }
 }
 
@@ -88,7 +100,7 @@ pub(crate) async fn start(
         request_id: RequestId::new(),
         conversation_id: input.conversation.unwrap_or_default(),
         new_conversation: input.conversation.is_none(),
-        fingerprint: idempotency::fingerprint(&input.message, input.conversation),
+        fingerprint: idempotency::fingerprint(&input.message, input.conversation, input.kind),
     };
     let bucket_key = key.as_ref().map(|key| idempotency::bucket_key(&user, key));
     let claimed = match &bucket_key {
@@ -150,7 +162,7 @@ pub(crate) async fn start(
         new_conversation,
         message: input.message,
         received_at: chrono::Utc::now(),
-        kind: proto_schemas::chat::TurnKind::Message,
+        kind: input.kind,
     };
     // The message ids derive from the request id: a publish repeated after one that
     // went through unconfirmed is dropped by the streams as a duplicate.
