@@ -128,6 +128,15 @@ impl Conversation {
             .collect()
     }
 
+    /// The person's latest message and its turn: what a regenerate answers again.
+    pub fn last_user_message(&self) -> Option<(RequestId, String)> {
+        self.messages
+            .iter()
+            .rev()
+            .find(|message| message.from_user)
+            .map(|message| (message.request_id, message.text.to_string()))
+    }
+
     fn remember_message(&mut self, request_id: RequestId, from_user: bool, text: &str) {
         self.messages.push_back(WindowMessage {
             request_id,
@@ -174,7 +183,15 @@ impl eventlog::Aggregate for Conversation {
             return;
         };
         match event {
-            ConversationEvent::UserMessageReceived { text, .. } => {
+            ConversationEvent::UserMessageReceived {
+                text, regenerates, ..
+            } => {
+                // The superseded turn leaves the window: the model sees its message
+                // once, as this turn's, and not its earlier answer.
+                if let Some(earlier) = regenerates {
+                    self.messages
+                        .retain(|message| message.request_id != *earlier);
+                }
                 self.remember_message(request, true, text);
             }
             ConversationEvent::AssistantReplied { text, .. } => {
@@ -214,6 +231,41 @@ mod tests {
             conversation.apply(event);
         }
         conversation
+    }
+
+    #[test]
+    fn a_regenerate_takes_the_superseded_turn_out_of_the_window() {
+        let (first, second, again) = (RequestId::new(), RequestId::new(), RequestId::new());
+        let conversation = fold(&[
+            started("alice"),
+            said(first, "add milk"),
+            replied(first, "Added milk."),
+            said(second, "what is open?"),
+            replied(second, "Milk."),
+        ]);
+        assert_eq!(
+            conversation.last_user_message(),
+            Some((second, "what is open?".to_owned()))
+        );
+        let mut conversation = conversation;
+        conversation.apply(&ConversationEvent::UserMessageReceived {
+            request_id: again,
+            text: "what is open?".into(),
+            regenerates: Some(second),
+        });
+        assert_eq!(
+            conversation.history_before(again, 20),
+            [
+                HistoryMessage::User("add milk".into()),
+                HistoryMessage::Assistant("Added milk.".into())
+            ]
+        );
+        assert_eq!(
+            conversation.last_user_message(),
+            Some((again, "what is open?".to_owned()))
+        );
+        let deleted = fold(&[started("alice"), ConversationEvent::ConversationDeleted {}]);
+        assert!(!deleted.is_visible_to(&UserId::parse("alice").unwrap()));
     }
 
     #[test]

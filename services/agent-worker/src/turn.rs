@@ -171,7 +171,17 @@ impl Worker {
                         // one append (and commit) fewer per turn. A crash before that
                         // append loses only the model call, which the redelivery makes
                         // again; nothing of the turn has run yet.
-                        let mut events = opening_events(request, start);
+                        let Some(message) = turn_message(request, &turn.conversation.state) else {
+                            tracing::info!("nothing to regenerate in this conversation");
+                            let reply = failed(
+                                request,
+                                ChatErrorCode::Internal,
+                                prompt::NOTHING_TO_REGENERATE_MESSAGE,
+                            );
+                            self.publish_reply(&reply).await?;
+                            return Ok(reply);
+                        };
+                        let mut events = opening_events(request, start, message);
                         let mut opened = turn.state.clone();
                         for (_, event) in &events {
                             opened.apply(event);
@@ -262,8 +272,10 @@ impl Worker {
             // A turn that never got going still gets its conversation and message
             // recorded, so the failure sits where the user will look for it.
             let mut events = Vec::new();
-            if turn.state.user_message.is_none() {
-                events = opening_events(request, turn.conversation.version == 0);
+            if turn.state.user_message.is_none()
+                && let Some(message) = turn_message(request, &turn.conversation.state)
+            {
+                events = opening_events(request, turn.conversation.version == 0, message);
             }
             events.push(ended(
                 request,
@@ -809,8 +821,27 @@ pub(crate) fn tool_command(
     })
 }
 
+/// The message a turn answers: the request's own, or for a regenerate the
+/// conversation's latest user message and the turn it supersedes. `None`: a
+/// regenerate in a conversation with no message to answer again.
+fn turn_message(
+    request: &ChatRequest,
+    conversation: &Conversation,
+) -> Option<(String, Option<RequestId>)> {
+    match request.kind {
+        TurnKind::Regenerate => conversation
+            .last_user_message()
+            .map(|(earlier, text)| (text, Some(earlier))),
+        TurnKind::Message | TurnKind::Approval { .. } => Some((request.message.clone(), None)),
+    }
+}
+
 /// `ConversationStarted` (for a new conversation) and the user's message.
-fn opening_events(request: &ChatRequest, start: bool) -> Vec<(EventId, ConversationEvent)> {
+fn opening_events(
+    request: &ChatRequest,
+    start: bool,
+    (text, regenerates): (String, Option<RequestId>),
+) -> Vec<(EventId, ConversationEvent)> {
     let mut events = Vec::with_capacity(2);
     if start {
         events.push((
@@ -824,8 +855,8 @@ fn opening_events(request: &ChatRequest, start: bool) -> Vec<(EventId, Conversat
         event_ids::user_message(request.request_id),
         ConversationEvent::UserMessageReceived {
             request_id: request.request_id,
-            text: request.message.clone(),
-            regenerates: None,
+            text,
+            regenerates,
         },
     ));
     events

@@ -568,12 +568,15 @@ class LiveAnswer {
     this.typing.remove();
     this.node.removeAttribute("aria-busy");
     this.node.querySelector(".approval")?.remove();
-    const what = describeStarted(approval.name, approval.arguments).text;
+    // "deleting #1…" names the call; the ellipsis is for calls still running.
+    const what = describeStarted(approval.name, approval.arguments).text.replace(/…$/, "");
+    // Nothing written yet: no empty bubble above the question.
+    this.bubble.hidden = !this.text;
     this.node.append(
       h(
         "div",
         { class: "approval", role: "group", "aria-label": "Approval needed" },
-        h("p", {}, `The assistant wants to run ${approval.name}: ${what}. Allow it?`),
+        h("p", {}, `The assistant asks to run ${approval.name} (${what}). Allow it?`),
         h("button", { type: "button", class: "btn btn-primary btn-small approve", onclick: () => onDecision(true) }, "Approve"),
         h("button", { type: "button", class: "btn btn-small decline", onclick: () => onDecision(false) }, "Decline"),
       ),
@@ -581,6 +584,7 @@ class LiveAnswer {
   }
 
   deciding(approve) {
+    this.bubble.hidden = false;
     const box = this.node.querySelector(".approval");
     if (box) box.replaceChildren(h("p", {}, approve ? "Approved. Running it…" : "Declined."));
     this.bubble.append(this.typing);
@@ -631,6 +635,7 @@ class LiveAnswer {
     delete this.node.dataset.waiting;
     this.settled = true;
     this.answered = true;
+    this.bubble.hidden = false;
     this.text = answer.response || "";
     this.bubble.textContent = this.text || "(no reply)";
     const calls = answer.tool_calls || [];
@@ -648,6 +653,7 @@ class LiveAnswer {
     this.waiting = false;
     delete this.node.dataset.waiting;
     this.settled = true;
+    this.bubble.hidden = false;
     this.node.classList.remove("msg-assistant");
     this.node.classList.add("msg-error");
     this.node.querySelector(".msg-author").textContent = "Problem";

@@ -8,6 +8,7 @@
 
 use async_nats::jetstream::kv;
 use axum::http::HeaderMap;
+use proto_schemas::chat::TurnKind;
 use proto_schemas::{ConversationId, RequestId, UserId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -72,12 +73,23 @@ pub(crate) fn bucket_key(user: &UserId, key: &IdempotencyKey) -> String {
 }
 
 /// What a request asked for, so that a key reused for a different request is caught.
-pub(crate) fn fingerprint(message: &str, conversation: Option<ConversationId>) -> String {
+pub(crate) fn fingerprint(
+    message: &str,
+    conversation: Option<ConversationId>,
+    kind: TurnKind,
+) -> String {
     let mut hasher = Sha256::new();
     hasher.update(message.as_bytes());
     hasher.update([0]);
     if let Some(conversation) = conversation {
         hasher.update(conversation.to_string().as_bytes());
+    }
+    // A message's fingerprint is what it was before turns had kinds, so claims made
+    // by an older gateway still match.
+    match kind {
+        TurnKind::Message => {}
+        TurnKind::Regenerate => hasher.update(b"\0regenerate"),
+        TurnKind::Approval { .. } => hasher.update(b"\0approval"),
     }
     hex(&hasher.finalize())
 }
@@ -215,15 +227,27 @@ mod tests {
     #[test]
     fn fingerprints_tell_requests_apart() {
         let conversation = ConversationId::new();
-        assert_eq!(fingerprint("hi", None), fingerprint("hi", None));
-        assert_ne!(fingerprint("hi", None), fingerprint("hi!", None));
+        let message = TurnKind::Message;
+        assert_eq!(
+            fingerprint("hi", None, message),
+            fingerprint("hi", None, message)
+        );
         assert_ne!(
-            fingerprint("hi", None),
-            fingerprint("hi", Some(conversation))
+            fingerprint("hi", None, message),
+            fingerprint("hi!", None, message)
+        );
+        assert_ne!(
+            fingerprint("hi", None, message),
+            fingerprint("hi", Some(conversation), message)
         );
         assert_eq!(
-            fingerprint("hi", Some(conversation)),
-            fingerprint("hi", Some(conversation))
+            fingerprint("hi", Some(conversation), message),
+            fingerprint("hi", Some(conversation), message)
+        );
+        // A regenerate is not the same request as a message, even an empty one.
+        assert_ne!(
+            fingerprint("", Some(conversation), message),
+            fingerprint("", Some(conversation), TurnKind::Regenerate)
         );
     }
 }

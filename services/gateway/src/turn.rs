@@ -30,14 +30,13 @@ use platform::streams::QueueRefusal;
 
 use crate::state::AppState;
 
-/// A chat message that passed validation.
+/// A chat turn to queue, checked: a message that passed validation, or a regenerate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ChatInput {
+    /// Empty for a regenerate (the worker answers the last recorded message).
     pub message: String,
     /// `None` starts a new conversation.
     pub conversation: Option<ConversationId>,
-    /// A new message, or a regenerate of the conversation's last one (with an empty
-    /// `message`).
     pub kind: TurnKind,
 }
 
@@ -70,7 +69,7 @@ impl ChatInput {
         })
     }
 
-    /// Answer `conversation`'s last user message again.
+    /// Answer `conversation`'s last message again.
     pub(crate) fn regenerate(conversation: ConversationId) -> Self {
         Self {
             message: String::new(),
@@ -101,7 +100,7 @@ pub(crate) async fn start(
         request_id: RequestId::new(),
         conversation_id: input.conversation.unwrap_or_default(),
         new_conversation: input.conversation.is_none(),
-        fingerprint: idempotency::fingerprint(&input.message, input.conversation),
+        fingerprint: idempotency::fingerprint(&input.message, input.conversation, input.kind),
     };
     let bucket_key = key.as_ref().map(|key| idempotency::bucket_key(&user, key));
     let claimed = match &bucket_key {

@@ -702,6 +702,61 @@ mod tests {
     }
 
     #[test]
+    fn renames_deletes_and_regenerates_change_the_conversation_row() {
+        let id = Uuid::now_v7();
+        let first = RequestId::new();
+        let again = RequestId::new();
+        let replied = |seq, request| {
+            conv(
+                id,
+                seq,
+                2,
+                ConversationEvent::AssistantReplied {
+                    request_id: request,
+                    text: "Added.".into(),
+                },
+            )
+        };
+        let (models, anomalies) = fold(&[
+            started(id),
+            said(id, first, "Add milk"),
+            replied(3, first),
+            conv(
+                id,
+                4,
+                3,
+                ConversationEvent::ConversationRenamed {
+                    title: "Groceries".into(),
+                },
+            ),
+            conv(
+                id,
+                5,
+                4,
+                ConversationEvent::UserMessageReceived {
+                    request_id: again,
+                    text: "Add milk".into(),
+                    regenerates: Some(first),
+                },
+            ),
+            replied(6, again),
+        ]);
+        assert!(anomalies.is_empty());
+        let row = &models.conversations[&id];
+        // The person's title stays; the superseded turn's two messages are not counted.
+        assert_eq!(row.title, "Groceries");
+        assert_eq!(row.superseded, [first.as_uuid()]);
+        assert_eq!(row.message_count, 2);
+        assert!(!row.deleted);
+        // Its rows stay (the log is the truth); queries leave them out.
+        assert_eq!(models.messages.len(), 4);
+
+        let mut models = models;
+        models.apply(&conv(id, 7, 5, ConversationEvent::ConversationDeleted {}));
+        assert!(models.conversations[&id].deleted);
+    }
+
+    #[test]
     fn events_of_a_conversation_that_never_started_are_not_shown() {
         let id = Uuid::now_v7();
         let (models, anomalies) = fold(&[conv(

@@ -25,7 +25,6 @@ use axum::extract::State;
 use axum::response::sse::Sse;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use platform::{BusError, error_chain};
 use proto_schemas::UserId;
 use proto_schemas::conversations::{
     ConversationCommand, ConversationCommandReply, ConversationTitle, check_feedback_items,
@@ -38,6 +37,7 @@ use crate::api::ChatBody;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, TokenUser};
 use crate::progress::Follow;
+use crate::routes::conversations::send_command;
 use crate::routes::stream::event_stream;
 use crate::state::AppState;
 use crate::turn::{self, ChatInput, StartedTurn};
@@ -359,34 +359,18 @@ async fn command_on(
     thread_id: &str,
     command: &ConversationCommand,
 ) -> Result<(), ApiError> {
-    let subject = state.subjects().conversation_commands();
-    let reply = platform::bus::request_json::<_, ConversationCommandReply>(
-        state.client(),
-        subject.clone(),
-        command,
-        state.settings().query_timeout,
-    )
-    .await;
-    match reply {
-        Ok(ConversationCommandReply::Done) => Ok(()),
-        Ok(ConversationCommandReply::NotFound) => Err(thread_not_found(thread_id)),
-        Ok(ConversationCommandReply::Invalid { reason }) => {
+    match send_command(state, command).await? {
+        ConversationCommandReply::Done => Ok(()),
+        // A thread's commands do not end turns; "already ended" cannot come back.
+        ConversationCommandReply::NotFound | ConversationCommandReply::AlreadyEnded => {
+            Err(thread_not_found(thread_id))
+        }
+        ConversationCommandReply::Invalid { reason } => {
             Err(ApiError::invalid("invalid_request", reason))
         }
-        Ok(ConversationCommandReply::AlreadyEnded) => Err(ApiError::internal(format!(
-            "unexpected answer to a conversation command on {subject}"
-        ))),
-        Ok(ConversationCommandReply::Unavailable { reason }) => {
+        ConversationCommandReply::Unavailable { reason } => {
             Err(ApiError::unavailable("the event log", reason))
         }
-        Err(error @ BusError::Decode(_)) => Err(ApiError::internal(format!(
-            "unreadable answer on {subject}: {}",
-            error_chain(&error)
-        ))),
-        Err(error) => Err(ApiError::unavailable(
-            "the agent-workers",
-            format!("{subject}: {}", error_chain(&error)),
-        )),
     }
 }
 

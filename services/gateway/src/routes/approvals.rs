@@ -95,10 +95,7 @@ pub(crate) async fn post_approval(
             });
         }
         ChatOutcome::Answered { .. } | ChatOutcome::Failed { .. } => {
-            return Err(ApiError::Conflict {
-                code: "turn_finished",
-                message: format!("turn {request_id} has ended; there is nothing to approve"),
-            });
+            return Err(ApiError::TurnFinished { request_id });
         }
     }
 

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use proto_schemas::UserId;
 use proto_schemas::chat::{ChatOutcome, ChatReply};
 
 use crate::api::{ChatAnswer, ChatBody};
@@ -53,12 +54,22 @@ pub(crate) async fn post_chat(
 ) -> Result<Json<ChatAnswer>, ApiError> {
     let key = IdempotencyKey::from_headers(&headers)?;
     let input = ChatInput::parse(body)?;
-    let mut started = turn::start(&state, user, input, key).await?;
+    run_turn(&state, user, input, key).await
+}
+
+/// Queues the turn and waits for its reply: `POST /chat` and its regenerate twin.
+pub(crate) async fn run_turn(
+    state: &AppState,
+    user: UserId,
+    input: ChatInput,
+    key: Option<IdempotencyKey>,
+) -> Result<Json<ChatAnswer>, ApiError> {
+    let mut started = turn::start(state, user, input, key).await?;
     let reply = match started.stored.take() {
         Some(reply) => reply,
         None => {
             let deadline = turn::deadline(state.settings().reply_timeout);
-            turn::next_reply(&state, &mut started.replies, started.request_id, deadline)
+            turn::next_reply(state, &mut started.replies, started.request_id, deadline)
                 .await
                 .map_err(|end| turn::wait_error(end, started.request_id, started.conversation_id))?
         }

@@ -3,6 +3,7 @@
 
 pub(crate) mod approvals;
 pub(crate) mod chat;
+pub(crate) mod conversations;
 pub(crate) mod dev;
 pub(crate) mod health;
 pub(crate) mod identity;
@@ -17,7 +18,7 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{Method, Uri, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -45,9 +46,13 @@ pub(crate) const DEV_TOKEN_PATH: &str = "/api/dev/token";
         approvals::post_approval,
         turns::get_turn_events,
         turns::post_cancel_turn,
+        conversations::post_regenerate,
+        conversations::post_regenerate_stream,
         crate::chatkit::post_chatkit,
         reads::get_tasks,
         reads::get_conversations,
+        conversations::patch_conversation,
+        conversations::delete_conversation,
         reads::get_messages,
         identity::get_me,
         dev::post_dev_token,
@@ -64,6 +69,8 @@ pub(crate) const DEV_TOKEN_PATH: &str = "/api/dev/token";
         api::ChatStreamEvent,
         api::PendingApprovalOut,
         approvals::ApprovalBody,
+        conversations::RenameBody,
+        conversations::RenamedConversation,
         api::CancelAccepted,
         api::CancelStatus,
         crate::chatkit::types::ChatKitRequest,
@@ -170,6 +177,18 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/{user_id}/conversations",
             get(reads::get_conversations),
+        )
+        .route(
+            "/api/{user_id}/conversations/{conversation_id}",
+            patch(conversations::patch_conversation).delete(conversations::delete_conversation),
+        )
+        .route(
+            "/api/{user_id}/conversations/{conversation_id}/regenerate",
+            post(conversations::post_regenerate),
+        )
+        .route(
+            "/api/{user_id}/conversations/{conversation_id}/regenerate/stream",
+            post(conversations::post_regenerate_stream),
         )
         .route(
             "/api/{user_id}/conversations/{conversation_id}/messages",

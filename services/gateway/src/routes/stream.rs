@@ -6,6 +6,7 @@
 //! its events can be read again (`GET …/turns/{request_id}/events`, see
 //! [`crate::progress`]).
 
+use proto_schemas::UserId;
 use std::convert::Infallible;
 
 use axum::extract::State;
@@ -73,6 +74,17 @@ pub(crate) async fn post_chat_stream(
 ) -> Result<Response, ApiError> {
     let key = IdempotencyKey::from_headers(&headers)?;
     let input = ChatInput::parse(body)?;
+    stream_turn(state, user, input, key).await
+}
+
+/// Queues the turn and follows it as Server-Sent Events: `POST /chat/stream` and its
+/// regenerate twin.
+pub(crate) async fn stream_turn(
+    state: AppState,
+    user: UserId,
+    input: ChatInput,
+    key: Option<IdempotencyKey>,
+) -> Result<Response, ApiError> {
     let started = turn::start(&state, user.clone(), input, key).await?;
     let follow = Follow::started(&state, &user, started).await;
     let ids = [

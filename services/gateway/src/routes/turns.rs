@@ -7,7 +7,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use platform::BusError;
 use platform::error_chain;
 use proto_schemas::chat::{ChatOutcome, ChatRequest, TurnKind};
 use proto_schemas::conversations::{ConversationCommand, ConversationCommandReply};
@@ -16,6 +15,7 @@ use crate::api::{CancelAccepted, CancelStatus, ChatStreamEvent};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::AuthUser;
 use crate::progress::{self, ApiEvents, Follow, KnownTurn, LastEventId, Progress};
+use crate::routes::conversations::send_command;
 use crate::routes::stream::event_stream;
 use crate::state::AppState;
 use crate::turn;
@@ -142,38 +142,24 @@ pub(crate) async fn post_cancel_turn(
             }
         },
     };
-    let reply = platform::bus::request_json::<_, ConversationCommandReply>(
-        state.client(),
-        state.subjects().conversation_commands(),
-        &ConversationCommand::CancelTurn { request },
-        state.settings().query_timeout,
-    )
-    .await;
+    let reply = send_command(&state, &ConversationCommand::CancelTurn { request }).await?;
     match reply {
-        Ok(ConversationCommandReply::Done) => Ok((
+        ConversationCommandReply::Done => Ok((
             StatusCode::ACCEPTED,
             Json(CancelAccepted {
                 request_id,
                 status: CancelStatus::Cancelling,
             }),
         )),
-        Ok(ConversationCommandReply::AlreadyEnded) => Err(ApiError::TurnFinished { request_id }),
-        Ok(ConversationCommandReply::NotFound) => Err(ApiError::NotFound(format!(
+        ConversationCommandReply::AlreadyEnded => Err(ApiError::TurnFinished { request_id }),
+        ConversationCommandReply::NotFound => Err(ApiError::NotFound(format!(
             "turn {request_id} was not found"
         ))),
-        Ok(ConversationCommandReply::Unavailable { reason }) => {
+        ConversationCommandReply::Unavailable { reason } => {
             Err(ApiError::unavailable("the event log", reason))
         }
-        Ok(ConversationCommandReply::Invalid { reason }) => Err(ApiError::internal(format!(
+        ConversationCommandReply::Invalid { reason } => Err(ApiError::internal(format!(
             "the workers refused a cancel command: {reason}"
         ))),
-        Err(error @ BusError::Decode(_)) => Err(ApiError::internal(format!(
-            "unreadable answer to a cancel command: {}",
-            error_chain(&error)
-        ))),
-        Err(error) => Err(ApiError::unavailable(
-            "the agent workers",
-            error_chain(&error),
-        )),
     }
 }
