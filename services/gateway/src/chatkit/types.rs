@@ -111,7 +111,11 @@ pub(crate) struct ThreadIdParams {
 pub(crate) struct ThreadUpdateParams {
     pub thread_id: String,
     /// The new title: 1 to 200 characters, not blank, no control characters.
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub title: String,
 }
 

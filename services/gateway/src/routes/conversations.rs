@@ -33,7 +33,11 @@ use crate::turn::ChatInput;
 #[schema(example = json!({"title": "Groceries"}))]
 pub(crate) struct RenameBody {
     /// 1 to 200 characters, not only whitespace, no control characters (trimmed).
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub title: String,
 }
 
