@@ -123,7 +123,7 @@ pub(crate) async fn post_chatkit(
         ChatKitRequest::ThreadsAddUserMessage { params } => {
             let message = message_text(params.input)?;
             // Not found (or someone else's) is answered before any turn starts.
-            threads::messages(&state, &user, &params.thread_id).await?;
+            threads::check_owned(&state, &user, &params.thread_id).await?;
             let conversation = conversation_id(&params.thread_id)?;
             let started = start(&state, &user, message.clone(), Some(conversation)).await?;
             let prelude = vec![
@@ -174,7 +174,7 @@ pub(crate) async fn post_chatkit(
             Ok(stream(state, &user, started, prelude).await)
         }
         ChatKitRequest::ThreadsAddClientToolOutput { params } => {
-            threads::messages(&state, &user, &params.thread_id).await?;
+            threads::check_owned(&state, &user, &params.thread_id).await?;
             let refusal = StreamEvent::error(
                 "This server has no client tools: threads.add_client_tool_output is not supported.",
                 false,

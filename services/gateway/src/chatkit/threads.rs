@@ -172,30 +172,54 @@ pub(crate) fn items_of(thread_id: &str, messages: Vec<MessageView>) -> Vec<Threa
     items
 }
 
+/// One page of `user`'s conversation's messages; not found for anyone else's.
+async fn messages_page(
+    state: &AppState,
+    user: &UserId,
+    thread_id: &str,
+    page: PageRequest,
+) -> Result<QueryPage<MessageView>, ApiError> {
+    let query = MessagesQuery {
+        user_id: user.clone(),
+        conversation_id: conversation_id(thread_id)?,
+        page,
+    };
+    ask(state, state.subjects().query_messages(), &query)
+        .await
+        .map_err(|error| match error {
+            ApiError::NotFound(_) => thread_not_found(thread_id),
+            other => other,
+        })
+}
+
+/// Whether `thread_id` is one of `user`'s threads: not found if not. One small query,
+/// whatever the thread's length.
+pub(crate) async fn check_owned(
+    state: &AppState,
+    user: &UserId,
+    thread_id: &str,
+) -> Result<(), ApiError> {
+    let first = PageRequest {
+        limit: 1,
+        cursor: None,
+    };
+    messages_page(state, user, thread_id, first).await.map(drop)
+}
+
 /// Every message of `user`'s conversation; not found for anyone else's.
-pub(crate) async fn messages(
+async fn messages(
     state: &AppState,
     user: &UserId,
     thread_id: &str,
 ) -> Result<Vec<MessageView>, ApiError> {
-    let conversation_id = conversation_id(thread_id)?;
     let mut all = Vec::new();
     let mut cursor = None;
     loop {
-        let query = MessagesQuery {
-            user_id: user.clone(),
-            conversation_id,
-            page: PageRequest {
-                limit: MAX_PAGE_LIMIT,
-                cursor,
-            },
+        let request = PageRequest {
+            limit: MAX_PAGE_LIMIT,
+            cursor,
         };
-        let page: QueryPage<MessageView> = ask(state, state.subjects().query_messages(), &query)
-            .await
-            .map_err(|error| match error {
-                ApiError::NotFound(_) => thread_not_found(thread_id),
-                other => other,
-            })?;
+        let page = messages_page(state, user, thread_id, request).await?;
         all.extend(page.items);
         match page.next_cursor {
             Some(next) => cursor = Some(next),
