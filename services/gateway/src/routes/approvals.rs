@@ -40,8 +40,8 @@ pub(crate) struct ApprovalBody {
     tag = "chat",
     params(
         ("user_id" = String, Path, description = "The user; must be the token's subject"),
-        ("request_id" = String, Path, description = "The paused turn (`request_id` of its answer)"),
-        ("approval_id" = String, Path, description = "The `approval_id` of its `pending_approval`"),
+        ("request_id" = String, Path, format = Uuid, description = "The paused turn (`request_id` of its answer)"),
+        ("approval_id" = String, Path, format = Uuid, description = "The `approval_id` of its `pending_approval`"),
     ),
     request_body = ApprovalBody,
     responses(
