@@ -329,6 +329,35 @@ mod tests {
     }
 
     #[test]
+    fn conversation_events_written_before_steering_still_read() {
+        // A user message recorded before regenerates existed has no such field.
+        let request = RequestId::new();
+        let old = json!({"request_id": request, "text": "add milk"});
+        assert_eq!(
+            ConversationEvent::decode("UserMessageReceived", 1, old).unwrap(),
+            ConversationEvent::UserMessageReceived {
+                request_id: request,
+                text: "add milk".into(),
+                regenerates: None,
+            }
+        );
+        // And a plain message is still written without it.
+        let encoded = ConversationEvent::UserMessageReceived {
+            request_id: request,
+            text: "add milk".into(),
+            regenerates: None,
+        }
+        .encode();
+        assert!(encoded.payload.get("regenerates").is_none());
+        // Conversation-wide events belong to no turn.
+        assert_eq!(ConversationEvent::ConversationDeleted {}.request_id(), None);
+        assert_eq!(
+            ConversationEvent::decode("ConversationDeleted", 1, json!({})).unwrap(),
+            ConversationEvent::ConversationDeleted {}
+        );
+    }
+
+    #[test]
     fn stream_ids_format_and_parse_back() {
         let user = StreamId::Tasks(UserId::parse("alice").unwrap());
         assert_eq!(user.to_string(), "tasks-alice");

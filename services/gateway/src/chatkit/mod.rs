@@ -37,7 +37,7 @@ use crate::api::ChatBody;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, TokenUser};
 use crate::progress::Follow;
-use crate::routes::conversations::send_command;
+use crate::routes::conversations::{hidden_from_reads, send_command};
 use crate::routes::stream::event_stream;
 use crate::state::AppState;
 use crate::turn::{self, ChatInput, StartedTurn};
@@ -221,11 +221,14 @@ pub(crate) async fn post_chatkit(
             Ok(Json(thread).into_response())
         }
         ChatKitRequest::ThreadsDelete { params } => {
+            let conversation = conversation_id(&params.thread_id)?;
             let command = ConversationCommand::Delete {
-                user_id: user,
-                conversation_id: conversation_id(&params.thread_id)?,
+                user_id: user.clone(),
+                conversation_id: conversation,
             };
             command_on(&state, &params.thread_id, &command).await?;
+            // As the API's delete: a list right after it agrees with it.
+            hidden_from_reads(&state, &user, conversation).await;
             Ok(Json(json!({})).into_response())
         }
         ChatKitRequest::ItemsList {

@@ -11,10 +11,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use platform::BusError;
 use platform::error_chain;
-use proto_schemas::ConversationId;
+use std::time::Duration;
+
 use proto_schemas::conversations::{
     ConversationCommand, ConversationCommandReply, ConversationTitle, InvalidTitle,
 };
+use proto_schemas::queries::{MessageView, MessagesQuery, PageRequest, QueryReply};
+use proto_schemas::{ConversationId, UserId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -36,7 +39,7 @@ pub(crate) struct RenameBody {
     #[schema(
         min_length = 1,
         max_length = 200,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
     )]
     pub title: String,
 }
@@ -169,11 +172,48 @@ pub(crate) async fn delete_conversation(
 ) -> Result<StatusCode, ApiError> {
     let conversation_id = conversation_id(&conversation)?;
     let command = ConversationCommand::Delete {
-        user_id: user,
+        user_id: user.clone(),
         conversation_id,
     };
     changed(send_command(&state, &command).await?, conversation_id)?;
+    hidden_from_reads(&state, &user, conversation_id).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// How long a delete waits for the read models to stop showing the conversation.
+const READS_CATCH_UP: Duration = Duration::from_secs(2);
+
+/// Waits (briefly) until the read models no longer find the deleted conversation, so
+/// that a read right after the 204 agrees with it. The read models follow the log
+/// within milliseconds; past [`READS_CATCH_UP`] the delete is answered anyway (it is
+/// recorded, and the reads will follow).
+pub(crate) async fn hidden_from_reads(
+    state: &AppState,
+    user: &UserId,
+    conversation_id: ConversationId,
+) {
+    let query = MessagesQuery {
+        user_id: user.clone(),
+        conversation_id,
+        page: PageRequest {
+            limit: 1,
+            cursor: None,
+        },
+    };
+    let deadline = tokio::time::Instant::now() + READS_CATCH_UP;
+    loop {
+        let reply = platform::bus::request_json::<_, QueryReply<MessageView>>(
+            state.client(),
+            state.subjects().query_messages(),
+            &query,
+            state.settings().query_timeout,
+        )
+        .await;
+        if matches!(reply, Ok(QueryReply::NotFound)) || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Answer the conversation's last message again.
