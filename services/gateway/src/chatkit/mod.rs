@@ -183,8 +183,9 @@ pub(crate) async fn post_chatkit(
             Ok(Sse::new(events).into_response())
         }
         ChatKitRequest::ThreadsGetById { params } => {
-            let mut thread = threads::thread(&state, &user, &params.thread_id).await?;
+            // Items first: they wait for a thread made a moment ago.
             let items = threads::items(&state, &user, &params.thread_id).await?;
+            let mut thread = threads::thread(&state, &user, &params.thread_id).await?;
             thread.items = page(
                 &items,
                 ThreadItem::id,
@@ -210,6 +211,7 @@ pub(crate) async fn post_chatkit(
         ChatKitRequest::ThreadsUpdate { params } => {
             let title = ConversationTitle::parse(&params.title)
                 .map_err(|error| ApiError::invalid("invalid_title", error.to_string()))?;
+            threads::check_owned(&state, &user, &params.thread_id).await?;
             let mut thread = threads::thread(&state, &user, &params.thread_id).await?;
             let command = ConversationCommand::Rename {
                 user_id: user,

@@ -9,6 +9,8 @@
 //! only (oldest messages / most recently active conversations first), so a thread's
 //! items and a user's threads are read whole (200 a query) and paged here.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use chrono::{DateTime, Utc};
 use proto_schemas::queries::{
     ConversationSummary, ConversationsQuery, MAX_PAGE_LIMIT, MessageRole, MessageView,
@@ -26,6 +28,14 @@ use crate::state::AppState;
 
 /// Page size when a request names none.
 const DEFAULT_PAGE_SIZE: usize = 20;
+
+/// How long after its creation a thread the read models do not know yet is waited
+/// for rather than not found: a ChatKit client may send the next message as soon as
+/// `threads.create`'s stream ends, before the projection has applied the turn.
+const NEW_THREAD_GRACE: Duration = Duration::from_secs(2);
+
+/// How often a new thread is looked for again within [`NEW_THREAD_GRACE`].
+const NEW_THREAD_POLL: Duration = Duration::from_millis(50);
 
 /// The protocol's not-found answer for a thread: unknown, deleted, malformed or
 /// another user's — the same for all, so nobody learns which threads exist.
@@ -172,24 +182,45 @@ pub(crate) fn items_of(thread_id: &str, messages: Vec<MessageView>) -> Vec<Threa
     items
 }
 
-/// One page of `user`'s conversation's messages; not found for anyone else's.
+/// When the read models may still not know `conversation`: its UUIDv7 says it was
+/// made less than [`NEW_THREAD_GRACE`] ago (the ids are minted by the gateway).
+fn may_be_catching_up(conversation: ConversationId) -> Option<std::time::Instant> {
+    let (secs, nanos) = conversation.as_uuid().get_timestamp()?.to_unix();
+    let created = UNIX_EPOCH + Duration::new(secs, nanos);
+    let age = SystemTime::now()
+        .duration_since(created)
+        .unwrap_or_default();
+    NEW_THREAD_GRACE
+        .checked_sub(age)
+        .map(|left| std::time::Instant::now() + left)
+}
+
+/// One page of `user`'s conversation's messages; not found for anyone else's. A
+/// thread made a moment ago is waited for (see [`NEW_THREAD_GRACE`]).
 async fn messages_page(
     state: &AppState,
     user: &UserId,
     thread_id: &str,
     page: PageRequest,
 ) -> Result<QueryPage<MessageView>, ApiError> {
+    let conversation_id = conversation_id(thread_id)?;
     let query = MessagesQuery {
         user_id: user.clone(),
-        conversation_id: conversation_id(thread_id)?,
+        conversation_id,
         page,
     };
-    ask(state, state.subjects().query_messages(), &query)
-        .await
-        .map_err(|error| match error {
-            ApiError::NotFound(_) => thread_not_found(thread_id),
-            other => other,
-        })
+    let deadline = may_be_catching_up(conversation_id);
+    loop {
+        match ask(state, state.subjects().query_messages(), &query).await {
+            Err(ApiError::NotFound(_)) => match deadline {
+                Some(deadline) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(NEW_THREAD_POLL).await;
+                }
+                _ => return Err(thread_not_found(thread_id)),
+            },
+            answer => return answer,
+        }
+    }
 }
 
 /// Whether `thread_id` is one of `user`'s threads: not found if not. One small query,
@@ -397,6 +428,13 @@ mod tests {
         assert!(!older.has_more);
         let error = page(&records, id, Order::Asc, Some("zz"), 2).unwrap_err();
         assert_eq!(error.code(), "invalid_cursor");
+    }
+
+    #[test]
+    fn only_new_threads_are_waited_for() {
+        assert!(may_be_catching_up(ConversationId::new()).is_some());
+        let old: ConversationId = "01890a5d-ac96-774b-bcce-b302099a8057".parse().unwrap();
+        assert!(may_be_catching_up(old).is_none());
     }
 
     #[test]
