@@ -733,10 +733,30 @@ async fn steer_turns_in_the_browser(stack: &Stack, browser: &Browser) -> anyhow:
         .await?;
     browser.screenshot("steering-3-stopped").await?;
 
+    // Over the length limit, Send is off (the page counts characters as the server does).
+    let over = browser
+        .js(
+            "const input = document.getElementById('composer-input');
+             input.value = 'é'.repeat(4001);
+             input.dispatchEvent(new Event('input'));
+             const off = document.getElementById('send').disabled;
+             input.value = 'é'.repeat(4000);
+             input.dispatchEvent(new Event('input'));
+             return [off, document.getElementById('send').disabled];",
+            vec![],
+        )
+        .await?;
+    anyhow::ensure!(
+        over == json!([true, false]),
+        "Send should be off over 4,000 characters and on at 4,000: {over}"
+    );
+
     // A reload while a turn runs: the page follows the same turn to its answer.
     browser
         .js(
-            "document.getElementById('composer-input').value = '';",
+            "const input = document.getElementById('composer-input');
+             input.value = '';
+             input.dispatchEvent(new Event('input'));",
             vec![],
         )
         .await?;
