@@ -1,5 +1,6 @@
-//! A turn's events as JetStream keeps them, for `POST …/chat/stream` and
-//! `GET …/turns/{request_id}/events`: the progress stream holds the turn's chunks
+//! A turn's events as JetStream keeps them, for `POST …/chat/stream`,
+//! `GET …/turns/{request_id}/events` and ChatKit's streams (each rendered by a
+//! [`RenderTurn`]): the progress stream holds the turn's chunks
 //! (the gateway's `Accepted` first, then the worker's), the replies stream its end.
 //! An event's SSE id is its chunk's sequence in the progress stream, and `end` for
 //! the final event, so the ids of a turn are the same on every replica, after a
