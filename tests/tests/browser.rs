@@ -251,6 +251,28 @@ impl Browser {
         Ok(())
     }
 
+    /// Opens the page and signs in as `user` with dev login (the stack runs with
+    /// AUTH_DEV_LOGIN=true), as a fresh user with an empty task list.
+    async fn sign_in_with_dev_login(&self, stack: &Stack, user: &str) -> anyhow::Result<()> {
+        self.client.goto(&format!("{}/", stack.gateway)).await?;
+        self.wait_until(
+            "the dev sign-in form",
+            UI,
+            "const form = document.getElementById('dev-login');
+             return form && !form.hidden && document.activeElement === document.getElementById('dev-user');",
+            vec![],
+        )
+        .await?;
+        let name = self.client.find(Locator::Css("#dev-user")).await?;
+        name.send_keys(user).await?;
+        self.client
+            .find(Locator::Css("#dev-login button[type=submit]"))
+            .await?
+            .click()
+            .await?;
+        self.wait_signed_in_empty(user).await
+    }
+
     /// Waits until the app is open as `user` with nothing on their task list yet (a
     /// fresh user's first view).
     async fn wait_signed_in_empty(&self, user: &str) -> anyhow::Result<()> {
@@ -333,27 +355,7 @@ async fn wait_for_driver(
 /// The steps a person takes; each failure names the step and what the page showed.
 async fn chat_in_the_browser(stack: &Stack, browser: &Browser) -> anyhow::Result<()> {
     let user = "browser-user";
-    browser.client.goto(&format!("{}/", stack.gateway)).await?;
-
-    // Sign in with dev login (the stack runs with AUTH_DEV_LOGIN=true).
-    browser
-        .wait_until(
-            "the dev sign-in form",
-            UI,
-            "const form = document.getElementById('dev-login');
-             return form && !form.hidden && document.activeElement === document.getElementById('dev-user');",
-            vec![],
-        )
-        .await?;
-    let name = browser.client.find(Locator::Css("#dev-user")).await?;
-    name.send_keys(user).await?;
-    browser
-        .client
-        .find(Locator::Css("#dev-login button[type=submit]"))
-        .await?
-        .click()
-        .await?;
-    browser.wait_signed_in_empty(user).await?;
+    browser.sign_in_with_dev_login(stack, user).await?;
 
     // First turn: the reply streams in, the chip names the new task, the panel shows it.
     browser.send("add a task to buy milk").await?;
@@ -605,28 +607,7 @@ async fn click(browser: &Browser, what: &str, css: &str) -> anyhow::Result<()> {
 /// of a turn, which the page follows to its end.
 async fn steer_turns_in_the_browser(stack: &Stack, browser: &Browser) -> anyhow::Result<()> {
     let user = "steering-user";
-    browser.client.goto(&format!("{}/", stack.gateway)).await?;
-    browser
-        .wait_until(
-            "the dev sign-in form",
-            UI,
-            "const form = document.getElementById('dev-login'); return form && !form.hidden;",
-            vec![],
-        )
-        .await?;
-    browser
-        .client
-        .find(Locator::Css("#dev-user"))
-        .await?
-        .send_keys(user)
-        .await?;
-    browser
-        .client
-        .find(Locator::Css("#dev-login button[type=submit]"))
-        .await?
-        .click()
-        .await?;
-    browser.wait_signed_in_empty(user).await?;
+    browser.sign_in_with_dev_login(stack, user).await?;
 
     // A first answer, then Regenerate: the page shows one answer, the fresh one.
     browser.send("add a task to buy milk").await?;
