@@ -38,9 +38,11 @@ async fn listed(
     title: Option<&str>,
 ) -> Vec<(String, String)> {
     eventually(Duration::from_secs(15), "the conversation list", || async {
-        let body = stack
-            .get_ok(user, &format!("/api/{user}/conversations"))
-            .await;
+        let (status, body) = stack
+            .get(user, &format!("/api/{user}/conversations"))
+            .await
+            .ok()?;
+        (status == StatusCode::OK).then_some(())?;
         let items: Vec<(String, String)> = body["items"]
             .as_array()?
             .iter()
@@ -206,9 +208,12 @@ async fn a_regenerated_answer_replaces_the_last_one_and_the_log_keeps_both() {
         Duration::from_secs(15),
         "the regenerated answer",
         || async {
-            let body = stack
-                .get_ok("ada", &format!("/api/ada/conversations/{id}/messages"))
-                .await;
+            // The read model may not know the conversation yet: 404 means "not yet".
+            let (status, body) = stack
+                .get("ada", &format!("/api/ada/conversations/{id}/messages"))
+                .await
+                .ok()?;
+            (status == StatusCode::OK).then_some(())?;
             let items = body["items"].as_array()?.clone();
             let last = items.last()?;
             (items.len() == 4 && last["request_id"] == again["request_id"]).then_some(items)
