@@ -134,6 +134,9 @@ pub enum ChatErrorCode {
     DeliveryExhausted,
     /// The person stopped the turn (`POST …/turns/{request_id}/cancel`).
     Cancelled,
+    /// A regenerate found no finished answer to replace: the conversation's last turn
+    /// is still running or waits for an approval (or there is no message at all).
+    NothingToRegenerate,
     /// Anything else; the cause is in the worker's logs.
     Internal,
 }

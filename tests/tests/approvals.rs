@@ -231,3 +231,108 @@ async fn without_the_setting_nothing_waits() {
     assert!(deleted.get("pending_approval").is_none(), "{deleted}");
     assert_eq!(deleted["tool_calls"][0]["name"], "delete_task", "{deleted}");
 }
+
+/// `POST` a regenerate of `conversation` as `user` (`/stream` when `stream`).
+async fn regenerate(
+    stack: &Stack,
+    user: &str,
+    conversation: &str,
+    stream: bool,
+) -> reqwest::Response {
+    let tail = if stream { "/stream" } else { "" };
+    stack
+        .http()
+        .post(format!(
+            "{}/api/{user}/conversations/{conversation}/regenerate{tail}",
+            stack.gateway
+        ))
+        .bearer_auth(stack.token(user))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The conversation's messages and its `message_count` in the list, once they agree
+/// on `expected` messages.
+async fn messages_as_counted(
+    stack: &Stack,
+    user: &str,
+    conversation: &str,
+    expected: usize,
+) -> Vec<Value> {
+    eventually(Duration::from_secs(15), "the messages", || async {
+        let messages = stack
+            .get_ok(
+                user,
+                &format!("/api/{user}/conversations/{conversation}/messages"),
+            )
+            .await;
+        let listed = stack
+            .get_ok(user, &format!("/api/{user}/conversations"))
+            .await;
+        let items = messages["items"].as_array()?.clone();
+        let count = listed["items"]
+            .as_array()?
+            .iter()
+            .find(|c| c["conversation_id"] == conversation)?["message_count"]
+            .as_u64()?;
+        (items.len() == expected && count == expected as u64).then_some(items)
+    })
+    .await
+}
+
+/// Only an ended turn is answered again: a paused one is decided first, so that no
+/// superseded turn runs its tool or ends later, out of sight of the read models.
+#[tokio::test]
+async fn a_paused_turn_is_decided_before_it_is_regenerated() {
+    let stack = confirming_stack().await;
+    let (paused, conversation) = ask_to_delete(&stack, "ada").await;
+    let request_id = paused["request_id"].as_str().unwrap();
+    let approval_id = paused["pending_approval"]["approval_id"].as_str().unwrap();
+
+    let response = regenerate(&stack, "ada", &conversation, false).await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    let refused: Value = response.json().await.unwrap();
+    assert_eq!(
+        refused["error"]["code"], "nothing_to_regenerate",
+        "{refused}"
+    );
+    assert_eq!(refused["error"]["conversation_id"], conversation.as_str());
+    let events = testkit::read_events(regenerate(&stack, "ada", &conversation, true).await).await;
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "error", "{events:?}");
+    assert_eq!(last.data["error"]["code"], "nothing_to_regenerate");
+    // Refused, nothing changed: the paused turn is still the last one, and pending.
+    let messages = messages_as_counted(&stack, "ada", &conversation, 3).await;
+    assert_eq!(messages[2]["request_id"], request_id);
+    assert_eq!(task_titles(&stack, "ada", 1).await, ["Buy milk"]);
+
+    // Decided (declined), the turn has ended: now it is answered again, and pauses
+    // again before the same call.
+    let (status, answer) = decide(
+        &stack,
+        "ada",
+        request_id,
+        approval_id,
+        json!({"approve": false}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    messages_as_counted(&stack, "ada", &conversation, 4).await;
+    let response = regenerate(&stack, "ada", &conversation, false).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let again: Value = response.json().await.unwrap();
+    assert_ne!(again["request_id"], request_id);
+    assert_eq!(again["pending_approval"]["name"], "delete_task", "{again}");
+    // The superseded turn's message and answer are hidden; its request is back once.
+    let messages = messages_as_counted(&stack, "ada", &conversation, 3).await;
+    assert_eq!(messages[2]["request_id"], again["request_id"]);
+    assert_eq!(messages[2]["content"], "Delete task 1");
+    assert_eq!(task_titles(&stack, "ada", 1).await, ["Buy milk"]);
+    let verify = stack.run_to_end("projection", &["verify"]).await.unwrap();
+    assert!(
+        verify.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}

@@ -128,13 +128,22 @@ impl Conversation {
             .collect()
     }
 
-    /// The person's latest message and its turn: what a regenerate answers again.
-    pub fn last_user_message(&self) -> Option<(RequestId, String)> {
-        self.messages
+    /// What a regenerate answers again: the person's latest message and its turn, once
+    /// that turn has ended. `None` while it runs or waits for an approval: superseded
+    /// then, it would still end (or run its approved tool) later, out of sight of the
+    /// person and of the read models' message count. `None` too with no message at all.
+    pub fn message_to_regenerate(&self) -> Option<(RequestId, String)> {
+        let message = self
+            .messages
             .iter()
             .rev()
-            .find(|message| message.from_user)
-            .map(|message| (message.request_id, message.text.to_string()))
+            .find(|message| message.from_user)?;
+        // A turn no longer kept is an old one: ended turns are the first forgotten.
+        let ended = self
+            .turns
+            .get(&message.request_id)
+            .is_none_or(|turn| turn.ending.is_some());
+        ended.then(|| (message.request_id, message.text.to_string()))
     }
 
     fn remember_message(&mut self, request_id: RequestId, from_user: bool, text: &str) {
@@ -244,7 +253,7 @@ mod tests {
             replied(second, "Milk."),
         ]);
         assert_eq!(
-            conversation.last_user_message(),
+            conversation.message_to_regenerate(),
             Some((second, "what is open?".to_owned()))
         );
         let mut conversation = conversation;
@@ -260,12 +269,39 @@ mod tests {
                 HistoryMessage::Assistant("Added milk.".into())
             ]
         );
+        // Until the new turn ends, there is nothing to answer again.
+        assert_eq!(conversation.message_to_regenerate(), None);
+        conversation.apply(&replied(again, "Milk, still."));
         assert_eq!(
-            conversation.last_user_message(),
+            conversation.message_to_regenerate(),
             Some((again, "what is open?".to_owned()))
         );
         let deleted = fold(&[started("alice"), ConversationEvent::ConversationDeleted {}]);
         assert!(!deleted.is_visible_to(&UserId::parse("alice").unwrap()));
+    }
+
+    #[test]
+    fn only_an_ended_turn_is_regenerated() {
+        let (first, second) = (RequestId::new(), RequestId::new());
+        assert_eq!(fold(&[started("alice")]).message_to_regenerate(), None);
+        // Running, or paused for an approval (no ending either): not yet.
+        let mut conversation = fold(&[
+            started("alice"),
+            said(first, "add milk"),
+            replied(first, "Added milk."),
+            said(second, "delete task 1"),
+        ]);
+        assert_eq!(conversation.message_to_regenerate(), None);
+        // A failed (or stopped) turn can be answered again.
+        conversation.apply(&ConversationEvent::TurnFailed {
+            request_id: second,
+            code: ChatErrorCode::Cancelled,
+            message: "Stopped.".into(),
+        });
+        assert_eq!(
+            conversation.message_to_regenerate(),
+            Some((second, "delete task 1".to_owned()))
+        );
     }
 
     #[test]

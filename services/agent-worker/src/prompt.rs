@@ -60,6 +60,6 @@ pub const CANCELLED_MESSAGE: &str = "Stopped. I didn't finish answering this mes
 /// The answer to an approval for a turn that never started (not a paused turn).
 pub const NO_PAUSED_TURN_MESSAGE: &str = "There is no paused turn to approve.";
 
-/// The answer to a regenerate in a conversation with no message to answer again.
-pub const NOTHING_TO_REGENERATE_MESSAGE: &str =
-    "There is no message to answer again in this conversation.";
+/// The answer to a regenerate in a conversation with no finished answer to replace.
+pub const NOTHING_TO_REGENERATE_MESSAGE: &str = "There is no finished answer to regenerate yet: \
+    wait for the last answer, or approve or decline its tool call, then try again.";

@@ -175,7 +175,7 @@ impl Worker {
                             tracing::info!("nothing to regenerate in this conversation");
                             let reply = failed(
                                 request,
-                                ChatErrorCode::Internal,
+                                ChatErrorCode::NothingToRegenerate,
                                 prompt::NOTHING_TO_REGENERATE_MESSAGE,
                             );
                             self.publish_reply(&reply).await?;
@@ -823,14 +823,14 @@ pub(crate) fn tool_command(
 
 /// The message a turn answers: the request's own, or for a regenerate the
 /// conversation's latest user message and the turn it supersedes. `None`: a
-/// regenerate in a conversation with no message to answer again.
+/// regenerate with no finished answer to replace.
 fn turn_message(
     request: &ChatRequest,
     conversation: &Conversation,
 ) -> Option<(String, Option<RequestId>)> {
     match request.kind {
         TurnKind::Regenerate => conversation
-            .last_user_message()
+            .message_to_regenerate()
             .map(|(earlier, text)| (text, Some(earlier))),
         TurnKind::Message | TurnKind::Approval { .. } => Some((request.message.clone(), None)),
     }

@@ -82,6 +82,15 @@ pub enum ApiError {
         request_id: RequestId,
         conversation_id: ConversationId,
     },
+    /// A regenerate found no finished answer to replace (the last turn still runs or
+    /// waits for an approval).
+    #[error(
+        "there is no finished answer to regenerate yet: wait for the last answer, or approve or decline its tool call, then try again (request {request_id})"
+    )]
+    NothingToRegenerate {
+        request_id: RequestId,
+        conversation_id: ConversationId,
+    },
     /// The model, its provider or the worker failed the turn.
     #[error(
         "the assistant could not answer this message right now; please try again (request {request_id})"
@@ -163,6 +172,10 @@ impl ApiError {
                 request_id,
                 conversation_id,
             },
+            ChatErrorCode::NothingToRegenerate => Self::NothingToRegenerate {
+                request_id,
+                conversation_id,
+            },
             code => Self::TurnFailed {
                 code,
                 request_id,
@@ -185,7 +198,7 @@ impl ApiError {
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             // The person stopped the turn: the request conflicts with their own later one.
-            Self::Cancelled { .. } => StatusCode::CONFLICT,
+            Self::Cancelled { .. } | Self::NothingToRegenerate { .. } => StatusCode::CONFLICT,
             Self::TurnFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::TurnFinished { .. } => StatusCode::CONFLICT,
             Self::ReplyTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -214,12 +227,14 @@ impl ApiError {
             Self::Invalid { code, .. } | Self::Conflict { code, .. } => code,
             Self::ConversationNotFound { .. } => "conversation_not_found",
             Self::Cancelled { .. } => "cancelled",
+            Self::NothingToRegenerate { .. } => "nothing_to_regenerate",
             Self::TurnFailed { code, .. } => match code {
                 ChatErrorCode::ModelUnavailable => "model_unavailable",
                 ChatErrorCode::DeliveryExhausted => "delivery_exhausted",
                 ChatErrorCode::ConversationNotFound => "conversation_not_found",
                 // Answered as `Cancelled`; kept for a reply that names it otherwise.
                 ChatErrorCode::Cancelled => "cancelled",
+                ChatErrorCode::NothingToRegenerate => "nothing_to_regenerate",
                 ChatErrorCode::Internal => "turn_failed",
             },
             Self::TurnFinished { .. } => "turn_finished",
@@ -267,6 +282,10 @@ impl ApiError {
                 conversation_id,
             }
             | Self::Cancelled {
+                request_id,
+                conversation_id,
+            }
+            | Self::NothingToRegenerate {
                 request_id,
                 conversation_id,
             }
@@ -417,6 +436,14 @@ mod tests {
         let error = ApiError::from_turn(&not_found, request, conversation);
         assert_eq!(error.status(), StatusCode::NOT_FOUND);
         assert_eq!(error.code(), "conversation_not_found");
+        let unfinished = ChatError {
+            code: ChatErrorCode::NothingToRegenerate,
+            message: "not yet".into(),
+        };
+        let error = ApiError::from_turn(&unfinished, request, conversation);
+        assert_eq!(error.status(), StatusCode::CONFLICT);
+        assert_eq!(error.code(), "nothing_to_regenerate");
+        assert_eq!(error.body().error.conversation_id, Some(conversation));
         for code in [
             ChatErrorCode::ModelUnavailable,
             ChatErrorCode::DeliveryExhausted,

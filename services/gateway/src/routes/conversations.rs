@@ -219,7 +219,9 @@ pub(crate) async fn hidden_from_reads(
 /// Answer the conversation's last message again.
 ///
 /// The earlier answer stays in the log, marked superseded; the messages show the new
-/// one. The earlier answer's tool calls are not undone. Answers as `POST /chat` does.
+/// one. The earlier answer's tool calls are not undone. Answers as `POST /chat` does;
+/// only an ended turn is answered again (409 while the last one runs or waits for an
+/// approval).
 #[utoipa::path(
     post,
     path = "/api/{user_id}/conversations/{conversation_id}/regenerate",
@@ -234,6 +236,7 @@ pub(crate) async fn hidden_from_reads(
         (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
         (status = 403, description = "The token is for another user", body = ErrorBody),
         (status = 404, description = "No such conversation of this user's", body = ErrorBody),
+        (status = 409, description = "No finished answer to regenerate: the last turn still runs or waits for an approval (`nothing_to_regenerate`)", body = ErrorBody),
         (status = 422, description = "A bad id or Idempotency-Key", body = ErrorBody),
         (status = 429, description = "Too many turns running or sent this minute; see `Retry-After`", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before sending again"))),
@@ -256,7 +259,8 @@ pub(crate) async fn post_regenerate(
 }
 
 /// Answer the conversation's last message again, followed as Server-Sent Events (the
-/// events of `POST /api/{user_id}/chat/stream`).
+/// events of `POST /api/{user_id}/chat/stream`; a last turn that has not ended yet is
+/// an `error` event `nothing_to_regenerate`).
 #[utoipa::path(
     post,
     path = "/api/{user_id}/conversations/{conversation_id}/regenerate/stream",
