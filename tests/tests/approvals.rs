@@ -261,12 +261,15 @@ async fn messages_as_counted(
     expected: usize,
 ) -> Vec<Value> {
     eventually(Duration::from_secs(15), "the messages", || async {
-        let messages = stack
-            .get_ok(
+        // The read model may not know the conversation yet: 404 means "not yet".
+        let (status, messages) = stack
+            .get(
                 user,
                 &format!("/api/{user}/conversations/{conversation}/messages"),
             )
-            .await;
+            .await
+            .ok()?;
+        (status == StatusCode::OK).then_some(())?;
         let listed = stack
             .get_ok(user, &format!("/api/{user}/conversations"))
             .await;
