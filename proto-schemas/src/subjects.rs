@@ -107,6 +107,8 @@ impl Subjects {
         format!("{}.conversations.commands", self.prefix)
     }
 
+    /// The queue group of every agent-worker replica: conversation commands and the
+    /// max-deliveries advisories each go to one replica of it.
     pub fn agent_workers_queue_group(&self) -> String {
         "agent-workers".to_owned()
     }

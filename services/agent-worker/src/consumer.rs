@@ -33,9 +33,6 @@ use platform::error_chain;
 /// shutting-down replica hands its slot back quickly.
 pub(crate) const PULL_EXPIRY: Duration = Duration::from_secs(2);
 
-/// The queue group in which one replica handles each max-deliveries advisory.
-pub(crate) const ADVISORY_QUEUE_GROUP: &str = "agent-workers";
-
 /// Consumer-side settings.
 #[derive(Debug, Clone)]
 pub(crate) struct ConsumerSettings {

@@ -122,7 +122,8 @@ impl App {
         let advisories = bus
             .queue_subscribe(
                 consumer::max_deliveries_subject(&subjects.chat_requests_stream(), &consumer_name),
-                consumer::ADVISORY_QUEUE_GROUP.to_owned(),
+                // One replica of the group handles each advisory.
+                subjects.agent_workers_queue_group(),
             )
             .await
             .context("failed to subscribe to max-deliveries advisories")?;
