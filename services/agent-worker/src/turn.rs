@@ -38,6 +38,14 @@ use crate::tools::ToolCatalog;
 /// redelivered).
 const MAX_APPEND_ATTEMPTS: u32 = 20;
 
+/// The shortest time between two text-delta chunks of one model step. A model streams
+/// a token or a word per event; publishing each as a chunk of its own stores hundreds
+/// of progress messages for one long answer (a listed task list: five per task). The
+/// first delta of a step goes out at once, later ones at most this often, and what is
+/// left when the step ends at once: a reader sees the first word as soon as it exists
+/// and the text at 20 updates a second, which reads the same.
+const DELTA_PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Settings of the turn loop.
 #[derive(Debug, Clone)]
 pub(crate) struct TurnSettings {
@@ -562,12 +570,8 @@ impl Worker {
                 let _ = deltas.send(text);
             });
         let forwarding = async {
-            while let Some(mut text) = forward.recv().await {
-                // Deltas that arrived while the last one was being published go out
-                // as one chunk: a busy replica publishes less, an idle one at once.
-                while let Ok(more) = forward.try_recv() {
-                    text.push_str(&more);
-                }
+            let mut pacer = DeltaPacer::new(DELTA_PUBLISH_INTERVAL);
+            while let Some(text) = pacer.next(&mut forward).await {
                 self.publish_chunk(request, &ChatStreamChunk::TextDelta { text })
                     .await;
             }
@@ -910,6 +914,51 @@ fn failed(request: &ChatRequest, code: ChatErrorCode, message: &str) -> ChatRepl
     }
 }
 
+/// Gathers a model step's text deltas into chunks at most one per interval (see
+/// [`DELTA_PUBLISH_INTERVAL`]): the first at once, the rest when due, and what is left
+/// as soon as the step ends.
+struct DeltaPacer {
+    interval: Duration,
+    /// When the next chunk may go out; `None` before the first.
+    due: Option<tokio::time::Instant>,
+}
+
+impl DeltaPacer {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            due: None,
+        }
+    }
+
+    /// The next chunk: every delta received since the last one, once it is due or the
+    /// deltas have ended. `None` once they have ended and nothing is left.
+    async fn next(
+        &mut self,
+        deltas: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) -> Option<String> {
+        let mut text = deltas.recv().await?;
+        if let Some(due) = self.due {
+            let wait = tokio::time::sleep_until(due);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    more = deltas.recv() => match more {
+                        Some(more) => text.push_str(&more),
+                        None => break,
+                    },
+                    () = &mut wait => break,
+                }
+            }
+        }
+        while let Ok(more) = deltas.try_recv() {
+            text.push_str(&more);
+        }
+        self.due = Some(tokio::time::Instant::now() + self.interval);
+        Some(text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proto_schemas::tasks::AddTaskArgs;
@@ -1053,5 +1102,39 @@ mod tests {
         assert!(
             matches!(reply.outcome, ChatOutcome::Failed { error } if error.code == ChatErrorCode::ModelUnavailable)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn text_deltas_go_out_at_once_then_paced_then_at_the_end() {
+        let interval = Duration::from_millis(50);
+        let (send, mut deltas) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let mut pacer = DeltaPacer::new(interval);
+        let started = tokio::time::Instant::now();
+
+        // The first delta is not held back.
+        send.send("I've".into()).unwrap();
+        assert_eq!(pacer.next(&mut deltas).await.as_deref(), Some("I've"));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+
+        // Deltas within the interval go out together, when it has passed.
+        send.send(" added".into()).unwrap();
+        let later = send.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            later.send(" task".into()).unwrap();
+        });
+        assert_eq!(
+            pacer.next(&mut deltas).await.as_deref(),
+            Some(" added task")
+        );
+        assert_eq!(started.elapsed(), interval);
+
+        // The end of the step flushes what is left without waiting for the interval.
+        send.send(" 1.".into()).unwrap();
+        drop(send);
+        let before_end = tokio::time::Instant::now();
+        assert_eq!(pacer.next(&mut deltas).await.as_deref(), Some(" 1."));
+        assert_eq!(before_end.elapsed(), Duration::ZERO);
+        assert_eq!(pacer.next(&mut deltas).await, None);
     }
 }
