@@ -232,9 +232,7 @@ async fn model_only(stack: &Stack) -> anyhow::Result<Histogram<u64>> {
         let state = TurnState::from_events(&events, request);
         let messages =
             machine::model_messages(agent_worker::prompt::DEFAULT_SYSTEM_PROMPT, &[], &state, 0);
-        let step = model
-            .step(messages, catalog.tools().to_vec(), |_| {})
-            .await?;
+        let step = model.step(&messages, catalog.tools(), |_| {}).await?;
         let call = step.calls.first().expect("offline-llm calls add_task");
         events.push(ConversationEvent::ToolCallRequested {
             request_id: request,
@@ -253,9 +251,7 @@ async fn model_only(stack: &Stack) -> anyhow::Result<Histogram<u64>> {
         let state = TurnState::from_events(&events, request);
         let messages =
             machine::model_messages(agent_worker::prompt::DEFAULT_SYSTEM_PROMPT, &[], &state, 1);
-        model
-            .step(messages, catalog.tools().to_vec(), |_| {})
-            .await?;
+        model.step(&messages, catalog.tools(), |_| {}).await?;
         histogram.record(started.elapsed().as_micros() as u64)?;
     }
     Ok(histogram)

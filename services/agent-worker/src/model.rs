@@ -14,8 +14,7 @@ use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use async_openai::types::chat::{
-    ChatCompletionRequestMessage, ChatCompletionTools, CreateChatCompletionRequest,
-    CreateChatCompletionStreamResponse,
+    ChatCompletionRequestMessage, ChatCompletionTools, CreateChatCompletionStreamResponse,
 };
 use futures::StreamExt as _;
 use secrecy::ExposeSecret as _;
@@ -133,16 +132,15 @@ impl ModelClient {
     /// `on_text` as it streams in (it must not block), and returns the whole step.
     pub async fn step(
         &self,
-        messages: Vec<ChatCompletionRequestMessage>,
-        tools: Vec<ChatCompletionTools>,
+        messages: &[ChatCompletionRequestMessage],
+        tools: &[ChatCompletionTools],
         mut on_text: impl FnMut(String) + Send,
     ) -> Result<ModelStep, ModelError> {
-        let request = CreateChatCompletionRequest {
-            model: self.model.clone(),
+        let request = StepRequest {
+            model: &self.model,
             messages,
-            tools: (!tools.is_empty()).then_some(tools),
-            stream: Some(true),
-            ..Default::default()
+            tools,
+            stream: true,
         };
         let timeout = self.settings.timeout;
         tokio::time::timeout(timeout, self.stream_with_retries(&request, &mut on_text))
@@ -152,7 +150,7 @@ impl ModelClient {
 
     async fn stream_with_retries(
         &self,
-        request: &CreateChatCompletionRequest,
+        request: &StepRequest<'_>,
         on_text: &mut (impl FnMut(String) + Send),
     ) -> Result<ModelStep, ModelError> {
         use backon::BackoffBuilder as _;
@@ -179,10 +177,14 @@ impl ModelClient {
 
     async fn stream_once(
         &self,
-        request: &CreateChatCompletionRequest,
+        request: &StepRequest<'_>,
         on_text: &mut (impl FnMut(String) + Send),
     ) -> Result<ModelStep, ModelError> {
-        let mut stream = self.client.chat().create_stream(request.clone()).await?;
+        let mut stream = self
+            .client
+            .chat()
+            .create_stream_byot::<_, CreateChatCompletionStreamResponse>(request)
+            .await?;
         let mut assembler = StepAssembler::default();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|error| match ModelError::from(error) {
@@ -199,6 +201,18 @@ impl ModelClient {
         }
         Ok(assembler.finish())
     }
+}
+
+/// The body of one streamed chat-completions request: what
+/// [`CreateChatCompletionRequest`](async_openai::types::chat::CreateChatCompletionRequest) would send for it (model, messages, tools, stream),
+/// borrowed from the turn rather than copied into a request per attempt.
+#[derive(Debug, serde::Serialize)]
+struct StepRequest<'a> {
+    model: &'a str,
+    messages: &'a [ChatCompletionRequestMessage],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    tools: &'a [ChatCompletionTools],
+    stream: bool,
 }
 
 /// Folds streamed chunks into one step. Tool calls arrive as fragments keyed by their
@@ -369,6 +383,37 @@ mod tests {
                 assert_eq!(message, "overloaded");
             }
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_step_request_is_the_body_async_openai_would_send() {
+        use async_openai::types::chat::{
+            ChatCompletionRequestUserMessage, CreateChatCompletionRequest,
+        };
+
+        let messages = vec![ChatCompletionRequestMessage::User(
+            ChatCompletionRequestUserMessage::from("add a task"),
+        )];
+        let tools = crate::tools::ToolCatalog::builtin().tools().to_vec();
+        for offered in [&tools[..], &[]] {
+            let borrowed = StepRequest {
+                model: "m",
+                messages: &messages,
+                tools: offered,
+                stream: true,
+            };
+            let owned = CreateChatCompletionRequest {
+                model: "m".into(),
+                messages: messages.clone(),
+                tools: (!offered.is_empty()).then(|| offered.to_vec()),
+                stream: Some(true),
+                ..Default::default()
+            };
+            assert_eq!(
+                serde_json::to_value(&borrowed).unwrap(),
+                serde_json::to_value(&owned).unwrap()
+            );
         }
     }
 }

@@ -564,11 +564,9 @@ impl Worker {
         // Deltas go through a channel so that a slow publish never stalls the model's
         // stream; the sender is dropped with the step, which ends the forwarding.
         let (deltas, mut forward) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let step_call = self
-            .model
-            .step(messages, self.tools.tools().to_vec(), move |text| {
-                let _ = deltas.send(text);
-            });
+        let step_call = self.model.step(&messages, self.tools.tools(), move |text| {
+            let _ = deltas.send(text);
+        });
         let forwarding = async {
             let mut pacer = DeltaPacer::new(DELTA_PUBLISH_INTERVAL);
             while let Some(text) = pacer.next(&mut forward).await {
