@@ -125,7 +125,8 @@ pub(crate) enum CancelStatus {
     Cancelling,
 }
 
-/// SSE event `delta`: a piece of the assistant's text.
+/// SSE event `delta`: a piece of the assistant's text (what the model wrote since the
+/// last `delta`; at most one every 50 ms after the first of a model step).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub(crate) struct DeltaEvent {
     pub text: String,
