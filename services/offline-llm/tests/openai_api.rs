@@ -85,6 +85,16 @@ fn request(messages: Vec<ChatCompletionRequestMessage>) -> CreateChatCompletionR
         .unwrap()
 }
 
+/// [`request`] asking for a stream. Said in the request itself, as the API wants it:
+/// `create_stream` only sets it when async-openai is built without its `byot` feature,
+/// which agent-worker turns on for the whole workspace.
+fn streamed(messages: Vec<ChatCompletionRequestMessage>) -> CreateChatCompletionRequest {
+    CreateChatCompletionRequest {
+        stream: Some(true),
+        ..request(messages)
+    }
+}
+
 /// The conversation after the model called `name` and the tool answered `result`.
 fn with_tool_result(
     said: &str,
@@ -245,7 +255,7 @@ async fn streamed_text_deltas_add_up_to_the_whole_answer() {
 
     let mut stream = client
         .chat()
-        .create_stream(request(messages))
+        .create_stream(streamed(messages))
         .await
         .unwrap();
     let mut text = String::new();
@@ -274,7 +284,7 @@ async fn streamed_text_deltas_add_up_to_the_whole_answer() {
 #[tokio::test]
 async fn streamed_tool_calls_accumulate_into_name_and_valid_json() {
     let server = Server::start().await;
-    let mut req = request(vec![user("please complete tasks 3 and 5")]);
+    let mut req = streamed(vec![user("please complete tasks 3 and 5")]);
     req.stream_options = Some(ChatCompletionStreamOptions {
         include_usage: Some(true),
         include_obfuscation: None,
