@@ -12,8 +12,9 @@
 //!   "show my tasks": turn latency with nothing else going on;
 //! - **concurrent**: `BENCH_USERS` clients doing the same at once: turns/s and
 //!   p50/p90/p99, and over that run the CPU milliseconds per turn of each process
-//!   (the services, Postgres, NATS; see `cpu`) and the SQL statements per turn of all
-//!   services together with the most frequent ones (see `sql`);
+//!   (the services, Postgres, NATS; see `cpu`), the SQL statements per turn of all
+//!   services together with the most frequent ones (see `sql`) and the JetStream
+//!   messages stored per turn (see `stored`);
 //! - **long conversation**: one client sending `BENCH_LONG_TURNS` adds in one
 //!   conversation, comparing the latency of its first 50 turns with its last 50: a
 //!   turn should cost the same at the 1,000th turn as at the first. Adds only, so that
@@ -34,6 +35,7 @@
 
 mod cpu;
 mod sql;
+mod stored;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -182,11 +184,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     // What the concurrent run costs: CPU of every process, statements in the database.
     let processes = cpu::Processes::of(&stack);
     let statements = sql::Statements::start(&stack.db.url).await;
+    let stored_before = stored::sample(&stack.bus.client, &stack.bus.subjects).await;
     let cpu_before = processes.sample();
     let concurrent = bench
         .drive("bench", settings.users, timed, Script::AddAndList)
         .await?;
     let cpu_after = processes.sample();
+    let stored_after = stored::sample(&stack.bus.client, &stack.bus.subjects).await;
     let statements = match statements {
         Ok(statements) => statements.read().await,
         Err(error) => Err(error),
@@ -208,6 +212,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     match statements {
         Ok(counts) => counts.report(concurrent.tally.turns),
         Err(error) => println!("SQL statements per turn: not counted: {error:#}"),
+    }
+    match (stored_before, stored_after) {
+        (Ok(before), Ok(after)) => stored::report(&before, &after, concurrent.tally.turns),
+        (Err(error), _) | (_, Err(error)) => {
+            println!("JetStream messages per turn: not counted: {error:#}")
+        }
     }
     baseline.check(&stack)?;
     concurrent.check(&stack)?;
