@@ -936,6 +936,8 @@ impl DeltaPacer {
         deltas: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
     ) -> Option<String> {
         let mut text = deltas.recv().await?;
+        // The first delta goes out alone, even when more are queued behind it: a reader
+        // sees the answer start as early as the model starts it.
         if let Some(due) = self.due {
             let wait = tokio::time::sleep_until(due);
             tokio::pin!(wait);
@@ -948,9 +950,9 @@ impl DeltaPacer {
                     () = &mut wait => break,
                 }
             }
-        }
-        while let Ok(more) = deltas.try_recv() {
-            text.push_str(&more);
+            while let Ok(more) = deltas.try_recv() {
+                text.push_str(&more);
+            }
         }
         self.due = Some(tokio::time::Instant::now() + self.interval);
         Some(text)
@@ -1109,13 +1111,13 @@ mod tests {
         let mut pacer = DeltaPacer::new(interval);
         let started = tokio::time::Instant::now();
 
-        // The first delta is not held back.
+        // The first delta is not held back, nor joined by those queued behind it.
         send.send("I've".into()).unwrap();
+        send.send(" added".into()).unwrap();
         assert_eq!(pacer.next(&mut deltas).await.as_deref(), Some("I've"));
         assert_eq!(started.elapsed(), Duration::ZERO);
 
         // Deltas within the interval go out together, when it has passed.
-        send.send(" added".into()).unwrap();
         let later = send.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -39,6 +39,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// The pause after an error of the progress consumer.
 const CONSUMER_PAUSE: Duration = Duration::from_millis(250);
 
+/// The most significant digits of a `Last-Event-ID` number, leading zeros aside. Every
+/// such number fits a `u64` (sequences never get near 10^19), so the API description's
+/// pattern can say exactly what is accepted: `0*[0-9]{1,19}`.
+const MAX_SEQUENCE_DIGITS: usize = 19;
+
 /// Where a client left a turn's events (`Last-Event-ID`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LastEventId {
@@ -64,12 +69,17 @@ impl LastEventId {
             )
         };
         let raw = value.to_str().map_err(|_| malformed())?.trim();
+        let significant = raw.trim_start_matches('0');
         match raw {
             END_EVENT_ID => Ok(Some(Self::End)),
-            _ if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) => raw
-                .parse()
-                .map(|id| Some(Self::Chunk(id)))
-                .map_err(|_| malformed()),
+            _ if !raw.is_empty()
+                && raw.bytes().all(|b| b.is_ascii_digit())
+                && significant.len() <= MAX_SEQUENCE_DIGITS =>
+            {
+                raw.parse()
+                    .map(|id| Some(Self::Chunk(id)))
+                    .map_err(|_| malformed())
+            }
             _ => Err(malformed()),
         }
     }
@@ -471,6 +481,14 @@ mod tests {
         assert_eq!(parsed(b"42"), Ok(Some(LastEventId::Chunk(42))));
         assert_eq!(parsed(b" 7 "), Ok(Some(LastEventId::Chunk(7))));
         assert_eq!(parsed(b"end"), Ok(Some(LastEventId::End)));
+        assert_eq!(
+            parsed(b"0000000000000000000000042"),
+            Ok(Some(LastEventId::Chunk(42)))
+        );
+        assert_eq!(
+            parsed(b"9999999999999999999"),
+            Ok(Some(LastEventId::Chunk(9_999_999_999_999_999_999)))
+        );
         for malformed in [
             &b""[..],
             b"-1",
@@ -479,6 +497,9 @@ mod tests {
             b"END",
             b"abc",
             b"99999999999999999999999",
+            // Fits a u64, but has more digits than the API description allows.
+            b"10000000000000000000",
+            b"00904441091050436833729360\t\t \t",
             b"\xff",
         ] {
             assert_eq!(

@@ -34,7 +34,7 @@ use crate::turn;
     params(
         ("user_id" = String, Path, description = "The user; must be the token's subject"),
         ("request_id" = String, Path, format = Uuid, description = "The turn (`request_id` of the chat answer, `X-Request-Id` of a stream)"),
-        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = r"^\s*([0-9]+|end)\s*$", description = "The id of the last event received: only later events are sent; `end` → 204"),
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = r"^\s*(0*[0-9]{1,19}|end)\s*$", description = "The id of the last event received: only later events are sent; `end` → 204"),
     ),
     responses(
         (status = 200, description = "An event stream: delta, tool_call_started, tool_call_finished, then final or error (or approval_required)", content_type = "text/event-stream", body = ChatStreamEvent),
