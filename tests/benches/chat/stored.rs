@@ -11,7 +11,7 @@ use async_nats::jetstream;
 use proto_schemas::Subjects;
 
 /// The last sequence of each counted stream, at one moment.
-pub(crate) struct Sequences(Vec<(String, u64)>);
+pub(crate) struct Sequences(Vec<(&'static str, u64)>);
 
 /// Reads the last sequence of the stack's chat streams.
 pub(crate) async fn sample(
@@ -25,15 +25,12 @@ pub(crate) async fn sample(
         ("progress", subjects.chat_progress_stream()),
         ("replies", subjects.chat_replies_stream()),
     ] {
-        let mut stream = jetstream
+        // Opening a stream reads its info: that answer is the sample.
+        let stream = jetstream
             .get_stream(&name)
             .await
-            .with_context(|| format!("failed to open stream {name}"))?;
-        let info = stream
-            .info()
-            .await
             .with_context(|| format!("failed to read stream {name}"))?;
-        sequences.push((label.to_owned(), info.state.last_sequence));
+        sequences.push((label, stream.cached_info().state.last_sequence));
     }
     Ok(Sequences(sequences))
 }
