@@ -30,6 +30,7 @@ use proto_schemas::conversations::{
     ConversationCommand, ConversationCommandReply, ConversationTitle, check_feedback_items,
 };
 use proto_schemas::events::FeedbackKind as FeedbackEventKind;
+use proto_schemas::queries::MessageRole;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
@@ -42,7 +43,9 @@ use crate::routes::stream::event_stream;
 use crate::state::AppState;
 use crate::turn::{self, ChatInput, StartedTurn};
 use render::{TurnEvents, sse};
-use threads::{conversation_id, page, page_size, thread_not_found, user_item};
+use threads::{
+    DEFAULT_PAGE_SIZE, conversation_id, page, page_size, thread_not_found, user_item, user_item_id,
+};
 use types::{
     ChatKitRequest, FeedbackKind, ItemsListParams, ListParams, StreamEvent, StreamOptions, Thread,
     ThreadItem, ThreadStatus, UserMessageContent, UserMessageInput,
@@ -135,12 +138,14 @@ pub(crate) async fn post_chatkit(
             Ok(stream(state, &user, started, prelude).await)
         }
         ChatKitRequest::ThreadsRetryAfterItem { params } => {
-            let items = threads::items(&state, &user, &params.thread_id).await?;
-            let last_user = items.iter().rev().find_map(|item| match item {
-                ThreadItem::UserMessage { id, content, .. } => Some((id.clone(), content)),
-                _ => None,
-            });
-            let Some((last_id, content)) = last_user.filter(|(id, _)| *id == params.item_id) else {
+            let messages = threads::messages(&state, &user, &params.thread_id).await?;
+            let last_user = messages
+                .into_iter()
+                .rev()
+                .find(|message| message.role == MessageRole::User);
+            let Some(last) =
+                last_user.filter(|message| user_item_id(message.request_id) == params.item_id)
+            else {
                 return Err(ApiError::invalid(
                     "not_last_user_message",
                     format!(
@@ -149,10 +154,6 @@ pub(crate) async fn post_chatkit(
                     ),
                 ));
             };
-            let text = content
-                .iter()
-                .map(|types::UserContent::InputText { text }| text.as_str())
-                .collect::<String>();
             let conversation = conversation_id(&params.thread_id)?;
             let started = turn::start(
                 &state,
@@ -166,9 +167,16 @@ pub(crate) async fn post_chatkit(
             // `items.list` shows from now on (and a second retry names it).
             let prelude = vec![
                 stream_options(),
-                StreamEvent::ItemRemoved { item_id: last_id },
+                StreamEvent::ItemRemoved {
+                    item_id: params.item_id.clone(),
+                },
                 StreamEvent::ItemDone {
-                    item: user_item(&params.thread_id, started.request_id, text, Utc::now()),
+                    item: user_item(
+                        &params.thread_id,
+                        started.request_id,
+                        last.content,
+                        Utc::now(),
+                    ),
                 },
             ];
             Ok(stream(state, &user, started, prelude).await)
@@ -191,7 +199,7 @@ pub(crate) async fn post_chatkit(
                 ThreadItem::id,
                 types::Order::Asc,
                 None,
-                page_size(None)?,
+                DEFAULT_PAGE_SIZE,
             )?;
             Ok(Json(thread).into_response())
         }
@@ -329,10 +337,11 @@ async fn start(
     message: String,
     conversation: Option<proto_schemas::ConversationId>,
 ) -> Result<StartedTurn, ApiError> {
-    let input = ChatInput::parse(ChatBody {
+    let mut input = ChatInput::parse(ChatBody {
         message,
-        conversation_id: conversation.map(|id| id.to_string()),
+        conversation_id: None,
     })?;
+    input.conversation = conversation;
     turn::start(state, user.clone(), input, None).await
 }
 

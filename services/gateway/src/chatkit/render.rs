@@ -34,8 +34,8 @@ pub(crate) struct TurnEvents {
     /// The workflow's tasks with their call ids; empty until the first tool call.
     tasks: Vec<(String, Task)>,
     workflow_done: bool,
-    /// The answer's text so far, once its item was added.
-    text: Option<String>,
+    /// Whether the answer's item was added (its text comes whole with the reply).
+    answer_open: bool,
 }
 
 impl TurnEvents {
@@ -46,7 +46,7 @@ impl TurnEvents {
             started_at: Utc::now(),
             tasks: Vec::new(),
             workflow_done: false,
-            text: None,
+            answer_open: false,
         }
     }
 
@@ -122,11 +122,11 @@ impl TurnEvents {
 
     /// Adds the assistant message item and its content part, once.
     fn open_answer(&mut self, out: &mut Vec<StreamEvent>) {
-        if self.text.is_some() {
+        if self.answer_open {
             return;
         }
         self.close_workflow(out);
-        self.text = Some(String::new());
+        self.answer_open = true;
         out.push(StreamEvent::ItemAdded {
             item: ThreadItem::AssistantMessage {
                 id: assistant_item_id(self.request_id),
@@ -167,9 +167,6 @@ impl TurnEvents {
             }
             ChatStreamChunk::TextDelta { text } => {
                 self.open_answer(&mut out);
-                if let Some(so_far) = self.text.as_mut() {
-                    so_far.push_str(&text);
-                }
                 out.push(StreamEvent::ItemUpdated {
                     item_id: assistant_item_id(self.request_id),
                     update: ItemUpdate::TextDelta {

@@ -27,7 +27,7 @@ use crate::routes::reads::ask;
 use crate::state::AppState;
 
 /// Page size when a request names none.
-const DEFAULT_PAGE_SIZE: usize = 20;
+pub(crate) const DEFAULT_PAGE_SIZE: usize = 20;
 
 /// How long after its creation a thread the read models do not know yet is waited
 /// for rather than not found: a ChatKit client may send the next message as soon as
@@ -238,7 +238,7 @@ pub(crate) async fn check_owned(
 }
 
 /// Every message of `user`'s conversation; not found for anyone else's.
-async fn messages(
+pub(crate) async fn messages(
     state: &AppState,
     user: &UserId,
     thread_id: &str,

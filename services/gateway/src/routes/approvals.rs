@@ -8,8 +8,8 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
+use proto_schemas::ApprovalId;
 use proto_schemas::chat::{ChatOutcome, ChatReply, ChatRequest, TurnKind};
-use proto_schemas::{ApprovalId, RequestId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -65,12 +65,7 @@ pub(crate) async fn post_approval(
     Path((_, request, approval)): Path<(String, String, String)>,
     ApiJson(body): ApiJson<ApprovalBody>,
 ) -> Result<Json<ChatAnswer>, ApiError> {
-    let request_id: RequestId = request.parse().map_err(|_| {
-        ApiError::invalid(
-            "invalid_request_id",
-            format!("request id {request:?} is not a valid id"),
-        )
-    })?;
+    let request_id = crate::progress::parse_request_id(&request)?;
     let approval_id: ApprovalId = approval.parse().map_err(|_| {
         ApiError::invalid(
             "invalid_approval_id",

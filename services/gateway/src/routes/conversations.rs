@@ -16,7 +16,7 @@ use std::time::Duration;
 use proto_schemas::conversations::{
     ConversationCommand, ConversationCommandReply, ConversationTitle, InvalidTitle,
 };
-use proto_schemas::queries::{MessageView, MessagesQuery, PageRequest, QueryReply};
+use proto_schemas::queries::{MessageView, MessagesQuery, PageRequest};
 use proto_schemas::{ConversationId, UserId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -74,7 +74,8 @@ pub(crate) async fn send_command(
     })
 }
 
-fn conversation_id(raw: &str) -> Result<ConversationId, ApiError> {
+/// A conversation id from the path; not a UUID → 422.
+pub(crate) fn conversation_id(raw: &str) -> Result<ConversationId, ApiError> {
     raw.parse().map_err(|_| {
         ApiError::invalid(
             "invalid_conversation_id",
@@ -202,14 +203,10 @@ pub(crate) async fn hidden_from_reads(
     };
     let deadline = tokio::time::Instant::now() + READS_CATCH_UP;
     loop {
-        let reply = platform::bus::request_json::<_, QueryReply<MessageView>>(
-            state.client(),
-            state.subjects().query_messages(),
-            &query,
-            state.settings().query_timeout,
-        )
-        .await;
-        if matches!(reply, Ok(QueryReply::NotFound)) || tokio::time::Instant::now() >= deadline {
+        let reply =
+            super::reads::ask::<_, MessageView>(state, state.subjects().query_messages(), &query)
+                .await;
+        if matches!(reply, Err(ApiError::NotFound(_))) || tokio::time::Instant::now() >= deadline {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

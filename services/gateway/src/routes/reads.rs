@@ -4,7 +4,6 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use platform::BusError;
-use proto_schemas::ConversationId;
 use proto_schemas::queries::{
     ConversationSummary, ConversationsQuery, MAX_PAGE_LIMIT, MessageView, MessagesQuery, Page,
     PageRequest, QueryReply, TasksQuery,
@@ -113,12 +112,7 @@ pub(crate) async fn get_messages(
     Path((_, conversation)): Path<(String, String)>,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<MessagePage>, ApiError> {
-    let conversation_id: ConversationId = conversation.parse().map_err(|_| {
-        ApiError::invalid(
-            "invalid_conversation_id",
-            format!("conversation id {conversation:?} is not a valid id"),
-        )
-    })?;
+    let conversation_id = super::conversations::conversation_id(&conversation)?;
     let query = MessagesQuery {
         user_id: user,
         conversation_id,
