@@ -132,7 +132,8 @@ impl Subjects {
         "task-service".to_owned()
     }
 
-    /// Published after every commit to the event log, so tailers wake up at once.
+    /// Published after commits to the event log, so tailers wake up at once: after
+    /// each of task-service's, and once per chat turn, when it settles.
     pub fn events_appended(&self) -> String {
         format!("{}.events.appended", self.prefix)
     }

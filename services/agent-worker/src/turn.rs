@@ -370,8 +370,18 @@ impl Worker {
                     for (_, event) in &events {
                         turn.state.apply(event);
                     }
-                    self.notify_appended(&turn.stream, outcome.last_position)
-                        .await;
+                    // Only the projection listens, and it also polls the log: one
+                    // wake-up when the turn settles (ends, or waits for a person)
+                    // brings every append of the turn in, a notice per model step
+                    // fewer. Mid-turn, the read models may lag by the poll interval.
+                    let settled = matches!(
+                        machine::next_action(&turn.state, false, self.settings.max_model_steps),
+                        Action::Finish(_) | Action::Pause(_)
+                    );
+                    if settled {
+                        self.notify_appended(&turn.stream, outcome.last_position)
+                            .await;
+                    }
                     return Ok(());
                 }
                 Ok(Appended::AlreadyStored(_)) => {
