@@ -17,6 +17,7 @@ use crate::api::ChatAnswer;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, AuthUser};
 use crate::routes::chat::answer;
+use crate::routes::docs::{AuthErrors, JsonBodyErrors, UserPath};
 use crate::state::AppState;
 use crate::turn;
 use platform::error_chain;
@@ -39,23 +40,21 @@ pub(crate) struct ApprovalBody {
     path = "/api/{user_id}/turns/{request_id}/approvals/{approval_id}",
     tag = "chat",
     params(
-        ("user_id" = String, Path, description = "The user; must be the token's subject"),
+        UserPath,
         ("request_id" = String, Path, format = Uuid, description = "The paused turn (`request_id` of its answer)"),
         ("approval_id" = String, Path, format = Uuid, description = "The `approval_id` of its `pending_approval`"),
     ),
     request_body = ApprovalBody,
     responses(
         (status = 200, description = "The turn's next answer", body = ChatAnswer),
-        (status = 400, description = "The body is not JSON", body = ErrorBody),
-        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
-        (status = 403, description = "The token is for another user", body = ErrorBody),
         (status = 404, description = "No such turn of this user's, or no such approval", body = ErrorBody),
         (status = 409, description = "The approval was decided already (`approval_not_pending`) or the turn has ended (`turn_finished`)", body = ErrorBody),
-        (status = 415, description = "The body is not sent as application/json", body = ErrorBody),
         (status = 422, description = "Bad ids or a body without a boolean `approve`", body = ErrorBody),
         (status = 502, description = "The turn failed", body = ErrorBody),
         (status = 503, description = "The message bus is unavailable", body = ErrorBody),
         (status = 504, description = "No answer in time; it will appear in the conversation", body = ErrorBody),
+        AuthErrors,
+        JsonBodyErrors,
     ),
     security(("bearer" = []))
 )]

@@ -10,6 +10,7 @@ use crate::api::{ChatAnswer, ChatBody};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, AuthUser};
 use crate::idempotency::IdempotencyKey;
+use crate::routes::docs::{AuthErrors, BodyTooLarge, JsonBodyErrors, TurnRefusals, UserPath};
 use crate::state::AppState;
 use crate::turn::{self, ChatInput};
 
@@ -24,24 +25,19 @@ use crate::turn::{self, ChatInput};
     path = "/api/{user_id}/chat",
     tag = "chat",
     params(
-        ("user_id" = String, Path, description = "The user; must be the token's subject"),
+        UserPath,
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = r"^[!-~]([ -~]{0,198}[!-~])?$", description = "Retry key, 1 to 200 printable ASCII characters; a retry returns the first answer"),
     ),
     request_body = ChatBody,
     responses(
         (status = 200, description = "The assistant's answer", body = ChatAnswer),
-        (status = 400, description = "The body is not JSON", body = ErrorBody),
-        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
-        (status = 403, description = "The token is for another user", body = ErrorBody),
         (status = 404, description = "The conversation does not exist or is not the user's", body = ErrorBody),
-        (status = 413, description = "The body is over the size limit", body = ErrorBody),
-        (status = 415, description = "The body is not sent as application/json", body = ErrorBody),
         (status = 422, description = "Empty or over-long message, bad conversation id or Idempotency-Key", body = ErrorBody),
         (status = 502, description = "The model or its provider failed; the body carries the request id", body = ErrorBody),
-        (status = 429, description = "The user has too many turns running (`too_many_turns`) or sent too many messages this minute (`rate_limited`); see `Retry-After`", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before sending again"))),
-        (status = 503, description = "The message bus is unavailable, or the queue of turns is full (`busy`); see `Retry-After`", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before sending again"))),
+        AuthErrors,
+        JsonBodyErrors,
+        BodyTooLarge,
+        TurnRefusals,
         (status = 504, description = "No reply in time; the turn goes on (the body carries the request id)", body = ErrorBody),
     ),
     security(("bearer" = []))

@@ -26,6 +26,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, AuthUser};
 use crate::idempotency::IdempotencyKey;
 use crate::routes::chat::run_turn;
+use crate::routes::docs::{AuthErrors, ConversationPath, JsonBodyErrors, TurnRefusals};
 use crate::routes::stream::stream_turn;
 use crate::state::AppState;
 use crate::turn::ChatInput;
@@ -109,19 +110,16 @@ fn changed(
     path = "/api/{user_id}/conversations/{conversation_id}",
     tag = "reads",
     params(
-        ("user_id" = String, Path, description = "The user; must be the token's subject"),
-        ("conversation_id" = String, Path, format = Uuid, description = "The conversation"),
+        ConversationPath,
     ),
     request_body = RenameBody,
     responses(
         (status = 200, description = "Renamed", body = RenamedConversation),
-        (status = 400, description = "The body is not JSON", body = ErrorBody),
-        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
-        (status = 403, description = "The token is for another user", body = ErrorBody),
         (status = 404, description = "No such conversation of this user's (or it was deleted)", body = ErrorBody),
-        (status = 415, description = "The body is not sent as application/json", body = ErrorBody),
         (status = 422, description = "A blank, over-long or control-character title (`invalid_title`), or a bad id", body = ErrorBody),
         (status = 503, description = "The workers or the event log are unavailable", body = ErrorBody),
+        AuthErrors,
+        JsonBodyErrors,
     ),
     security(("bearer" = []))
 )]
@@ -153,16 +151,14 @@ pub(crate) async fn patch_conversation(
     path = "/api/{user_id}/conversations/{conversation_id}",
     tag = "reads",
     params(
-        ("user_id" = String, Path, description = "The user; must be the token's subject"),
-        ("conversation_id" = String, Path, format = Uuid, description = "The conversation"),
+        ConversationPath,
     ),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
-        (status = 403, description = "The token is for another user", body = ErrorBody),
         (status = 404, description = "No such conversation of this user's (or it was deleted already)", body = ErrorBody),
         (status = 422, description = "A bad id", body = ErrorBody),
         (status = 503, description = "The workers or the event log are unavailable", body = ErrorBody),
+        AuthErrors,
     ),
     security(("bearer" = []))
 )]
@@ -224,22 +220,17 @@ pub(crate) async fn hidden_from_reads(
     path = "/api/{user_id}/conversations/{conversation_id}/regenerate",
     tag = "chat",
     params(
-        ("user_id" = String, Path, description = "The user; must be the token's subject"),
-        ("conversation_id" = String, Path, format = Uuid, description = "The conversation"),
+        ConversationPath,
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = r"^[!-~]([ -~]{0,198}[!-~])?$", description = "Retry key, 1 to 200 printable ASCII characters; a retry returns the first regenerate's answer"),
     ),
     responses(
         (status = 200, description = "The new answer", body = ChatAnswer),
-        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
-        (status = 403, description = "The token is for another user", body = ErrorBody),
         (status = 404, description = "No such conversation of this user's", body = ErrorBody),
         (status = 409, description = "No finished answer to regenerate: the last turn still runs or waits for an approval (`nothing_to_regenerate`)", body = ErrorBody),
         (status = 422, description = "A bad id or Idempotency-Key", body = ErrorBody),
-        (status = 429, description = "Too many turns running or sent this minute; see `Retry-After`", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before sending again"))),
         (status = 502, description = "The model provider failed", body = ErrorBody),
-        (status = 503, description = "The message bus is unavailable, or the queue of turns is full", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before sending again"))),
+        AuthErrors,
+        TurnRefusals,
         (status = 504, description = "No answer in time; it will appear in the conversation", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -263,19 +254,14 @@ pub(crate) async fn post_regenerate(
     path = "/api/{user_id}/conversations/{conversation_id}/regenerate/stream",
     tag = "chat",
     params(
-        ("user_id" = String, Path, description = "The user; must be the token's subject"),
-        ("conversation_id" = String, Path, format = Uuid, description = "The conversation"),
+        ConversationPath,
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = r"^[!-~]([ -~]{0,198}[!-~])?$", description = "Retry key, 1 to 200 printable ASCII characters"),
     ),
     responses(
         (status = 200, description = "An event stream, as for `POST /chat/stream`", content_type = "text/event-stream", body = ChatStreamEvent),
-        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
-        (status = 403, description = "The token is for another user", body = ErrorBody),
         (status = 422, description = "A bad id or Idempotency-Key", body = ErrorBody),
-        (status = 429, description = "Too many turns running or sent this minute; see `Retry-After`", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before sending again"))),
-        (status = 503, description = "The message bus is unavailable, or the queue of turns is full", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before sending again"))),
+        AuthErrors,
+        TurnRefusals,
     ),
     security(("bearer" = []))
 )]

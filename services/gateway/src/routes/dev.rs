@@ -8,6 +8,7 @@ use proto_schemas::UserId;
 use crate::api::{DevToken, DevTokenRequest};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
+use crate::routes::docs::{BodyTooLarge, JsonBodyErrors};
 use crate::state::AppState;
 
 /// Mint a token for any user (development only; absent unless `AUTH_DEV_LOGIN=true`).
@@ -18,10 +19,9 @@ use crate::state::AppState;
     request_body = DevTokenRequest,
     responses(
         (status = 200, description = "A bearer token", body = DevToken),
-        (status = 400, description = "The body is not JSON", body = ErrorBody),
-        (status = 413, description = "The body is over the size limit", body = ErrorBody),
-        (status = 415, description = "No body, or a body not sent as application/json", body = ErrorBody),
         (status = 422, description = "Not a valid user id", body = ErrorBody),
+        JsonBodyErrors,
+        BodyTooLarge,
     )
 )]
 pub(crate) async fn post_dev_token(

@@ -12,8 +12,9 @@ use platform::auth::AuthError;
 use platform::auth::resource::{challenge, metadata_document, metadata_url, request_origin};
 
 use crate::api::Me;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::TokenUser;
+use crate::routes::docs::Unauthorized;
 use crate::state::AppState;
 
 /// The realm named in the gateway's challenges.
@@ -26,7 +27,7 @@ pub(crate) const REALM: &str = "taskchat";
     tag = "reads",
     responses(
         (status = 200, description = "The token's user", body = Me),
-        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        Unauthorized,
     ),
     security(("bearer" = []))
 )]

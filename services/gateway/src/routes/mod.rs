@@ -5,6 +5,7 @@ pub(crate) mod approvals;
 pub(crate) mod chat;
 pub(crate) mod conversations;
 pub(crate) mod dev;
+pub(crate) mod docs;
 pub(crate) mod health;
 pub(crate) mod identity;
 pub(crate) mod reads;

@@ -17,6 +17,7 @@ use crate::api::{
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiQuery, AuthUser};
+use crate::routes::docs::{AuthErrors, ConversationPath, UserPath};
 use platform::error_chain;
 
 use crate::state::AppState;
@@ -26,13 +27,12 @@ use crate::state::AppState;
     get,
     path = "/api/{user_id}/tasks",
     tag = "reads",
-    params(("user_id" = String, Path, description = "The user; must be the token's subject"), TaskListParams),
+    params(UserPath, TaskListParams),
     responses(
         (status = 200, description = "A page of tasks", body = TaskPage),
-        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
-        (status = 403, description = "The token is for another user", body = ErrorBody),
         (status = 422, description = "Bad status, limit or cursor", body = ErrorBody),
         (status = 503, description = "The read models are unavailable", body = ErrorBody),
+        AuthErrors,
     ),
     security(("bearer" = []))
 )]
@@ -61,13 +61,12 @@ pub(crate) async fn get_tasks(
     get,
     path = "/api/{user_id}/conversations",
     tag = "reads",
-    params(("user_id" = String, Path, description = "The user; must be the token's subject"), PageParams),
+    params(UserPath, PageParams),
     responses(
         (status = 200, description = "A page of conversations", body = ConversationPage),
-        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
-        (status = 403, description = "The token is for another user", body = ErrorBody),
         (status = 422, description = "Bad limit or cursor", body = ErrorBody),
         (status = 503, description = "The read models are unavailable", body = ErrorBody),
+        AuthErrors,
     ),
     security(("bearer" = []))
 )]
@@ -92,17 +91,15 @@ pub(crate) async fn get_conversations(
     path = "/api/{user_id}/conversations/{conversation_id}/messages",
     tag = "reads",
     params(
-        ("user_id" = String, Path, description = "The user; must be the token's subject"),
-        ("conversation_id" = String, Path, format = Uuid, description = "The conversation"),
+        ConversationPath,
         PageParams,
     ),
     responses(
         (status = 200, description = "A page of messages", body = MessagePage),
-        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
-        (status = 403, description = "The token is for another user", body = ErrorBody),
         (status = 404, description = "No such conversation for this user", body = ErrorBody),
         (status = 422, description = "Bad conversation id, limit or cursor", body = ErrorBody),
         (status = 503, description = "The read models are unavailable", body = ErrorBody),
+        AuthErrors,
     ),
     security(("bearer" = []))
 )]

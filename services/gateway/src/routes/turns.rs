@@ -16,6 +16,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::AuthUser;
 use crate::progress::{self, ApiEvents, Follow, KnownTurn, LastEventId, Progress};
 use crate::routes::conversations::send_command;
+use crate::routes::docs::{AuthErrors, UserPath};
 use crate::routes::stream::event_stream;
 use crate::state::AppState;
 use crate::turn;
@@ -32,18 +33,17 @@ use crate::turn;
     path = "/api/{user_id}/turns/{request_id}/events",
     tag = "chat",
     params(
-        ("user_id" = String, Path, description = "The user; must be the token's subject"),
+        UserPath,
         ("request_id" = String, Path, format = Uuid, description = "The turn (`request_id` of the chat answer, `X-Request-Id` of a stream)"),
         ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = r"^\s*(0*[0-9]{1,19}|end)\s*$", description = "The id of the last event received: only later events are sent; `end` → 204"),
     ),
     responses(
         (status = 200, description = "An event stream: delta, tool_call_started, tool_call_finished, then final or error (or approval_required)", content_type = "text/event-stream", body = ChatStreamEvent),
         (status = 204, description = "`Last-Event-ID: end`: the turn has nothing more to send"),
-        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
-        (status = 403, description = "The token is for another user", body = ErrorBody),
         (status = 404, description = "No such turn for this user", body = ErrorBody),
         (status = 422, description = "Bad request id or Last-Event-ID", body = ErrorBody),
         (status = 503, description = "The message bus is unavailable", body = ErrorBody),
+        AuthErrors,
     ),
     security(("bearer" = []))
 )]
@@ -95,18 +95,17 @@ pub(crate) async fn get_turn_events(
     path = "/api/{user_id}/turns/{request_id}/cancel",
     tag = "chat",
     params(
-        ("user_id" = String, Path, description = "The user; must be the token's subject"),
+        UserPath,
         ("request_id" = String, Path, format = Uuid, description = "The turn to stop"),
     ),
     responses(
         (status = 202, description = "The turn is being stopped", body = CancelAccepted),
-        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
-        (status = 403, description = "The token is for another user", body = ErrorBody),
         (status = 404, description = "No such turn for this user", body = ErrorBody),
         (status = 409, description = "The turn has already ended (`turn_finished`)", body = ErrorBody),
         (status = 422, description = "Bad request id", body = ErrorBody),
         (status = 503, description = "The message bus or the event log is unavailable", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        AuthErrors,
     ),
     security(("bearer" = []))
 )]
