@@ -17,7 +17,7 @@ use crate::api::ChatAnswer;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, AuthUser};
 use crate::routes::chat::answer;
-use crate::routes::docs::{AuthErrors, JsonBodyErrors, UserPath};
+use crate::routes::docs::{AuthErrors, JsonBodyErrors, TurnWaitErrors, UserPath};
 use crate::state::AppState;
 use crate::turn;
 use platform::error_chain;
@@ -50,11 +50,10 @@ pub(crate) struct ApprovalBody {
         (status = 404, description = "No such turn of this user's, or no such approval", body = ErrorBody),
         (status = 409, description = "The approval was decided already (`approval_not_pending`) or the turn has ended (`turn_finished`)", body = ErrorBody),
         (status = 422, description = "Bad ids or a body without a boolean `approve`", body = ErrorBody),
-        (status = 502, description = "The turn failed", body = ErrorBody),
         (status = 503, description = "The message bus is unavailable", body = ErrorBody),
-        (status = 504, description = "No answer in time; it will appear in the conversation", body = ErrorBody),
         AuthErrors,
         JsonBodyErrors,
+        TurnWaitErrors,
     ),
     security(("bearer" = []))
 )]

@@ -10,7 +10,10 @@ use crate::api::{ChatAnswer, ChatBody};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, AuthUser};
 use crate::idempotency::IdempotencyKey;
-use crate::routes::docs::{AuthErrors, BodyTooLarge, JsonBodyErrors, TurnRefusals, UserPath};
+use crate::routes::docs::{
+    AuthErrors, BodyTooLarge, IdempotencyKeyHeader, JsonBodyErrors, TurnRefusals, TurnWaitErrors,
+    UserPath,
+};
 use crate::state::AppState;
 use crate::turn::{self, ChatInput};
 
@@ -26,19 +29,18 @@ use crate::turn::{self, ChatInput};
     tag = "chat",
     params(
         UserPath,
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = r"^[!-~]([ -~]{0,198}[!-~])?$", description = "Retry key, 1 to 200 printable ASCII characters; a retry returns the first answer"),
+        IdempotencyKeyHeader,
     ),
     request_body = ChatBody,
     responses(
         (status = 200, description = "The assistant's answer", body = ChatAnswer),
         (status = 404, description = "The conversation does not exist or is not the user's", body = ErrorBody),
         (status = 422, description = "Empty or over-long message, bad conversation id or Idempotency-Key", body = ErrorBody),
-        (status = 502, description = "The model or its provider failed; the body carries the request id", body = ErrorBody),
         AuthErrors,
         JsonBodyErrors,
         BodyTooLarge,
         TurnRefusals,
-        (status = 504, description = "No reply in time; the turn goes on (the body carries the request id)", body = ErrorBody),
+        TurnWaitErrors,
     ),
     security(("bearer" = []))
 )]

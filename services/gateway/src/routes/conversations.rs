@@ -26,7 +26,10 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, AuthUser};
 use crate::idempotency::IdempotencyKey;
 use crate::routes::chat::run_turn;
-use crate::routes::docs::{AuthErrors, ConversationPath, JsonBodyErrors, TurnRefusals};
+use crate::routes::docs::{
+    AuthErrors, ConversationPath, IdempotencyKeyHeader, JsonBodyErrors, TurnRefusals,
+    TurnWaitErrors,
+};
 use crate::routes::stream::stream_turn;
 use crate::state::AppState;
 use crate::turn::ChatInput;
@@ -221,17 +224,16 @@ pub(crate) async fn hidden_from_reads(
     tag = "chat",
     params(
         ConversationPath,
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = r"^[!-~]([ -~]{0,198}[!-~])?$", description = "Retry key, 1 to 200 printable ASCII characters; a retry returns the first regenerate's answer"),
+        IdempotencyKeyHeader,
     ),
     responses(
         (status = 200, description = "The new answer", body = ChatAnswer),
         (status = 404, description = "No such conversation of this user's", body = ErrorBody),
         (status = 409, description = "No finished answer to regenerate: the last turn still runs or waits for an approval (`nothing_to_regenerate`)", body = ErrorBody),
         (status = 422, description = "A bad id or Idempotency-Key", body = ErrorBody),
-        (status = 502, description = "The model provider failed", body = ErrorBody),
         AuthErrors,
         TurnRefusals,
-        (status = 504, description = "No answer in time; it will appear in the conversation", body = ErrorBody),
+        TurnWaitErrors,
     ),
     security(("bearer" = []))
 )]
@@ -255,7 +257,7 @@ pub(crate) async fn post_regenerate(
     tag = "chat",
     params(
         ConversationPath,
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = r"^[!-~]([ -~]{0,198}[!-~])?$", description = "Retry key, 1 to 200 printable ASCII characters"),
+        IdempotencyKeyHeader,
     ),
     responses(
         (status = 200, description = "An event stream, as for `POST /chat/stream`", content_type = "text/event-stream", body = ChatStreamEvent),

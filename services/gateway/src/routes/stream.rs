@@ -23,7 +23,9 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, AuthUser};
 use crate::idempotency::IdempotencyKey;
 use crate::progress::{self, ApiEvents, Follow, RenderTurn};
-use crate::routes::docs::{AuthErrors, BodyTooLarge, JsonBodyErrors, TurnRefusals, UserPath};
+use crate::routes::docs::{
+    AuthErrors, BodyTooLarge, IdempotencyKeyHeader, JsonBodyErrors, TurnRefusals, UserPath,
+};
 use crate::state::AppState;
 use crate::turn::{self, ChatInput};
 
@@ -48,7 +50,7 @@ const EVENT_BUFFER: usize = 64;
     tag = "chat",
     params(
         UserPath,
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = r"^[!-~]([ -~]{0,198}[!-~])?$", description = "Retry key, 1 to 200 printable ASCII characters; a retry follows the first turn"),
+        IdempotencyKeyHeader,
     ),
     request_body = ChatBody,
     responses(
