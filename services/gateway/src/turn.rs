@@ -131,15 +131,7 @@ pub(crate) async fn start(
         return Err(unclaim(state, bucket_key.as_deref(), refusal).await);
     }
 
-    let subjects = state.subjects();
-    let bus_down = |error: &dyn std::error::Error| {
-        ApiError::unavailable("the message bus", error_chain(error))
-    };
-    let replies = state
-        .client()
-        .subscribe(subjects.chat_reply(request_id))
-        .await
-        .map_err(|error| bus_down(&error))?;
+    let replies = subscribe_replies(state, request_id).await?;
     let mut turn = StartedTurn {
         request_id,
         conversation_id,
@@ -325,6 +317,33 @@ pub(crate) async fn stored_reply(state: &AppState, request_id: RequestId) -> Opt
             None
         }
     }
+}
+
+/// Subscribes to the replies of `request_id`; subscribe before looking for a stored
+/// reply, so that a reply in between is not missed.
+pub(crate) async fn subscribe_replies(
+    state: &AppState,
+    request_id: RequestId,
+) -> Result<async_nats::Subscriber, ApiError> {
+    state
+        .client()
+        .subscribe(state.subjects().chat_reply(request_id))
+        .await
+        .map_err(|error| ApiError::unavailable("the message bus", error_chain(&error)))
+}
+
+/// Waits up to the reply timeout for the turn's next reply on `replies`; a wait that
+/// ends without one is the error it means.
+pub(crate) async fn wait_for_reply(
+    state: &AppState,
+    replies: &mut async_nats::Subscriber,
+    request_id: RequestId,
+    conversation_id: ConversationId,
+) -> Result<ChatReply, ApiError> {
+    let deadline = deadline(state.settings().reply_timeout);
+    next_reply(state, replies, request_id, deadline)
+        .await
+        .map_err(|end| wait_error(end, request_id, conversation_id))
 }
 
 /// Why waiting for a reply ended without one.

@@ -20,7 +20,6 @@ use crate::routes::chat::answer;
 use crate::routes::docs::{AuthErrors, JsonBodyErrors, TurnWaitErrors, UserPath};
 use crate::state::AppState;
 use crate::turn;
-use platform::error_chain;
 
 /// The person's decision on a tool call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -92,11 +91,7 @@ pub(crate) async fn post_approval(
         }
     }
 
-    let mut replies = state
-        .client()
-        .subscribe(state.subjects().chat_reply(request_id))
-        .await
-        .map_err(|error| ApiError::unavailable("the message bus", error_chain(&error)))?;
+    let mut replies = turn::subscribe_replies(&state, request_id).await?;
     let decision = ChatRequest {
         request_id,
         user_id: user,
@@ -118,12 +113,7 @@ pub(crate) async fn post_approval(
     // reply may be out already: answer from the store unless it still waits.
     let reply = match turn::stored_reply(&state, request_id).await {
         Some(reply) if !still_waits(&reply, approval_id) => reply,
-        _ => {
-            let deadline = turn::deadline(state.settings().reply_timeout);
-            turn::next_reply(&state, &mut replies, request_id, deadline)
-                .await
-                .map_err(|end| turn::wait_error(end, request_id, paused.conversation_id))?
-        }
+        _ => turn::wait_for_reply(&state, &mut replies, request_id, paused.conversation_id).await?,
     };
     answer(reply).map(Json)
 }

@@ -66,10 +66,13 @@ pub(crate) async fn run_turn(
     let reply = match started.stored.take() {
         Some(reply) => reply,
         None => {
-            let deadline = turn::deadline(state.settings().reply_timeout);
-            turn::next_reply(state, &mut started.replies, started.request_id, deadline)
-                .await
-                .map_err(|end| turn::wait_error(end, started.request_id, started.conversation_id))?
+            turn::wait_for_reply(
+                state,
+                &mut started.replies,
+                started.request_id,
+                started.conversation_id,
+            )
+            .await?
         }
     };
     answer(reply).map(Json)

@@ -7,7 +7,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use platform::error_chain;
 use proto_schemas::chat::{ChatOutcome, ChatRequest, TurnKind};
 use proto_schemas::conversations::{ConversationCommand, ConversationCommandReply};
 
@@ -61,11 +60,7 @@ pub(crate) async fn get_turn_events(
         None => 0,
     };
     // Before looking for a stored reply, so that a reply in between is not missed.
-    let replies = state
-        .client()
-        .subscribe(state.subjects().chat_reply(request_id))
-        .await
-        .map_err(|error| ApiError::unavailable("the message bus", error_chain(&error)))?;
+    let replies = turn::subscribe_replies(&state, request_id).await?;
     let follow = match progress::find(&state, &user, request_id).await? {
         KnownTurn::Progress(request) => Follow {
             request_id,
