@@ -15,6 +15,8 @@ use std::time::Duration;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::DirectGetErrorKind;
+use axum::extract::{FromRequest, Request};
+use axum::http::HeaderMap;
 use futures::StreamExt as _;
 use proto_schemas::chat::{
     ChatMessage, ChatReply, ChatRequest, ChatStreamChunk, InvalidChatMessage, TurnKind,
@@ -23,6 +25,7 @@ use proto_schemas::{ConversationId, RequestId, UserId};
 
 use crate::api::ChatBody;
 use crate::error::ApiError;
+use crate::extract::ApiJson;
 use crate::idempotency::{self, Claim, Claimed, IdempotencyKey};
 use backon::Retryable as _;
 use platform::error_chain;
@@ -76,6 +79,43 @@ impl ChatInput {
             conversation: Some(conversation),
             kind: TurnKind::Regenerate,
         }
+    }
+}
+
+/// A new turn as a chat route receives it: the checked input, and the
+/// `Idempotency-Key` that makes a retry of it safe.
+#[derive(Debug)]
+pub(crate) struct TurnRequest {
+    pub input: ChatInput,
+    pub key: Option<IdempotencyKey>,
+}
+
+impl TurnRequest {
+    /// Answer `conversation`'s last message again, keyed by the request's headers.
+    pub(crate) fn regenerate(
+        conversation: ConversationId,
+        headers: &HeaderMap,
+    ) -> Result<Self, ApiError> {
+        Ok(Self {
+            input: ChatInput::regenerate(conversation),
+            key: IdempotencyKey::from_headers(headers)?,
+        })
+    }
+}
+
+/// A chat message's turn: the body's errors first, as on every JSON route, then the
+/// key's, then the message's.
+impl FromRequest<AppState> for TurnRequest {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let key = IdempotencyKey::from_headers(request.headers());
+        let ApiJson(body) = ApiJson::<ChatBody>::from_request(request, state).await?;
+        let key = key?;
+        Ok(Self {
+            input: ChatInput::parse(body)?,
+            key,
+        })
     }
 }
 

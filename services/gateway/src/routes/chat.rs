@@ -2,20 +2,18 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use proto_schemas::UserId;
 use proto_schemas::chat::{ChatOutcome, ChatReply};
 
 use crate::api::{ChatAnswer, ChatBody};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, AuthUser};
-use crate::idempotency::IdempotencyKey;
+use crate::extract::AuthUser;
 use crate::routes::docs::{
     AuthErrors, BodyTooLarge, IdempotencyKeyHeader, JsonBodyErrors, TurnRefusals, TurnWaitErrors,
     UserPath,
 };
 use crate::state::AppState;
-use crate::turn::{self, ChatInput};
+use crate::turn::{self, TurnRequest};
 
 /// Send a chat message and get the assistant's answer.
 ///
@@ -47,22 +45,18 @@ use crate::turn::{self, ChatInput};
 pub(crate) async fn post_chat(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    headers: HeaderMap,
-    ApiJson(body): ApiJson<ChatBody>,
+    request: TurnRequest,
 ) -> Result<Json<ChatAnswer>, ApiError> {
-    let key = IdempotencyKey::from_headers(&headers)?;
-    let input = ChatInput::parse(body)?;
-    run_turn(&state, user, input, key).await
+    run_turn(&state, user, request).await
 }
 
 /// Queues the turn and waits for its reply: `POST /chat` and its regenerate twin.
 pub(crate) async fn run_turn(
     state: &AppState,
     user: UserId,
-    input: ChatInput,
-    key: Option<IdempotencyKey>,
+    request: TurnRequest,
 ) -> Result<Json<ChatAnswer>, ApiError> {
-    let mut started = turn::start(state, user, input, key).await?;
+    let mut started = turn::start(state, user, request.input, request.key).await?;
     let reply = match started.stored.take() {
         Some(reply) => reply,
         None => {

@@ -24,7 +24,6 @@ use utoipa::ToSchema;
 use crate::api::{ChatAnswer, ChatStreamEvent};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, AuthUser};
-use crate::idempotency::IdempotencyKey;
 use crate::routes::chat::run_turn;
 use crate::routes::docs::{
     AuthErrors, ConversationPath, IdempotencyKeyHeader, JsonBodyErrors, TurnRefusals,
@@ -32,7 +31,7 @@ use crate::routes::docs::{
 };
 use crate::routes::stream::stream_turn;
 use crate::state::AppState;
-use crate::turn::ChatInput;
+use crate::turn::TurnRequest;
 
 /// A new title for a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -243,9 +242,8 @@ pub(crate) async fn post_regenerate(
     Path((_, conversation)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<ChatAnswer>, ApiError> {
-    let input = ChatInput::regenerate(conversation_id(&conversation)?);
-    let key = IdempotencyKey::from_headers(&headers)?;
-    run_turn(&state, user, input, key).await
+    let request = TurnRequest::regenerate(conversation_id(&conversation)?, &headers)?;
+    run_turn(&state, user, request).await
 }
 
 /// Answer the conversation's last message again, followed as Server-Sent Events (the
@@ -273,7 +271,6 @@ pub(crate) async fn post_regenerate_stream(
     Path((_, conversation)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let input = ChatInput::regenerate(conversation_id(&conversation)?);
-    let key = IdempotencyKey::from_headers(&headers)?;
-    stream_turn(state, user, input, key).await
+    let request = TurnRequest::regenerate(conversation_id(&conversation)?, &headers)?;
+    stream_turn(state, user, request).await
 }

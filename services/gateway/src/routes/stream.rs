@@ -10,7 +10,7 @@ use proto_schemas::UserId;
 use std::convert::Infallible;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
@@ -20,14 +20,13 @@ use tracing::Instrument as _;
 
 use crate::api::{ChatBody, ChatStreamEvent};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, AuthUser};
-use crate::idempotency::IdempotencyKey;
+use crate::extract::AuthUser;
 use crate::progress::{self, ApiEvents, Follow, RenderTurn};
 use crate::routes::docs::{
     AuthErrors, BodyTooLarge, IdempotencyKeyHeader, JsonBodyErrors, TurnRefusals, UserPath,
 };
 use crate::state::AppState;
-use crate::turn::{self, ChatInput};
+use crate::turn::{self, TurnRequest};
 
 /// Events buffered for a slow client before the relay waits for it.
 const EVENT_BUFFER: usize = 64;
@@ -67,12 +66,9 @@ const EVENT_BUFFER: usize = 64;
 pub(crate) async fn post_chat_stream(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    headers: HeaderMap,
-    ApiJson(body): ApiJson<ChatBody>,
+    request: TurnRequest,
 ) -> Result<Response, ApiError> {
-    let key = IdempotencyKey::from_headers(&headers)?;
-    let input = ChatInput::parse(body)?;
-    stream_turn(state, user, input, key).await
+    stream_turn(state, user, request).await
 }
 
 /// Queues the turn and follows it as Server-Sent Events: `POST /chat/stream` and its
@@ -80,10 +76,9 @@ pub(crate) async fn post_chat_stream(
 pub(crate) async fn stream_turn(
     state: AppState,
     user: UserId,
-    input: ChatInput,
-    key: Option<IdempotencyKey>,
+    request: TurnRequest,
 ) -> Result<Response, ApiError> {
-    let started = turn::start(&state, user.clone(), input, key).await?;
+    let started = turn::start(&state, user.clone(), request.input, request.key).await?;
     let follow = Follow::started(&state, &user, started).await;
     let ids = [
         (
