@@ -429,18 +429,17 @@ mod tests {
     fn failed_turns_map_to_their_statuses() {
         let request = RequestId::new();
         let conversation = ConversationId::new();
-        let not_found = ChatError {
-            code: ChatErrorCode::ConversationNotFound,
-            message: "no such conversation".into(),
+        let failed = |code, message: &str| {
+            let error = ChatError {
+                code,
+                message: message.into(),
+            };
+            ApiError::from_turn(&error, request, conversation)
         };
-        let error = ApiError::from_turn(&not_found, request, conversation);
+        let error = failed(ChatErrorCode::ConversationNotFound, "no such conversation");
         assert_eq!(error.status(), StatusCode::NOT_FOUND);
         assert_eq!(error.code(), "conversation_not_found");
-        let unfinished = ChatError {
-            code: ChatErrorCode::NothingToRegenerate,
-            message: "not yet".into(),
-        };
-        let error = ApiError::from_turn(&unfinished, request, conversation);
+        let error = failed(ChatErrorCode::NothingToRegenerate, "not yet");
         assert_eq!(error.status(), StatusCode::CONFLICT);
         assert_eq!(error.code(), "nothing_to_regenerate");
         assert_eq!(error.body().error.conversation_id, Some(conversation));
@@ -449,11 +448,7 @@ mod tests {
             ChatErrorCode::DeliveryExhausted,
             ChatErrorCode::Internal,
         ] {
-            let failure = ChatError {
-                code,
-                message: "provider said 500: stack trace".into(),
-            };
-            let error = ApiError::from_turn(&failure, request, conversation);
+            let error = failed(code, "provider said 500: stack trace");
             assert_eq!(error.status(), StatusCode::BAD_GATEWAY);
             let body = error.body();
             assert_eq!(body.error.request_id, Some(request));
