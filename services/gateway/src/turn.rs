@@ -225,6 +225,25 @@ async fn unclaim(state: &AppState, bucket_key: Option<&str>, error: ApiError) ->
     error
 }
 
+/// A request about a turn whose message is in the log already (an approval decision,
+/// or the ending of a paused turn): no new message, and the turn's conversation.
+pub(crate) fn about_turn(
+    request_id: RequestId,
+    user: UserId,
+    conversation_id: ConversationId,
+    kind: TurnKind,
+) -> ChatRequest {
+    ChatRequest {
+        request_id,
+        user_id: user,
+        conversation_id,
+        new_conversation: false,
+        message: String::new(),
+        received_at: chrono::Utc::now(),
+        kind,
+    }
+}
+
 /// Publishes the turn's `Accepted` chunk (`Nats-Msg-Id` = `<request id>/accepted`)
 /// and then the request to its user's subject (`Nats-Msg-Id` = request id), and waits
 /// for both acks. The requests stream refuses the request when the user, or everyone

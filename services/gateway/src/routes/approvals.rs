@@ -9,7 +9,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use proto_schemas::ApprovalId;
-use proto_schemas::chat::{ChatOutcome, ChatReply, ChatRequest, TurnKind};
+use proto_schemas::chat::{ChatOutcome, ChatReply, TurnKind};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -92,18 +92,11 @@ pub(crate) async fn post_approval(
     }
 
     let mut replies = turn::subscribe_replies(&state, request_id).await?;
-    let decision = ChatRequest {
-        request_id,
-        user_id: user,
-        conversation_id: paused.conversation_id,
-        new_conversation: false,
-        message: String::new(),
-        received_at: chrono::Utc::now(),
-        kind: TurnKind::Approval {
-            approval_id,
-            approve: body.approve,
-        },
+    let kind = TurnKind::Approval {
+        approval_id,
+        approve: body.approve,
     };
+    let decision = turn::about_turn(request_id, user, paused.conversation_id, kind);
     use backon::Retryable as _;
     (|| turn::publish(&state, &decision))
         .retry(platform::retry::bus_outage())

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use proto_schemas::chat::{ChatOutcome, ChatRequest, TurnKind};
+use proto_schemas::chat::{ChatOutcome, TurnKind};
 use proto_schemas::conversations::{ConversationCommand, ConversationCommandReply};
 
 use crate::api::{CancelAccepted, CancelStatus, ChatStreamEvent};
@@ -122,15 +122,9 @@ pub(crate) async fn post_cancel_turn(
         KnownTurn::Reply(reply) => match reply.outcome {
             // A paused turn's message is in the log already: the worker only records
             // the ending.
-            ChatOutcome::PendingApproval { .. } => ChatRequest {
-                request_id,
-                user_id: user,
-                conversation_id: reply.conversation_id,
-                new_conversation: false,
-                message: String::new(),
-                received_at: chrono::Utc::now(),
-                kind: TurnKind::Message,
-            },
+            ChatOutcome::PendingApproval { .. } => {
+                turn::about_turn(request_id, user, reply.conversation_id, TurnKind::Message)
+            }
             ChatOutcome::Answered { .. } | ChatOutcome::Failed { .. } => {
                 return Err(ApiError::TurnFinished { request_id });
             }
