@@ -25,10 +25,7 @@ use crate::turn::{self, TurnRequest};
     post,
     path = "/api/{user_id}/chat",
     tag = "chat",
-    params(
-        UserPath,
-        IdempotencyKeyHeader,
-    ),
+    params(UserPath, IdempotencyKeyHeader),
     request_body = ChatBody,
     responses(
         (status = 200, description = "The assistant's answer", body = ChatAnswer),

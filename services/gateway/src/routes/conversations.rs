@@ -111,9 +111,7 @@ fn changed(
     patch,
     path = "/api/{user_id}/conversations/{conversation_id}",
     tag = "reads",
-    params(
-        ConversationPath,
-    ),
+    params(ConversationPath),
     request_body = RenameBody,
     responses(
         (status = 200, description = "Renamed", body = RenamedConversation),
@@ -152,9 +150,7 @@ pub(crate) async fn patch_conversation(
     delete,
     path = "/api/{user_id}/conversations/{conversation_id}",
     tag = "reads",
-    params(
-        ConversationPath,
-    ),
+    params(ConversationPath),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such conversation of this user's (or it was deleted already)", body = ErrorBody),
@@ -221,10 +217,7 @@ pub(crate) async fn hidden_from_reads(
     post,
     path = "/api/{user_id}/conversations/{conversation_id}/regenerate",
     tag = "chat",
-    params(
-        ConversationPath,
-        IdempotencyKeyHeader,
-    ),
+    params(ConversationPath, IdempotencyKeyHeader),
     responses(
         (status = 200, description = "The new answer", body = ChatAnswer),
         (status = 404, description = "No such conversation of this user's", body = ErrorBody),
@@ -253,10 +246,7 @@ pub(crate) async fn post_regenerate(
     post,
     path = "/api/{user_id}/conversations/{conversation_id}/regenerate/stream",
     tag = "chat",
-    params(
-        ConversationPath,
-        IdempotencyKeyHeader,
-    ),
+    params(ConversationPath, IdempotencyKeyHeader),
     responses(
         (status = 200, description = "An event stream, as for `POST /chat/stream`", content_type = "text/event-stream", body = ChatStreamEvent),
         (status = 422, description = "A bad id or Idempotency-Key", body = ErrorBody),

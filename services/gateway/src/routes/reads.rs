@@ -90,10 +90,7 @@ pub(crate) async fn get_conversations(
     get,
     path = "/api/{user_id}/conversations/{conversation_id}/messages",
     tag = "reads",
-    params(
-        ConversationPath,
-        PageParams,
-    ),
+    params(ConversationPath, PageParams),
     responses(
         (status = 200, description = "A page of messages", body = MessagePage),
         (status = 404, description = "No such conversation for this user", body = ErrorBody),

@@ -47,10 +47,7 @@ const EVENT_BUFFER: usize = 64;
     post,
     path = "/api/{user_id}/chat/stream",
     tag = "chat",
-    params(
-        UserPath,
-        IdempotencyKeyHeader,
-    ),
+    params(UserPath, IdempotencyKeyHeader),
     request_body = ChatBody,
     responses(
         (status = 200, description = "An event stream: delta, tool_call_started, tool_call_finished, then final or error", content_type = "text/event-stream", body = ChatStreamEvent),
