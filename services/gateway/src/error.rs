@@ -34,6 +34,14 @@ pub struct ErrorDetail {
     pub conversation_id: Option<ConversationId>,
 }
 
+/// The turn an error is about; its ids go in the error body, where the client finds
+/// the turn again (its answer may still come, or be in the conversation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TurnIds {
+    pub request_id: RequestId,
+    pub conversation_id: ConversationId,
+}
+
 /// A failed HTTP request.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -71,52 +79,37 @@ pub enum ApiError {
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
     /// The turn ran but the named conversation is not the user's or does not exist.
-    #[error("conversation {conversation_id} was not found")]
-    ConversationNotFound {
-        request_id: RequestId,
-        conversation_id: ConversationId,
-    },
+    #[error("conversation {} was not found", .turn.conversation_id)]
+    ConversationNotFound { turn: TurnIds },
     /// The person stopped the turn (`POST …/turns/{request_id}/cancel`).
-    #[error("you stopped this message before it was answered (request {request_id})")]
-    Cancelled {
-        request_id: RequestId,
-        conversation_id: ConversationId,
-    },
+    #[error("you stopped this message before it was answered (request {})", .turn.request_id)]
+    Cancelled { turn: TurnIds },
     /// A regenerate found no finished answer to replace (the last turn still runs or
     /// waits for an approval).
     #[error(
-        "there is no finished answer to regenerate yet: wait for the last answer, or approve or decline its tool call, then try again (request {request_id})"
+        "there is no finished answer to regenerate yet: wait for the last answer, or approve or decline its tool call, then try again (request {})",
+        .turn.request_id
     )]
-    NothingToRegenerate {
-        request_id: RequestId,
-        conversation_id: ConversationId,
-    },
+    NothingToRegenerate { turn: TurnIds },
     /// The model, its provider or the worker failed the turn.
     #[error(
-        "the assistant could not answer this message right now; please try again (request {request_id})"
+        "the assistant could not answer this message right now; please try again (request {})",
+        .turn.request_id
     )]
-    TurnFailed {
-        code: ChatErrorCode,
-        request_id: RequestId,
-        conversation_id: ConversationId,
-    },
+    TurnFailed { code: ChatErrorCode, turn: TurnIds },
     /// The turn has ended: there is nothing to stop.
     #[error("this turn (request {request_id}) has already ended; there is nothing to stop")]
     TurnFinished { request_id: RequestId },
     #[error(
-        "the assistant is still working on this message (request {request_id}); its answer will appear in the conversation history"
+        "the assistant is still working on this message (request {}); its answer will appear in the conversation history",
+        .turn.request_id
     )]
-    ReplyTimeout {
-        request_id: RequestId,
-        conversation_id: ConversationId,
-    },
+    ReplyTimeout { turn: TurnIds },
     #[error(
-        "the server is restarting; your message is still being answered (request {request_id}) and will appear in the conversation history"
+        "the server is restarting; your message is still being answered (request {}) and will appear in the conversation history",
+        .turn.request_id
     )]
-    ShuttingDown {
-        request_id: RequestId,
-        conversation_id: ConversationId,
-    },
+    ShuttingDown { turn: TurnIds },
     /// The user has as many turns waiting or running as one user may.
     #[error(
         "you already have {limit} messages being answered; wait for an answer, then send again"
@@ -157,30 +150,13 @@ impl ApiError {
         }
     }
 
-    /// The error a failed turn becomes.
-    pub fn from_turn(
-        error: &ChatError,
-        request_id: RequestId,
-        conversation_id: ConversationId,
-    ) -> Self {
+    /// What `turn` failing with `error` becomes.
+    pub fn from_turn(error: &ChatError, turn: TurnIds) -> Self {
         match error.code {
-            ChatErrorCode::ConversationNotFound => Self::ConversationNotFound {
-                request_id,
-                conversation_id,
-            },
-            ChatErrorCode::Cancelled => Self::Cancelled {
-                request_id,
-                conversation_id,
-            },
-            ChatErrorCode::NothingToRegenerate => Self::NothingToRegenerate {
-                request_id,
-                conversation_id,
-            },
-            code => Self::TurnFailed {
-                code,
-                request_id,
-                conversation_id,
-            },
+            ChatErrorCode::ConversationNotFound => Self::ConversationNotFound { turn },
+            ChatErrorCode::Cancelled => Self::Cancelled { turn },
+            ChatErrorCode::NothingToRegenerate => Self::NothingToRegenerate { turn },
+            code => Self::TurnFailed { code, turn },
         }
     }
 
@@ -277,31 +253,12 @@ impl ApiError {
     /// The JSON body sent to the client (no internal causes).
     pub fn body(&self) -> ErrorBody {
         let (request_id, conversation_id) = match self {
-            Self::ConversationNotFound {
-                request_id,
-                conversation_id,
-            }
-            | Self::Cancelled {
-                request_id,
-                conversation_id,
-            }
-            | Self::NothingToRegenerate {
-                request_id,
-                conversation_id,
-            }
-            | Self::TurnFailed {
-                request_id,
-                conversation_id,
-                ..
-            }
-            | Self::ReplyTimeout {
-                request_id,
-                conversation_id,
-            }
-            | Self::ShuttingDown {
-                request_id,
-                conversation_id,
-            } => (Some(*request_id), Some(*conversation_id)),
+            Self::ConversationNotFound { turn }
+            | Self::Cancelled { turn }
+            | Self::NothingToRegenerate { turn }
+            | Self::TurnFailed { turn, .. }
+            | Self::ReplyTimeout { turn }
+            | Self::ShuttingDown { turn } => (Some(turn.request_id), Some(turn.conversation_id)),
             Self::TurnFinished { request_id } => (Some(*request_id), None),
             _ => (None, None),
         };
@@ -321,15 +278,13 @@ impl ApiError {
                 tracing::warn!(what, cause = %cause, "backend unavailable")
             }
             Self::Internal { cause } => tracing::error!(cause = %cause, "request failed"),
-            Self::TurnFailed {
-                code, request_id, ..
-            } => {
+            Self::TurnFailed { code, turn } => {
                 // The worker logged the cause; this line ties the HTTP answer to it.
-                tracing::warn!(?code, %request_id, "chat turn failed")
+                tracing::warn!(?code, request_id = %turn.request_id, "chat turn failed")
             }
             Self::Busy => tracing::warn!("the chat queue is full, a turn was refused"),
-            Self::ReplyTimeout { request_id, .. } => {
-                tracing::warn!(%request_id, "no reply within the timeout")
+            Self::ReplyTimeout { turn } => {
+                tracing::warn!(request_id = %turn.request_id, "no reply within the timeout")
             }
             other => tracing::debug!(code = other.code(), error = %other, "request refused"),
         }
@@ -434,7 +389,11 @@ mod tests {
                 code,
                 message: message.into(),
             };
-            ApiError::from_turn(&error, request, conversation)
+            let turn = TurnIds {
+                request_id: request,
+                conversation_id: conversation,
+            };
+            ApiError::from_turn(&error, turn)
         };
         let error = failed(ChatErrorCode::ConversationNotFound, "no such conversation");
         assert_eq!(error.status(), StatusCode::NOT_FOUND);

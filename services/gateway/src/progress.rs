@@ -24,7 +24,7 @@ use proto_schemas::{ConversationId, RequestId, UserId};
 use tokio::sync::mpsc;
 
 use crate::api::chunk_event;
-use crate::error::ApiError;
+use crate::error::{ApiError, TurnIds};
 use crate::routes::chat::answer;
 use crate::state::AppState;
 use crate::turn::{self, StartedTurn};
@@ -427,7 +427,13 @@ pub(crate) async fn relay(
     {
         return;
     }
-    let end = reply.map_err(|end| turn::wait_error(end, request_id, conversation_id));
+    let end = reply.map_err(|end| {
+        let turn = TurnIds {
+            request_id,
+            conversation_id,
+        };
+        turn::wait_error(end, turn)
+    });
     send_all(&events, render.end(end)).await;
 }
 

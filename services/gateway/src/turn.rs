@@ -24,7 +24,7 @@ use proto_schemas::chat::{
 use proto_schemas::{ConversationId, RequestId, UserId};
 
 use crate::api::ChatBody;
-use crate::error::ApiError;
+use crate::error::{ApiError, TurnIds};
 use crate::extract::ApiJson;
 use crate::idempotency::{self, Claim, Claimed, IdempotencyKey};
 use backon::Retryable as _;
@@ -402,7 +402,13 @@ pub(crate) async fn wait_for_reply(
     let deadline = deadline(state.settings().reply_timeout);
     next_reply(state, replies, request_id, deadline)
         .await
-        .map_err(|end| wait_error(end, request_id, conversation_id))
+        .map_err(|end| {
+            let turn = TurnIds {
+                request_id,
+                conversation_id,
+            };
+            wait_error(end, turn)
+        })
 }
 
 /// Why waiting for a reply ended without one.
@@ -458,20 +464,10 @@ pub(crate) fn deadline(timeout: Duration) -> tokio::time::Instant {
 }
 
 /// The error a wait that ended without a reply becomes.
-pub(crate) fn wait_error(
-    end: WaitEnd,
-    request_id: RequestId,
-    conversation_id: ConversationId,
-) -> ApiError {
+pub(crate) fn wait_error(end: WaitEnd, turn: TurnIds) -> ApiError {
     match end {
-        WaitEnd::TimedOut => ApiError::ReplyTimeout {
-            request_id,
-            conversation_id,
-        },
-        WaitEnd::ShuttingDown => ApiError::ShuttingDown {
-            request_id,
-            conversation_id,
-        },
+        WaitEnd::TimedOut => ApiError::ReplyTimeout { turn },
+        WaitEnd::ShuttingDown => ApiError::ShuttingDown { turn },
         WaitEnd::Closed => ApiError::unavailable("the message bus", "reply subscription closed"),
     }
 }

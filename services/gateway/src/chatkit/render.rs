@@ -286,6 +286,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+    use crate::error::TurnIds;
 
     fn types(events: &[StreamEvent]) -> Vec<String> {
         events
@@ -378,10 +379,11 @@ mod tests {
         );
 
         let mut failed = TurnEvents::new("t".to_owned(), request_id);
-        let events = failed.end_events(Err(ApiError::ReplyTimeout {
+        let turn = TurnIds {
             request_id,
             conversation_id,
-        }));
+        };
+        let events = failed.end_events(Err(ApiError::ReplyTimeout { turn }));
         assert_eq!(types(&events), ["error"]);
         let error = serde_json::to_value(&events[0]).unwrap();
         assert_eq!(error["code"], "custom");

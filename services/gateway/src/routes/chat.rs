@@ -6,7 +6,7 @@ use proto_schemas::UserId;
 use proto_schemas::chat::{ChatOutcome, ChatReply};
 
 use crate::api::{ChatAnswer, ChatBody};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, TurnIds};
 use crate::extract::AuthUser;
 use crate::routes::docs::{
     AuthErrors, BodyTooLarge, IdempotencyKeyHeader, JsonBodyErrors, TurnRefusals, TurnWaitErrors,
@@ -92,10 +92,12 @@ pub(crate) fn answer(reply: ChatReply) -> Result<ChatAnswer, ApiError> {
             request_id: reply.request_id,
             pending_approval: Some(approval.into()),
         }),
-        ChatOutcome::Failed { error } => Err(ApiError::from_turn(
-            &error,
-            reply.request_id,
-            reply.conversation_id,
-        )),
+        ChatOutcome::Failed { error } => {
+            let turn = TurnIds {
+                request_id: reply.request_id,
+                conversation_id: reply.conversation_id,
+            };
+            Err(ApiError::from_turn(&error, turn))
+        }
     }
 }

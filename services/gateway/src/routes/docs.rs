@@ -104,6 +104,7 @@ macro_rules! response_sets {
     )+};
 }
 
+/// What a 401 says, from either token check.
 const UNAUTHORIZED: &str = "Missing, invalid or expired token";
 
 response_sets! {
