@@ -132,8 +132,8 @@ impl Subjects {
         "task-service".to_owned()
     }
 
-    /// Published after commits to the event log, so tailers wake up at once: after
-    /// each of task-service's, and once per chat turn, when it settles.
+    /// Published after commits to the event log, so tailers wake up at once: once
+    /// per chat turn, when it settles, and after task-service's other commits.
     pub fn events_appended(&self) -> String {
         format!("{}.events.appended", self.prefix)
     }

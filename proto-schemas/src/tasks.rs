@@ -121,6 +121,19 @@ pub struct TaskCommand {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<uuid::Uuid>,
     pub call: ToolCall,
+    /// Whether task-service publishes the `events.appended` wake-up after appending
+    /// this command's events (true when absent). A chat turn's worker sends false: it
+    /// publishes one when the turn settles, which brings this append in too.
+    #[serde(default = "notify_by_default", skip_serializing_if = "is_true")]
+    pub notify_appended: bool,
+}
+
+fn notify_by_default() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 /// One task as the tools and the read API show it (the reference's shape).
@@ -226,6 +239,24 @@ mod tests {
         );
         assert!(ToolCall::from_name_and_arguments("drop_tables", json!({})).is_err());
         assert!(ToolCall::from_name_and_arguments("complete_task", json!({})).is_err());
+    }
+
+    #[test]
+    fn commands_notify_unless_they_say_not_to() {
+        let sent = json!({
+            "command_id": "0190f0c8-7c1e-7000-8000-000000000000",
+            "user_id": "alice",
+            "call": {"tool": "list_tasks", "arguments": {"status": "all"}},
+        });
+        let mut command: TaskCommand = serde_json::from_value(sent.clone()).unwrap();
+        assert!(command.notify_appended);
+        // The default is not written, so earlier readers see the same commands.
+        assert_eq!(serde_json::to_value(&command).unwrap(), sent);
+        command.notify_appended = false;
+        let quiet = serde_json::to_value(&command).unwrap();
+        assert_eq!(quiet["notify_appended"], false);
+        let read: TaskCommand = serde_json::from_value(quiet).unwrap();
+        assert!(!read.notify_appended);
     }
 
     #[test]

@@ -830,6 +830,8 @@ pub(crate) fn tool_command(
         user_id: request.user_id.clone(),
         correlation_id: Some(request.request_id.as_uuid()),
         call: parsed,
+        // The turn wakes the projection itself when it settles.
+        notify_appended: false,
     })
 }
 

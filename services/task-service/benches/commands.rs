@@ -247,6 +247,7 @@ async fn add_over_nats(target: &Target, user: UserId, title: String) -> anyhow::
             title,
             description: String::new(),
         }),
+        notify_appended: true,
     };
     let reply: TaskCommandReply = platform::bus::request_json(
         &target.nats,

@@ -150,12 +150,14 @@ impl CommandHandler {
                 output,
                 appended: Some(outcome),
             } => {
-                let notice = EventsAppended {
-                    stream: stream.to_string(),
-                    last_position: outcome.last_position,
-                };
-                platform::bus::notify_appended(&self.inner.bus, &self.inner.subjects, &notice)
-                    .await;
+                if command.notify_appended {
+                    let notice = EventsAppended {
+                        stream: stream.to_string(),
+                        last_position: outcome.last_position,
+                    };
+                    platform::bus::notify_appended(&self.inner.bus, &self.inner.subjects, &notice)
+                        .await;
+                }
                 Ok(output)
             }
             // A refusal or a no-op: the answer, unless this command ran before and

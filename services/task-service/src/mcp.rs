@@ -122,6 +122,7 @@ impl TaskTools {
                 user_id: user.clone(),
                 correlation_id: None,
                 call,
+                notify_appended: true,
             };
             match self.handler.handle(command).await {
                 TaskCommandReply::Applied {

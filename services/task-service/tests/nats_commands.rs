@@ -321,7 +321,7 @@ async fn malformed_commands_get_a_clear_refusal() {
 }
 
 #[tokio::test]
-async fn events_record_cause_user_and_trace_and_wake_tailers() {
+async fn events_record_cause_user_and_trace_and_wake_tailers_unless_told_not_to() {
     let h = Harness::start(1).await;
     let mut notices = h
         .bus
@@ -331,6 +331,11 @@ async fn events_record_cause_user_and_trace_and_wake_tailers() {
         .unwrap();
     h.bus.client.flush().await.unwrap();
 
+    // A chat turn's command: its worker wakes the tailers when the turn settles.
+    let mut quiet = command("alice", call("add_task", json!({"title": "Buy bread"})));
+    quiet.notify_appended = false;
+    h.send_command(&quiet).await;
+
     let mut add = command("alice", call("add_task", json!({"title": "Buy milk"})));
     add.correlation_id = Some(uuid::Uuid::now_v7());
     let span = tracing::info_span!("test_caller");
@@ -338,8 +343,8 @@ async fn events_record_cause_user_and_trace_and_wake_tailers() {
     h.send_command(&add).instrument(span).await;
 
     let events = h.events("alice").await;
-    assert_eq!(events.len(), 1);
-    let metadata = &events[0].metadata;
+    assert_eq!(events.len(), 2);
+    let metadata = &events[1].metadata;
     assert_eq!(metadata.causation_id, Some(add.command_id.as_uuid()));
     assert_eq!(metadata.correlation_id, add.correlation_id);
     assert_eq!(metadata.user_id.as_deref(), Some("alice"));
@@ -353,12 +358,14 @@ async fn events_record_cause_user_and_trace_and_wake_tailers() {
         .await
         .expect("a notice in time")
         .expect("subscription open");
+    // The first notice is the second command's: one connection's messages keep
+    // their order, so a notice of the first would have come before it.
     let notice: EventsAppended = serde_json::from_slice(&notice.payload).unwrap();
     assert_eq!(
         notice,
         EventsAppended {
             stream: "tasks-alice".into(),
-            last_position: events[0].position
+            last_position: events[1].position
         }
     );
     h.stop().await;

@@ -212,6 +212,7 @@ impl Stack {
             user_id: user_id(user),
             correlation_id: None,
             call: ToolCall::ListTasks(ListTasksArgs::default()),
+            notify_appended: true,
         };
         let reply: TaskCommandReply = platform::bus::request_json(
             &self.bus.client,

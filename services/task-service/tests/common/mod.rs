@@ -137,6 +137,7 @@ pub(crate) fn command(user: &str, call: ToolCall) -> TaskCommand {
         user_id: user_id(user),
         correlation_id: None,
         call,
+        notify_appended: true,
     }
 }
 
