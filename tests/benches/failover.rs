@@ -14,12 +14,13 @@
 //! cargo bench -p system-tests --bench failover
 //! ```
 
+mod common;
+
 use std::time::Duration;
 
-use anyhow::{bail, ensure};
-use reqwest::StatusCode;
+use anyhow::ensure;
 use serde_json::json;
-use system_tests::{Stack, StackOptions, env_number};
+use system_tests::{Stack, env_number};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -42,15 +43,7 @@ async fn main() -> anyhow::Result<()> {
         "command: FAILOVER_MODEL_MS={model_ms} FAILOVER_USERS={users} \
          cargo bench -p system-tests --bench failover"
     );
-    let mut stack = Stack::start_with(StackOptions {
-        workers: 2,
-        llm_latency_ms: model_ms,
-        dev_login: false,
-        reply_timeout_secs: 60,
-        env: vec![("GATEWAY_TURNS_PER_MINUTE", "0".into())],
-        ..Default::default()
-    })
-    .await?;
+    let mut stack = common::load_stack(model_ms).await?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(90))
         .build()?;
@@ -70,18 +63,12 @@ async fn main() -> anyhow::Result<()> {
                 }
                 let title = format!("{user}-item-{n}");
                 let sent = Instant::now();
-                let response = http
+                let turn = http
                     .post(&url)
                     .bearer_auth(&token)
                     .header("idempotency-key", uuid::Uuid::now_v7().to_string())
-                    .json(&json!({"message": format!("add a task to buy {title}")}))
-                    .send()
-                    .await?;
-                let status = response.status();
-                let body = response.text().await?;
-                if status != StatusCode::OK {
-                    bail!("{user}'s turn {n} got {status}: {body}");
-                }
+                    .json(&json!({"message": format!("add a task to buy {title}")}));
+                common::send_turn(turn, &format!("{user}'s turn {n}")).await?;
                 turns.push(Turn {
                     title,
                     sent,

@@ -13,12 +13,14 @@
 //! cargo bench -p system-tests --bench flood
 //! ```
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use reqwest::StatusCode;
 use serde_json::json;
-use system_tests::{Stack, StackOptions, env_number};
+use system_tests::{Stack, env_number};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -38,16 +40,8 @@ async fn run() -> anyhow::Result<()> {
         "command: FLOOD_MODEL_MS={model_ms} FLOOD_CALM_TURNS={calm_turns} FLOOD_BURST={burst} \
          cargo bench -p system-tests --bench flood"
     );
-    let stack = Stack::start_with(StackOptions {
-        workers: 2,
-        llm_latency_ms: model_ms,
-        dev_login: false,
-        reply_timeout_secs: 60,
-        // Only the turns-in-flight limit refuses the flood here, not the message rate.
-        env: vec![("GATEWAY_TURNS_PER_MINUTE", "0".into())],
-        ..Default::default()
-    })
-    .await?;
+    // Only the turns-in-flight limit refuses the flood here, not the message rate.
+    let stack = common::load_stack(model_ms).await?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(usize::try_from(burst)? + 8)
@@ -96,17 +90,11 @@ async fn calm(
     let mut latencies = Vec::new();
     for n in 0..turns {
         let started = Instant::now();
-        let response = http
+        let turn = http
             .post(format!("{}/api/{user}/chat", stack.gateway))
             .bearer_auth(&token)
-            .json(&json!({"message": format!("add a task to water plant {n}")}))
-            .send()
-            .await?;
-        let status = response.status();
-        let body = response.text().await?;
-        if status != StatusCode::OK {
-            bail!("the calm user's turn got {status}: {body}");
-        }
+            .json(&json!({"message": format!("add a task to water plant {n}")}));
+        common::send_turn(turn, "the calm user's turn").await?;
         latencies.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(latencies)

@@ -19,27 +19,43 @@ async fn confirming_stack() -> Stack {
     .unwrap()
 }
 
-/// `POST /api/{user}/turns/{request_id}/approvals/{approval_id}` as `user`.
-async fn decide(
-    stack: &Stack,
-    user: &str,
-    request_id: &str,
-    approval_id: &str,
-    body: Value,
-) -> (StatusCode, Value) {
-    let response = stack
-        .http()
-        .post(format!(
-            "{}/api/{user}/turns/{request_id}/approvals/{approval_id}",
-            stack.gateway
-        ))
-        .bearer_auth(stack.token(user))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap())
+/// The paused turn and the approval a decision names.
+#[derive(Debug, Clone)]
+struct Approval {
+    request_id: String,
+    approval_id: String,
+}
+
+impl Approval {
+    /// `POST /api/{path_user}/turns/{request_id}/approvals/{approval_id}` with `body`,
+    /// holding `token_user`'s token.
+    fn request(
+        &self,
+        stack: &Stack,
+        path_user: &str,
+        token_user: &str,
+        body: Value,
+    ) -> reqwest::RequestBuilder {
+        let Self {
+            request_id,
+            approval_id,
+        } = self;
+        stack
+            .http()
+            .post(format!(
+                "{}/api/{path_user}/turns/{request_id}/approvals/{approval_id}",
+                stack.gateway
+            ))
+            .bearer_auth(stack.token(token_user))
+            .json(&body)
+    }
+
+    /// Decides as `user`, on their own path: the status and the JSON answer.
+    async fn decide(&self, stack: &Stack, user: &str, body: Value) -> (StatusCode, Value) {
+        let response = self.request(stack, user, user, body).send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
 }
 
 /// The titles of `user`'s tasks, once the read model shows `expected` of them.
@@ -56,8 +72,9 @@ async fn task_titles(stack: &Stack, user: &str, expected: usize) -> Vec<String> 
     .await
 }
 
-/// Adds a task, then asks to delete it: the answer is the pending approval.
-async fn ask_to_delete(stack: &Stack, user: &str) -> (Value, String) {
+/// Adds a task, then asks to delete it: the answer is the pending approval, and the
+/// conversation's id.
+async fn ask_to_delete(stack: &Stack, user: &str) -> (Approval, String) {
     let added = stack.chat_ok(user, "Add a task to buy milk", None).await;
     let conversation = added["conversation_id"].as_str().unwrap().to_owned();
     let paused = stack
@@ -67,28 +84,25 @@ async fn ask_to_delete(stack: &Stack, user: &str) -> (Value, String) {
     assert_eq!(pending["name"], "delete_task", "{paused}");
     assert_eq!(pending["arguments"]["task_id"], 1, "{paused}");
     assert_eq!(paused["response"], "", "{paused}");
-    (paused, conversation)
+    let approval = Approval {
+        request_id: paused["request_id"].as_str().unwrap().to_owned(),
+        approval_id: pending["approval_id"].as_str().unwrap().to_owned(),
+    };
+    (approval, conversation)
 }
 
 #[tokio::test]
 async fn an_approved_call_runs_and_a_declined_one_does_not() {
     let stack = confirming_stack().await;
-    let (paused, _) = ask_to_delete(&stack, "ada").await;
-    let request_id = paused["request_id"].as_str().unwrap();
-    let approval_id = paused["pending_approval"]["approval_id"].as_str().unwrap();
+    let (approval, _) = ask_to_delete(&stack, "ada").await;
     // Paused: nothing was deleted.
     assert_eq!(task_titles(&stack, "ada", 1).await, ["Buy milk"]);
 
-    let (status, answer) = decide(
-        &stack,
-        "ada",
-        request_id,
-        approval_id,
-        json!({"approve": true}),
-    )
-    .await;
+    let (status, answer) = approval
+        .decide(&stack, "ada", json!({"approve": true}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(answer["request_id"], request_id);
+    assert_eq!(answer["request_id"], approval.request_id);
     assert!(answer.get("pending_approval").is_none(), "{answer}");
     let calls = answer["tool_calls"].as_array().unwrap();
     assert_eq!(calls.len(), 1, "{answer}");
@@ -96,29 +110,17 @@ async fn an_approved_call_runs_and_a_declined_one_does_not() {
     assert_eq!(calls[0]["result"]["status"], "deleted", "{answer}");
     assert!(task_titles(&stack, "ada", 0).await.is_empty());
     // Decided: a second decision is a conflict and changes nothing.
-    let (status, again) = decide(
-        &stack,
-        "ada",
-        request_id,
-        approval_id,
-        json!({"approve": false}),
-    )
-    .await;
+    let (status, again) = approval
+        .decide(&stack, "ada", json!({"approve": false}))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{again}");
     assert_eq!(again["error"]["code"], "turn_finished");
 
     // Declined: the task stays, and the model is told.
-    let (paused, _) = ask_to_delete(&stack, "bo").await;
-    let request_id = paused["request_id"].as_str().unwrap();
-    let approval_id = paused["pending_approval"]["approval_id"].as_str().unwrap();
-    let (status, answer) = decide(
-        &stack,
-        "bo",
-        request_id,
-        approval_id,
-        json!({"approve": false}),
-    )
-    .await;
+    let (approval, _) = ask_to_delete(&stack, "bo").await;
+    let (status, answer) = approval
+        .decide(&stack, "bo", json!({"approve": false}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     let calls = answer["tool_calls"].as_array().unwrap();
     assert_eq!(calls.len(), 1, "{answer}");
@@ -135,12 +137,7 @@ async fn an_approved_call_runs_and_a_declined_one_does_not() {
 #[tokio::test]
 async fn a_paused_turn_survives_a_worker_restart_and_is_the_users_own() {
     let mut stack = confirming_stack().await;
-    let (paused, _) = ask_to_delete(&stack, "ada").await;
-    let request_id = paused["request_id"].as_str().unwrap().to_owned();
-    let approval_id = paused["pending_approval"]["approval_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (approval, _) = ask_to_delete(&stack, "ada").await;
 
     // The pause is state in the log: a worker started afresh picks the turn up.
     stack.kill("agent-worker-0").await.unwrap();
@@ -148,70 +145,66 @@ async fn a_paused_turn_survives_a_worker_restart_and_is_the_users_own() {
 
     // Another user cannot see or decide it (their own path: 404; ada's: 403); bad
     // ids and bodies change nothing.
-    let (status, body) = decide(
-        &stack,
-        "eve",
-        &request_id,
-        &approval_id,
-        json!({"approve": true}),
-    )
-    .await;
+    let (status, body) = approval
+        .decide(&stack, "eve", json!({"approve": true}))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    let response = stack
-        .http()
-        .post(format!(
-            "{}/api/ada/turns/{request_id}/approvals/{approval_id}",
-            stack.gateway
-        ))
-        .bearer_auth(stack.token("eve"))
-        .json(&json!({"approve": true}))
+    let response = approval
+        .request(&stack, "ada", "eve", json!({"approve": true}))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
-    let unknown = proto_schemas::RequestId::new().to_string();
-    let (status, body) = decide(
-        &stack,
-        "ada",
-        &unknown,
-        &approval_id,
-        json!({"approve": true}),
-    )
-    .await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    let (status, body) = decide(&stack, "ada", &request_id, "nope", json!({"approve": true})).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert_eq!(body["error"]["code"], "invalid_approval_id");
-    let (status, body) = decide(
-        &stack,
-        "ada",
-        &request_id,
-        &approval_id,
-        json!({"approve": "yes"}),
-    )
-    .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    let other_approval = proto_schemas::ApprovalId::new().to_string();
-    let (status, body) = decide(
-        &stack,
-        "ada",
-        &request_id,
-        &other_approval,
-        json!({"approve": true}),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert_eq!(body["error"]["code"], "approval_not_pending");
+    // Each case: the approval named, the body, the status and the error code if any.
+    let unknown_request = Approval {
+        request_id: proto_schemas::RequestId::new().to_string(),
+        ..approval.clone()
+    };
+    let bad_approval_id = Approval {
+        approval_id: "nope".to_owned(),
+        ..approval.clone()
+    };
+    let other_approval = Approval {
+        approval_id: proto_schemas::ApprovalId::new().to_string(),
+        ..approval.clone()
+    };
+    for (named, body, expected, code) in [
+        (
+            &unknown_request,
+            json!({"approve": true}),
+            StatusCode::NOT_FOUND,
+            None,
+        ),
+        (
+            &bad_approval_id,
+            json!({"approve": true}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("invalid_approval_id"),
+        ),
+        (
+            &approval,
+            json!({"approve": "yes"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            None,
+        ),
+        (
+            &other_approval,
+            json!({"approve": true}),
+            StatusCode::CONFLICT,
+            Some("approval_not_pending"),
+        ),
+    ] {
+        let (status, answer) = named.decide(&stack, "ada", body).await;
+        assert_eq!(status, expected, "{named:?}: {answer}");
+        if let Some(code) = code {
+            assert_eq!(answer["error"]["code"], code, "{named:?}");
+        }
+    }
     assert_eq!(task_titles(&stack, "ada", 1).await, ["Buy milk"]);
 
-    let (status, answer) = decide(
-        &stack,
-        "ada",
-        &request_id,
-        &approval_id,
-        json!({"approve": true}),
-    )
-    .await;
+    let (status, answer) = approval
+        .decide(&stack, "ada", json!({"approve": true}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(
         answer["tool_calls"][0]["result"]["status"], "deleted",
@@ -289,9 +282,7 @@ async fn messages_as_counted(
 #[tokio::test]
 async fn a_paused_turn_is_decided_before_it_is_regenerated() {
     let stack = confirming_stack().await;
-    let (paused, conversation) = ask_to_delete(&stack, "ada").await;
-    let request_id = paused["request_id"].as_str().unwrap();
-    let approval_id = paused["pending_approval"]["approval_id"].as_str().unwrap();
+    let (approval, conversation) = ask_to_delete(&stack, "ada").await;
 
     let response = regenerate(&stack, "ada", &conversation, false).await;
     assert_eq!(response.status(), StatusCode::CONFLICT);
@@ -307,25 +298,20 @@ async fn a_paused_turn_is_decided_before_it_is_regenerated() {
     assert_eq!(last.data["error"]["code"], "nothing_to_regenerate");
     // Refused, nothing changed: the paused turn is still the last one, and pending.
     let messages = messages_as_counted(&stack, "ada", &conversation, 3).await;
-    assert_eq!(messages[2]["request_id"], request_id);
+    assert_eq!(messages[2]["request_id"], approval.request_id);
     assert_eq!(task_titles(&stack, "ada", 1).await, ["Buy milk"]);
 
     // Decided (declined), the turn has ended: now it is answered again, and pauses
     // again before the same call.
-    let (status, answer) = decide(
-        &stack,
-        "ada",
-        request_id,
-        approval_id,
-        json!({"approve": false}),
-    )
-    .await;
+    let (status, answer) = approval
+        .decide(&stack, "ada", json!({"approve": false}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     messages_as_counted(&stack, "ada", &conversation, 4).await;
     let response = regenerate(&stack, "ada", &conversation, false).await;
     assert_eq!(response.status(), StatusCode::OK);
     let again: Value = response.json().await.unwrap();
-    assert_ne!(again["request_id"], request_id);
+    assert_ne!(again["request_id"], approval.request_id);
     assert_eq!(again["pending_approval"]["name"], "delete_task", "{again}");
     // The superseded turn's message and answer are hidden; its request is back once.
     let messages = messages_as_counted(&stack, "ada", &conversation, 3).await;
@@ -333,9 +319,5 @@ async fn a_paused_turn_is_decided_before_it_is_regenerated() {
     assert_eq!(messages[2]["content"], "Delete task 1");
     assert_eq!(task_titles(&stack, "ada", 1).await, ["Buy milk"]);
     let verify = stack.run_to_end("projection", &["verify"]).await.unwrap();
-    assert!(
-        verify.status.success(),
-        "verify: {}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    testkit::assert_success("projection verify", &verify);
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use rmcp::ServiceExt as _;
 use rmcp::model::CallToolRequestParams;
 use rmcp::transport::StreamableHttpClientTransport;
@@ -29,15 +29,22 @@ fn claims(user: &str) -> Value {
     json!({"sub": user, "exp": now() + 600, "iss": ISSUER, "aud": AUDIENCE})
 }
 
-/// `GET {url}` with `token`; the status and the `WWW-Authenticate` header.
-async fn get_with(stack: &Stack, url: &str, token: &str) -> (StatusCode, Option<String>) {
-    let response = stack
+/// `method {gateway}{path}` holding `token`, as a client with a provider's token sends it.
+fn with_token(
+    stack: &Stack,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+) -> reqwest::RequestBuilder {
+    stack
         .http()
-        .get(url)
+        .request(method, format!("{}{path}", stack.gateway))
         .bearer_auth(token)
-        .send()
-        .await
-        .expect("answered");
+}
+
+/// Sends `request`; the status and the `WWW-Authenticate` header of the answer.
+async fn status_and_challenge(request: reqwest::RequestBuilder) -> (StatusCode, Option<String>) {
+    let response = request.send().await.expect("answered");
     let challenge = response
         .headers()
         .get(reqwest::header::WWW_AUTHENTICATE)
@@ -45,29 +52,29 @@ async fn get_with(stack: &Stack, url: &str, token: &str) -> (StatusCode, Option<
     (response.status(), challenge)
 }
 
+/// `GET {url}` with `token`; the status and the `WWW-Authenticate` header.
+async fn get_with(stack: &Stack, url: &str, token: &str) -> (StatusCode, Option<String>) {
+    status_and_challenge(stack.http().get(url).bearer_auth(token)).await
+}
+
 /// A raw MCP `initialize` with `token`; the status and the `WWW-Authenticate` header.
 async fn mcp_initialize(stack: &Stack, token: &str) -> (StatusCode, Option<String>) {
-    let response = stack
-        .http()
-        .post(&stack.mcp)
-        .bearer_auth(token)
-        .header("accept", "application/json, text/event-stream")
-        .json(&json!({
-            "jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "auth-oidc-test", "version": "1"}
-            }
-        }))
-        .send()
-        .await
-        .expect("answered");
-    let challenge = response
-        .headers()
-        .get(reqwest::header::WWW_AUTHENTICATE)
-        .map(|value| value.to_str().unwrap().to_owned());
-    (response.status(), challenge)
+    status_and_challenge(
+        stack
+            .http()
+            .post(&stack.mcp)
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({
+                "jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "auth-oidc-test", "version": "1"}
+                }
+            })),
+    )
+    .await
 }
 
 /// The titles `list_tasks` returns over MCP to a client holding `user`'s `token`.
@@ -169,10 +176,7 @@ async fn identity_provider_tokens_work_everywhere_and_wrong_ones_are_refused() {
     // An RS256 token without `iat` chats, reads and lists over MCP.
     let ada = rsa.sign(&claims("ada"));
     let answer = expect_json(
-        stack
-            .http()
-            .post(format!("{}/api/ada/chat", stack.gateway))
-            .bearer_auth(&ada)
+        with_token(&stack, Method::POST, "/api/ada/chat", &ada)
             .json(&json!({"message": "add a task to buy milk"})),
         StatusCode::OK,
     )
@@ -207,27 +211,18 @@ async fn identity_provider_tokens_work_everywhere_and_wrong_ones_are_refused() {
     // What the web page does with a pasted token: ask who it is, load the page's
     // lists, stream a turn.
     let me = expect_json(
-        stack
-            .http()
-            .get(format!("{}/api/me", stack.gateway))
-            .bearer_auth(&ada),
+        with_token(&stack, Method::GET, "/api/me", &ada),
         StatusCode::OK,
     )
     .await;
     assert_eq!(me, json!({"user_id": "ada"}));
     expect_json(
-        stack
-            .http()
-            .get(format!("{}/api/ada/conversations", stack.gateway))
-            .bearer_auth(&ada),
+        with_token(&stack, Method::GET, "/api/ada/conversations", &ada),
         StatusCode::OK,
     )
     .await;
     let stream = open_event_stream(
-        stack
-            .http()
-            .post(format!("{}/api/ada/chat/stream", stack.gateway))
-            .bearer_auth(&ada)
+        with_token(&stack, Method::POST, "/api/ada/chat/stream", &ada)
             .json(&json!({"message": "what is still open?"})),
     )
     .await;

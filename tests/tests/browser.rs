@@ -159,6 +159,12 @@ impl Browser {
         Ok(self.client.execute(script, args).await?)
     }
 
+    /// [`Self::wait_until`] for a change on the page: the usual wait for the interface,
+    /// and a `script` that takes no arguments.
+    async fn wait_for_ui(&self, what: &str, script: &str) -> anyhow::Result<Value> {
+        self.wait_until(what, UI, script, vec![]).await
+    }
+
     /// Waits until `script` returns something truthy and returns it; on timeout, fails
     /// naming `what` and describing what the page shows instead.
     async fn wait_until(
@@ -255,12 +261,10 @@ impl Browser {
     /// AUTH_DEV_LOGIN=true), as a fresh user with an empty task list.
     async fn sign_in_with_dev_login(&self, stack: &Stack, user: &str) -> anyhow::Result<()> {
         self.client.goto(&format!("{}/", stack.gateway)).await?;
-        self.wait_until(
+        self.wait_for_ui(
             "the dev sign-in form",
-            UI,
             "const form = document.getElementById('dev-login');
              return form && !form.hidden && document.activeElement === document.getElementById('dev-user');",
-            vec![],
         )
         .await?;
         let name = self.client.find(Locator::Css("#dev-user")).await?;
@@ -419,11 +423,9 @@ async fn chat_in_the_browser(stack: &Stack, browser: &Browser) -> anyhow::Result
         )
         .await?;
     browser
-        .wait_until(
+        .wait_for_ui(
             "task 1 gone from the pending list",
-            UI,
             "return !document.querySelector('#tasks-pending li[data-task-id=\"1\"]');",
-            vec![],
         )
         .await?;
     browser
@@ -451,12 +453,10 @@ async fn chat_in_the_browser(stack: &Stack, browser: &Browser) -> anyhow::Result
         .wait_for_text("the user after reload", UI, "#account-user", user)
         .await?;
     let messages = browser
-        .wait_until(
+        .wait_for_ui(
             "the conversation's four messages after reload",
-            UI,
             "const messages = [...document.querySelectorAll('#messages .msg')];
              return messages.length >= 4 ? messages.map((m) => m.className + ': ' + m.innerText) : null;",
-            vec![],
         )
         .await?;
     let shown = messages.to_string().to_lowercase();
@@ -484,15 +484,13 @@ async fn chat_in_the_browser(stack: &Stack, browser: &Browser) -> anyhow::Result
     // A phone-sized window: one column, the task panel below the chat.
     browser.client.set_window_size(390, 844).await?;
     browser
-        .wait_until(
+        .wait_for_ui(
             "the one-column layout",
-            UI,
             "const chat = document.querySelector('.chat').getBoundingClientRect();
              const tasks = document.querySelector('.tasks').getBoundingClientRect();
              return window.innerWidth < 500 && tasks.top >= chat.bottom - 1
                && document.documentElement.scrollWidth <= window.innerWidth
                ? { width: window.innerWidth, chat_bottom: chat.bottom, tasks_top: tasks.top } : null;",
-            vec![],
         )
         .await?;
     browser.screenshot("browser-4-phone").await?;
@@ -508,12 +506,10 @@ async fn chat_in_the_browser(stack: &Stack, browser: &Browser) -> anyhow::Result
 async fn sign_in_with_tokens(stack: &Stack, browser: &Browser) -> anyhow::Result<()> {
     browser.client.goto(&format!("{}/", stack.gateway)).await?;
     browser
-        .wait_until(
+        .wait_for_ui(
             "the token form, focused, with dev sign-in hidden (the server answers 404 for it)",
-            UI,
             "return document.getElementById('dev-login').hidden
                && document.activeElement === document.getElementById('token-input');",
-            vec![],
         )
         .await?;
 
@@ -530,12 +526,10 @@ async fn sign_in_with_tokens(stack: &Stack, browser: &Browser) -> anyhow::Result
         )
         .await?;
     browser
-        .wait_until(
+        .wait_for_ui(
             "the sign-in form again",
-            UI,
             "return document.getElementById('app-view').hidden
                && !document.getElementById('signin-view').hidden;",
-            vec![],
         )
         .await?;
     browser.screenshot("browser-6-token-refused").await?;
@@ -574,11 +568,9 @@ async fn sign_in_with_a_provider_token(
 ) -> anyhow::Result<()> {
     browser.client.goto(&format!("{gateway}/")).await?;
     browser
-        .wait_until(
+        .wait_for_ui(
             "the token form",
-            UI,
             "return document.activeElement === document.getElementById('token-input');",
-            vec![],
         )
         .await?;
     browser.sign_in_with_token(token).await?;
@@ -674,11 +666,9 @@ async fn steer_turns_in_the_browser(stack: &Stack, browser: &Browser) -> anyhow:
         "the approved call did not run: {approved}"
     );
     browser
-        .wait_until(
+        .wait_for_ui(
             "task 1 gone from the list",
-            UI,
             "return document.querySelector(\"#tasks-pending li[data-task-id='1']\") === null;",
-            vec![],
         )
         .await?;
 
@@ -705,11 +695,9 @@ async fn steer_turns_in_the_browser(stack: &Stack, browser: &Browser) -> anyhow:
         "the turn was not shown as stopped: {stopped}"
     );
     browser
-        .wait_until(
+        .wait_for_ui(
             "the stopped message back in the composer",
-            UI,
             "return document.getElementById('composer-input').value === 'add a task to walk the dog';",
-            vec![],
         )
         .await?;
     browser.screenshot("steering-3-stopped").await?;
@@ -787,11 +775,9 @@ async fn steer_turns_in_the_browser(stack: &Stack, browser: &Browser) -> anyhow:
     )
     .await?;
     browser
-        .wait_until(
+        .wait_for_ui(
             "the conversation gone from the list",
-            UI,
             "return document.querySelectorAll('#conversation-list .conversation').length === 0;",
-            vec![],
         )
         .await?;
     Ok(())
@@ -828,53 +814,49 @@ where
     browser.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_person_chats_in_the_browser_and_sees_the_task_list_follow() {
-    // Fail before starting anything when the browser is not installed.
+/// Starts a stack with `options` for a browser test, after checking the browser is
+/// installed: without one the test fails before the stack is started.
+async fn browser_stack(options: StackOptions) -> Stack {
     Installed::find()
         .map_err(|error| format!("{error:#}"))
         .unwrap();
-    let stack = Stack::start().await.expect("the stack starts");
+    Stack::start_with(options).await.expect("the stack starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_chats_in_the_browser_and_sees_the_task_list_follow() {
+    let stack = browser_stack(StackOptions::default()).await;
     in_browser(&stack, "browser", chat_in_the_browser).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_stops_regenerates_approves_and_reloads_in_the_browser() {
-    Installed::find()
-        .map_err(|error| format!("{error:#}"))
-        .unwrap();
     // Slow enough to press Stop and reload mid-turn.
-    let options = StackOptions {
+    let stack = browser_stack(StackOptions {
         llm_latency_ms: 1_500,
         env: vec![("AGENT_CONFIRM_TOOLS", "delete_task".to_owned())],
         ..StackOptions::default()
-    };
-    let stack = Stack::start_with(options).await.expect("the stack starts");
+    })
+    .await;
     in_browser(&stack, "steering", steer_turns_in_the_browser).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_dev_login_a_person_signs_in_with_a_token_and_bad_tokens_are_explained() {
-    Installed::find()
-        .map_err(|error| format!("{error:#}"))
-        .unwrap();
-    let options = StackOptions {
+    let stack = browser_stack(StackOptions {
         dev_login: false,
         ..StackOptions::default()
-    };
-    let stack = Stack::start_with(options).await.expect("the stack starts");
+    })
+    .await;
     in_browser(&stack, "browser-tokens", sign_in_with_tokens).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_provider_token_signs_in_on_the_page() {
-    Installed::find()
-        .map_err(|error| format!("{error:#}"))
-        .unwrap();
     let idp = TestIdp::start().await.expect("the provider serves");
     let key = TestKey::generate(KeyKind::Rsa, "rsa-1");
     idp.publish(&key);
-    let options = StackOptions {
+    let stack = browser_stack(StackOptions {
         dev_login: false,
         env: vec![
             ("AUTH_JWKS_URL", idp.jwks_url().to_owned()),
@@ -882,8 +864,8 @@ async fn an_identity_provider_token_signs_in_on_the_page() {
             ("AUTH_USER_CLAIM", "email".to_owned()),
         ],
         ..StackOptions::default()
-    };
-    let stack = Stack::start_with(options).await.expect("the stack starts");
+    })
+    .await;
     let token = key.sign(&json!({
         "sub": "auth0|5f7c8ec7",
         "email": "grace@example.com",

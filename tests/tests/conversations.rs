@@ -62,12 +62,18 @@ async fn listed(
 /// `projection verify` must find the read models equal to a fresh fold of the log.
 async fn verify(stack: &Stack) {
     let verify = stack.run_to_end("projection", &["verify"]).await.unwrap();
-    assert!(
-        verify.status.success(),
-        "verify: {}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    testkit::assert_success("projection verify", &verify);
+}
+
+/// `PATCH path` as `user`, renaming the conversation to `title`.
+async fn rename(stack: &Stack, user: &str, path: &str, title: Value) -> (StatusCode, Value) {
+    let body = json!({ "title": title });
+    call(stack, user, Method::PATCH, path, Some(body)).await
+}
+
+/// `DELETE path` as `user`.
+async fn delete(stack: &Stack, user: &str, path: &str) -> (StatusCode, Value) {
+    call(stack, user, Method::DELETE, path, None).await
 }
 
 #[tokio::test]
@@ -84,50 +90,22 @@ async fn a_conversation_is_renamed_then_deleted_from_every_read() {
         (json!("  "), "invalid_title"),
         (json!("x".repeat(201)), "invalid_title"),
     ] {
-        let (status, body) = call(
-            &stack,
-            "ada",
-            Method::PATCH,
-            &path,
-            Some(json!({"title": title})),
-        )
-        .await;
+        let (status, body) = rename(&stack, "ada", &path, title).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert_eq!(body["error"]["code"], code);
     }
     let theirs = format!("/api/eve/conversations/{id}");
-    let (status, _) = call(
-        &stack,
-        "eve",
-        Method::PATCH,
-        &theirs,
-        Some(json!({"title": "Mine"})),
-    )
-    .await;
+    let (status, _) = rename(&stack, "eve", &theirs, json!("Mine")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = call(&stack, "eve", Method::DELETE, &theirs, None).await;
+    let (status, _) = delete(&stack, "eve", &theirs).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = call(&stack, "eve", Method::DELETE, &path, None).await;
+    let (status, _) = delete(&stack, "eve", &path).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, body) = call(
-        &stack,
-        "ada",
-        Method::DELETE,
-        "/api/ada/conversations/42",
-        None,
-    )
-    .await;
+    let (status, body) = delete(&stack, "ada", "/api/ada/conversations/42").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 
     // Renamed: the list shows the new title, and a later message does not re-title it.
-    let (status, body) = call(
-        &stack,
-        "ada",
-        Method::PATCH,
-        &path,
-        Some(json!({"title": " Groceries "})),
-    )
-    .await;
+    let (status, body) = rename(&stack, "ada", &path, json!(" Groceries ")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({"conversation_id": id, "title": "Groceries"}));
     stack
@@ -137,7 +115,7 @@ async fn a_conversation_is_renamed_then_deleted_from_every_read() {
     verify(&stack).await;
 
     // Deleted: gone from the list and the messages, and no turn continues it.
-    let (status, _) = call(&stack, "ada", Method::DELETE, &path, None).await;
+    let (status, _) = delete(&stack, "ada", &path).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let left = listed(&stack, "ada", 1, None).await;
     assert_ne!(left[0].0, id);
@@ -149,16 +127,9 @@ async fn a_conversation_is_renamed_then_deleted_from_every_read() {
         .unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["error"]["code"], "conversation_not_found");
-    let (status, _) = call(&stack, "ada", Method::DELETE, &path, None).await;
+    let (status, _) = delete(&stack, "ada", &path).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "deleting twice");
-    let (status, _) = call(
-        &stack,
-        "ada",
-        Method::PATCH,
-        &path,
-        Some(json!({"title": "Back"})),
-    )
-    .await;
+    let (status, _) = rename(&stack, "ada", &path, json!("Back")).await;
     assert_eq!(
         status,
         StatusCode::NOT_FOUND,

@@ -196,9 +196,5 @@ async fn a_nats_restart_under_load_loses_and_duplicates_nothing() {
     }
 
     let verify = stack.run_to_end("projection", &["verify"]).await.unwrap();
-    assert!(
-        verify.status.success(),
-        "projection verify: {}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    testkit::assert_success("projection verify", &verify);
 }

@@ -29,11 +29,7 @@ async fn answers(stack: &Stack, user: &str) -> Vec<Value> {
 /// Runs `projection verify`, which must find the read models agree with the log.
 async fn verify(stack: &Stack, when: &str) {
     let verify = stack.run_to_end("projection", &["verify"]).await.unwrap();
-    assert!(
-        verify.status.success(),
-        "verify {when}: {}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    testkit::assert_success(&format!("projection verify {when}"), &verify);
 }
 
 #[tokio::test]
@@ -93,12 +89,7 @@ async fn replay_after_dropping_the_read_models_gives_identical_answers() {
         .unwrap();
 
     let replay = stack.run_to_end("projection", &["replay"]).await.unwrap();
-    assert!(
-        replay.status.success(),
-        "replay failed: {}{}",
-        String::from_utf8_lossy(&replay.stdout),
-        String::from_utf8_lossy(&replay.stderr)
-    );
+    testkit::assert_success("projection replay", &replay);
     for (user, expected) in ["ana", "ben"].into_iter().zip(&before) {
         let after = eventually(
             Duration::from_secs(20),

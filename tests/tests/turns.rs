@@ -59,15 +59,22 @@ fn names(events: &[SseEvent]) -> Vec<&str> {
     events.iter().map(|event| event.event.as_str()).collect()
 }
 
-#[tokio::test]
-async fn a_dropped_stream_resumes_after_its_last_event_on_any_gateway() {
-    // Slow enough that the stream is cut while the turn still runs.
-    let mut stack = Stack::start_with(StackOptions {
-        llm_latency_ms: 700,
+/// A stack whose offline-llm answers each call after `latency_ms`, with `env` set for
+/// every service.
+async fn slow_stack(latency_ms: u64, env: Vec<(&'static str, String)>) -> Stack {
+    Stack::start_with(StackOptions {
+        llm_latency_ms: latency_ms,
+        env,
         ..Default::default()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_dropped_stream_resumes_after_its_last_event_on_any_gateway() {
+    // Slow enough that the stream is cut while the turn still runs.
+    let mut stack = slow_stack(700, Vec::new()).await;
     let user = "resumer";
     let response = open_event_stream(chat_stream(&stack, user, "add a task to buy milk")).await;
     let request = request_id(&response);
@@ -184,13 +191,7 @@ async fn a_dropped_stream_resumes_after_its_last_event_on_any_gateway() {
 async fn a_cancel_stops_a_slow_model_call_at_once_and_no_tool_call_runs() {
     // One turn at a time: the worker is free for the next turn only once the
     // cancelled one has let go of its model call.
-    let stack = Stack::start_with(StackOptions {
-        llm_latency_ms: 3000,
-        env: vec![("AGENT_CONCURRENCY", "1".to_owned())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let stack = slow_stack(3000, vec![("AGENT_CONCURRENCY", "1".to_owned())]).await;
     let user = "stopper";
     let response = open_event_stream(chat_stream(&stack, user, "add a task to buy milk")).await;
     let request = request_id(&response);

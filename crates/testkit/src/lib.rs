@@ -7,7 +7,8 @@
 //! OpenAI-compatible server and [`read_events`] reads a Server-Sent Events response;
 //! [`expect_json`] and [`open_event_stream`] check an HTTP answer's status and body;
 //! [`TestIdp`] is an identity provider serving a JWKS of keys made in the test;
-//! [`NatsServer`] is a NATS server of the test's own, to kill and restart.
+//! [`NatsServer`] is a NATS server of the test's own, to kill and restart;
+//! [`assert_success`] checks a process that ran to its end.
 //!
 //! Both fixtures clean up after themselves when dropped, best effort: a test that
 //! crashes the process can leave a `test_…` database or `T…` streams behind, which
@@ -294,6 +295,18 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Asserts that a process run to its end (say `projection verify`) succeeded; the
+/// failure names `what` and shows everything the process wrote to stdout and stderr.
+pub fn assert_success(what: &str, output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// A user id tests write as a literal; panics when it is not a valid one.
