@@ -54,10 +54,16 @@ async fn ping(
     bus::request_json(client, subject, &Ping { n }, timeout).await
 }
 
+/// [`ping`] that must fail: its error.
+async fn ping_error(client: &async_nats::Client, subject: String, timeout: Duration) -> BusError {
+    ping(client, subject, 1, timeout)
+        .await
+        .expect_err("the ping must fail")
+}
+
 /// Answers `Ping`s on `subject` with `Pong`s, following each request's trace.
 async fn spawn_responder(client: async_nats::Client, subject: String) {
-    let mut requests = client.subscribe(subject).await.unwrap();
-    client.flush().await.unwrap();
+    let mut requests = testkit::subscribe(&client, subject).await;
     tokio::spawn(async move {
         while let Some(message) = requests.next().await {
             let span = tracing::info_span!("handle ping");
@@ -95,9 +101,7 @@ async fn request_json_round_trips_through_a_responder() {
 #[tokio::test]
 async fn request_without_responder_is_no_responders() {
     let (client, subject) = client_on("nobody").await;
-    let error = ping(&client, subject, 1, Duration::from_secs(5))
-        .await
-        .unwrap_err();
+    let error = ping_error(&client, subject, Duration::from_secs(5)).await;
     assert!(matches!(error, BusError::NoResponders), "{error:?}");
 }
 
@@ -105,19 +109,15 @@ async fn request_without_responder_is_no_responders() {
 async fn slow_responder_is_a_timeout() {
     let (client, subject) = client_on("slow").await;
     // Subscribed but never answering.
-    let _silent = client.subscribe(subject.clone()).await.unwrap();
-    client.flush().await.unwrap();
-    let error = ping(&client, subject, 1, Duration::from_millis(200))
-        .await
-        .unwrap_err();
+    let _silent = testkit::subscribe(&client, subject.clone()).await;
+    let error = ping_error(&client, subject, Duration::from_millis(200)).await;
     assert!(matches!(error, BusError::Timeout), "{error:?}");
 }
 
 #[tokio::test]
 async fn undecodable_reply_is_a_decode_error() {
     let (client, subject) = client_on("garbage").await;
-    let mut requests = client.subscribe(subject.clone()).await.unwrap();
-    client.flush().await.unwrap();
+    let mut requests = testkit::subscribe(&client, subject.clone()).await;
     let responder = client.clone();
     tokio::spawn(async move {
         let message = requests.next().await.unwrap();
@@ -126,9 +126,7 @@ async fn undecodable_reply_is_a_decode_error() {
             .await
             .unwrap();
     });
-    let error = ping(&client, subject, 1, Duration::from_secs(5))
-        .await
-        .unwrap_err();
+    let error = ping_error(&client, subject, Duration::from_secs(5)).await;
     assert!(matches!(error, BusError::Decode(_)), "{error:?}");
 }
 
@@ -432,8 +430,6 @@ async fn serve_answers_what_was_delivered_before_shutdown_then_returns() {
     assert_eq!(service.echo.most_in_flight.load(Ordering::SeqCst), 1);
 
     // Drained means unsubscribed: nobody takes new requests any more.
-    let error = ping(&service.caller, service.subject, 1, Duration::from_secs(5))
-        .await
-        .unwrap_err();
+    let error = ping_error(&service.caller, service.subject, Duration::from_secs(5)).await;
     assert!(matches!(error, BusError::NoResponders), "{error:?}");
 }

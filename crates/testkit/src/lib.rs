@@ -8,7 +8,8 @@
 //! [`expect_json`] and [`open_event_stream`] check an HTTP answer's status and body;
 //! [`TestIdp`] is an identity provider serving a JWKS of keys made in the test;
 //! [`NatsServer`] is a NATS server of the test's own, to kill and restart;
-//! [`assert_success`] checks a process that ran to its end.
+//! [`subscribe`] subscribes before the test publishes, and [`assert_success`] checks a
+//! process that ran to its end.
 //!
 //! Both fixtures clean up after themselves when dropped, best effort: a test that
 //! crashes the process can leave a `test_…` database or `T…` streams behind, which
@@ -307,6 +308,21 @@ pub fn assert_success(what: &str, output: &std::process::Output) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Subscribes `client` to `subject` and waits until the server has the subscription
+/// (a flush), so that nothing published after this returns is missed. Panics when
+/// either fails.
+pub async fn subscribe(
+    client: &async_nats::Client,
+    subject: impl async_nats::ToSubject,
+) -> async_nats::Subscriber {
+    let subscriber = client.subscribe(subject).await.expect("subscribed");
+    client
+        .flush()
+        .await
+        .expect("the subscription reached the server");
+    subscriber
 }
 
 /// A user id tests write as a literal; panics when it is not a valid one.

@@ -37,14 +37,8 @@ const SLOW_TURNS_PER_REPLICA: usize = 64;
 const CONCURRENCY: u16 = 8;
 const USERS: usize = 50;
 
-fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(run())
-}
-
-async fn run() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut stack = Stack::start_quietly(0).await;
     let mut bench = Bench { counter: 0 };
@@ -150,13 +144,11 @@ impl Bench {
     /// One turn, published and answered: the latency the user sees.
     async fn one(&mut self, stack: &Stack) -> Duration {
         let request = self.request(stack);
-        let mut replies = stack
-            .bus
-            .client
-            .subscribe(stack.bus.subjects.chat_reply(request.request_id))
-            .await
-            .unwrap();
-        stack.bus.client.flush().await.unwrap();
+        let mut replies = testkit::subscribe(
+            &stack.bus.client,
+            stack.bus.subjects.chat_reply(request.request_id),
+        )
+        .await;
         let started = Instant::now();
         stack.publish(&request).await;
         tokio::time::timeout(Duration::from_secs(60), replies.next())
@@ -172,13 +164,11 @@ impl Bench {
             .iter()
             .map(|request| stack.bus.subjects.chat_reply(request.request_id))
             .collect();
-        let mut replies = stack
-            .bus
-            .client
-            .subscribe(stack.bus.subjects.chat_replies_wildcard())
-            .await
-            .unwrap();
-        stack.bus.client.flush().await.unwrap();
+        let mut replies = testkit::subscribe(
+            &stack.bus.client,
+            stack.bus.subjects.chat_replies_wildcard(),
+        )
+        .await;
         let started = Instant::now();
         let jetstream = stack.jetstream();
         let publishing = futures::future::join_all(

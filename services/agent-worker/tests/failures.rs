@@ -6,15 +6,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Stack, answered, failed};
+use common::{Stack, answered, chat_error, failed};
 use proto_schemas::chat::ChatErrorCode;
 use proto_schemas::events::ConversationEvent;
 use testkit::{ModelStub, Scripted};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_server_failing_twice_with_503_is_retried_and_the_turn_answered() {
-    let mut stack = Stack::start(0).await;
-    let model = ModelStub::start(Some(stack.llm_base.clone()), |call| {
+    let (stack, model) = Stack::with_model(|call| {
         if call < 2 {
             Scripted::Status(503, None)
         } else {
@@ -22,7 +21,6 @@ async fn a_model_server_failing_twice_with_503_is_retried_and_the_turn_answered(
         }
     })
     .await;
-    stack.spawn_worker_on(&model, |_| {}).await;
 
     let request = stack.new_chat("alice", "add a task to buy milk");
     let reply = stack.chat(&request).await;
@@ -36,8 +34,7 @@ async fn a_model_server_failing_twice_with_503_is_retried_and_the_turn_answered(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured() {
-    let mut stack = Stack::start(0).await;
-    let model = ModelStub::start(Some(stack.llm_base.clone()), |call| {
+    let (stack, model) = Stack::with_model(|call| {
         if call == 0 {
             Scripted::Status(429, Some(1))
         } else {
@@ -45,7 +42,6 @@ async fn retry_after_is_honoured() {
         }
     })
     .await;
-    stack.spawn_worker_on(&model, |_| {}).await;
 
     answered(&stack.chat(&stack.new_chat("alice", "show my tasks")).await);
     let requests = model.requests.lock().unwrap().clone();
@@ -59,18 +55,18 @@ async fn retry_after_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_server_that_always_fails_gives_a_clear_error_and_a_failure_event() {
-    let mut stack = Stack::start(0).await;
-    let model = ModelStub::start(None, |_| Scripted::Status(503, None)).await;
+    let (mut stack, model) = Stack::with_model(|_| Scripted::Status(503, None)).await;
     let retries = stack.worker_config().model_retries as usize;
-    stack.spawn_worker_on(&model, |_| {}).await;
 
     let request = stack.new_chat("alice", "add a task to buy milk");
     let reply = stack.chat(&request).await;
     let error = failed(&reply);
-    assert_eq!(error.code, ChatErrorCode::ModelUnavailable);
     assert_eq!(
-        error.message,
-        agent_worker::prompt::MODEL_UNAVAILABLE_MESSAGE
+        error,
+        &chat_error(
+            ChatErrorCode::ModelUnavailable,
+            agent_worker::prompt::MODEL_UNAVAILABLE_MESSAGE
+        )
     );
     assert!(
         !error.message.contains("503"),
@@ -126,11 +122,12 @@ async fn a_request_whose_every_delivery_fails_is_answered_with_an_error() {
 
     let request = stack.new_chat("alice", "add a task to buy milk");
     let reply = stack.chat(&request).await;
-    let error = failed(&reply);
-    assert_eq!(error.code, ChatErrorCode::DeliveryExhausted);
     assert_eq!(
-        error.message,
-        agent_worker::prompt::DELIVERY_EXHAUSTED_MESSAGE
+        failed(&reply),
+        &chat_error(
+            ChatErrorCode::DeliveryExhausted,
+            agent_worker::prompt::DELIVERY_EXHAUSTED_MESSAGE
+        )
     );
 
     let events = stack.conversation(request.conversation_id).await;

@@ -4,7 +4,7 @@
 mod common;
 
 use agent_worker::conversation::Conversation;
-use common::{Stack, answered, failed, watch_chunks};
+use common::{Stack, answered, chat_error, failed, watch_chunks};
 use eventlog::{EventMetadata, Repository, RepositoryOptions, Versioned};
 use proto_schemas::chat::{ChatErrorCode, ChatStreamChunk};
 use proto_schemas::events::{ConversationEvent, StreamId, TaskEvent};
@@ -14,8 +14,7 @@ use testkit::{ModelStub, Scripted};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chat_request_adds_the_task_and_is_answered() {
-    let mut stack = Stack::start(0).await;
-    stack.spawn_worker(stack.worker_config()).await;
+    let stack = Stack::with_worker(0).await;
 
     let request = stack.new_chat("alice", "add a task to buy milk");
     let chunks = watch_chunks(&stack.bus, &request).await;
@@ -124,8 +123,7 @@ async fn a_chat_request_adds_the_task_and_is_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_requests_record_nothing() {
-    let mut stack = Stack::start(0).await;
-    stack.spawn_worker(stack.worker_config()).await;
+    let stack = Stack::with_worker(0).await;
 
     let first = stack.new_chat("alice", "add a task to call mom");
     answered(&stack.chat(&first).await);
@@ -133,9 +131,13 @@ async fn refused_requests_record_nothing() {
 
     let intruder = stack.follow_up("mallory", first.conversation_id, "show my tasks");
     let reply = stack.chat(&intruder).await;
-    let error = failed(&reply);
-    assert_eq!(error.code, ChatErrorCode::ConversationNotFound);
-    assert_eq!(error.message, "Conversation not found.");
+    assert_eq!(
+        failed(&reply),
+        &chat_error(
+            ChatErrorCode::ConversationNotFound,
+            "Conversation not found."
+        )
+    );
 
     let unknown = stack.follow_up(
         "alice",
@@ -162,8 +164,7 @@ async fn refused_requests_record_nothing() {
 /// back to it as a tool result, not as a failed turn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_mistakes_become_tool_results_and_never_change_the_user() {
-    let mut stack = Stack::start(0).await;
-    let model = ModelStub::start(None, |call| match call {
+    let (stack, model) = Stack::with_model(|call| match call {
         0 => Scripted::ToolCalls(vec![
             (
                 "call_1".into(),
@@ -182,7 +183,6 @@ async fn model_mistakes_become_tool_results_and_never_change_the_user() {
         _ => Scripted::Text("Done, with some trouble.".into()),
     })
     .await;
-    stack.spawn_worker_on(&model, |_| {}).await;
 
     let request = stack.new_chat("alice", "do several things");
     let reply = stack.chat(&request).await;
@@ -338,8 +338,7 @@ async fn history_gives_the_model_earlier_turns_within_the_window() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_the_turns_in_flight() {
-    let mut stack = Stack::start(1000).await;
-    stack.spawn_worker(stack.worker_config()).await;
+    let mut stack = Stack::with_worker(1000).await;
     let request = stack.new_chat("alice", "add a task to buy milk");
     stack.publish(&request).await;
     testkit::eventually(
@@ -471,8 +470,7 @@ async fn a_turn_in_a_ten_thousand_event_conversation_reads_a_bounded_number_of_e
 /// fail every attempt to record the turn; now the turn completes once, without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nul_characters_from_the_model_are_dropped_not_retried() {
-    let mut stack = Stack::start(0).await;
-    let model = ModelStub::start(None, |call| match call {
+    let (stack, model) = Stack::with_model(|call| match call {
         0 => Scripted::ToolCalls(vec![(
             "call_\u{0}1".into(),
             "add_task".into(),
@@ -481,7 +479,6 @@ async fn nul_characters_from_the_model_are_dropped_not_retried() {
         _ => Scripted::Text("Added\u{0} it.".into()),
     })
     .await;
-    stack.spawn_worker_on(&model, |_| {}).await;
 
     let request = stack.new_chat("alice", "add a task to pay rent");
     let reply = stack.chat(&request).await;
@@ -505,12 +502,9 @@ async fn nul_characters_from_the_model_are_dropped_not_retried() {
 /// clear error; nothing of it is recorded, so the conversation stays readable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_model_answer_ends_the_turn_with_a_clear_error() {
-    let mut stack = Stack::start(0).await;
-    let model = ModelStub::start(None, |_| {
-        Scripted::Text("x".repeat(agent_worker::model::MAX_STEP_BYTES + 1))
-    })
-    .await;
-    stack.spawn_worker_on(&model, |_| {}).await;
+    let (stack, model) =
+        Stack::with_model(|_| Scripted::Text("x".repeat(agent_worker::model::MAX_STEP_BYTES + 1)))
+            .await;
 
     let request = stack.new_chat("alice", "write me a novel");
     let reply = stack.chat(&request).await;
@@ -531,10 +525,9 @@ async fn an_oversized_model_answer_ends_the_turn_with_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_tool_result_becomes_an_error_the_model_reads() {
     const ADD_STEPS: usize = 7;
-    let mut stack = Stack::start(0).await;
     // 7 steps of 16 tasks with 2,000-character descriptions: listing them all is
     // about 230 KB.
-    let model = ModelStub::start(None, |call| match call {
+    let (stack, model) = Stack::with_model(|call| match call {
         step if step < ADD_STEPS => Scripted::ToolCalls(
             (0..agent_worker::machine::MAX_CALLS_PER_STEP)
                 .map(|index| {
@@ -556,7 +549,6 @@ async fn an_oversized_tool_result_becomes_an_error_the_model_reads() {
         _ => Scripted::Text("Your list is too long to show at once.".into()),
     })
     .await;
-    stack.spawn_worker_on(&model, |_| {}).await;
 
     let request = stack.new_chat("alice", "add lots of tasks, then list them");
     let reply = stack.chat(&request).await;

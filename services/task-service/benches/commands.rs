@@ -61,14 +61,8 @@ struct Outcome {
     latencies: Histogram<u64>,
 }
 
-fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(run())
-}
-
-async fn run() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     init_tracing();
     let window = std::env::var("BENCH_SECONDS")
         .ok()

@@ -25,67 +25,48 @@ fn decoded(events: &[eventlog::StoredEvent]) -> Vec<TaskEvent> {
 async fn every_tool_works_over_nats() {
     let h = Harness::start(1).await;
 
-    let added = h
-        .tool(
-            "alice",
+    // Each step: the tool, its arguments, and the whole answer.
+    let completed = json!({"task_id": 1, "status": "completed", "title": "Buy milk"});
+    for (tool, arguments, expected) in [
+        (
             "add_task",
             json!({"title": " Buy milk ", "description": "2 litres"}),
-        )
-        .await;
-    assert_eq!(
-        added,
-        json!({"task_id": 1, "status": "created", "title": "Buy milk"})
-    );
-    let added = h
-        .tool("alice", "add_task", json!({"title": "Call mum"}))
-        .await;
-    assert_eq!(
-        added,
-        json!({"task_id": 2, "status": "created", "title": "Call mum"})
-    );
-
-    let listed = h.tool("alice", "list_tasks", json!({})).await;
-    assert_eq!(
-        listed,
-        json!({
-            "tasks": [
-                {"id": 1, "title": "Buy milk", "description": "2 litres", "completed": false},
-                {"id": 2, "title": "Call mum", "description": "", "completed": false}
-            ],
-            "count": 2,
-            "filter": "all"
-        })
-    );
-
-    let completed = h
-        .tool("alice", "complete_task", json!({"task_id": 1}))
-        .await;
-    assert_eq!(
-        completed,
-        json!({"task_id": 1, "status": "completed", "title": "Buy milk"})
-    );
-    // Again: the same answer, and no second event.
-    let again = h
-        .tool("alice", "complete_task", json!({"task_id": "1"}))
-        .await;
-    assert_eq!(again, completed);
-
-    let updated = h
-        .tool(
-            "alice",
+            json!({"task_id": 1, "status": "created", "title": "Buy milk"}),
+        ),
+        (
+            "add_task",
+            json!({"title": "Call mum"}),
+            json!({"task_id": 2, "status": "created", "title": "Call mum"}),
+        ),
+        (
+            "list_tasks",
+            json!({}),
+            json!({
+                "tasks": [
+                    {"id": 1, "title": "Buy milk", "description": "2 litres", "completed": false},
+                    {"id": 2, "title": "Call mum", "description": "", "completed": false}
+                ],
+                "count": 2,
+                "filter": "all"
+            }),
+        ),
+        ("complete_task", json!({"task_id": 1}), completed.clone()),
+        // Again: the same answer, and no second event.
+        ("complete_task", json!({"task_id": "1"}), completed),
+        (
             "update_task",
             json!({"task_id": 2, "title": "Call dad"}),
-        )
-        .await;
-    assert_eq!(
-        updated,
-        json!({"task_id": 2, "status": "updated", "title": "Call dad"})
-    );
-    let nothing = h.tool("alice", "update_task", json!({"task_id": 2})).await;
-    assert_eq!(
-        nothing,
-        json!({"error": "Nothing to update: give a new title or a new description", "task_id": 2})
-    );
+            json!({"task_id": 2, "status": "updated", "title": "Call dad"}),
+        ),
+        (
+            "update_task",
+            json!({"task_id": 2}),
+            json!({"error": "Nothing to update: give a new title or a new description", "task_id": 2}),
+        ),
+    ] {
+        let answer = h.tool("alice", tool, arguments.clone()).await;
+        assert_eq!(answer, expected, "{tool} {arguments}");
+    }
 
     let pending = h
         .tool("alice", "list_tasks", json!({"status": "pending"}))
@@ -323,13 +304,7 @@ async fn malformed_commands_get_a_clear_refusal() {
 #[tokio::test]
 async fn events_record_cause_user_and_trace_and_wake_tailers_unless_told_not_to() {
     let h = Harness::start(1).await;
-    let mut notices = h
-        .bus
-        .client
-        .subscribe(h.bus.subjects.events_appended())
-        .await
-        .unwrap();
-    h.bus.client.flush().await.unwrap();
+    let mut notices = testkit::subscribe(&h.bus.client, h.bus.subjects.events_appended()).await;
 
     // A chat turn's command: its worker wakes the tailers when the turn settles.
     let mut quiet = command("alice", call("add_task", json!({"title": "Buy bread"})));

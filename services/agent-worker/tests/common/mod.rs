@@ -13,13 +13,15 @@ use async_nats::jetstream;
 use clap::Parser as _;
 use eventlog::EventStore;
 use futures::StreamExt as _;
-use proto_schemas::chat::{ChatError, ChatOutcome, ChatReply, ChatRequest, ChatStreamChunk};
+use proto_schemas::chat::{
+    ChatError, ChatErrorCode, ChatOutcome, ChatReply, ChatRequest, ChatStreamChunk,
+};
 use proto_schemas::events::{ConversationEvent, EventFamily, StreamId, TaskEvent};
 use proto_schemas::tasks::{
     ListTasksArgs, TaskCommand, TaskCommandReply, TaskView, ToolCall, ToolOutput,
 };
 use proto_schemas::{CommandId, ConversationId, RequestId};
-use testkit::{ModelStub, Running, TestBus, TestDatabase, user_id};
+use testkit::{ModelStub, Running, Scripted, TestBus, TestDatabase, user_id};
 use tokio::task::JoinHandle;
 
 pub(crate) const SECRET: &str = "agent-worker-test-secret-of-32-bytes-or-more";
@@ -54,6 +56,24 @@ impl Stack {
     pub(crate) async fn start(latency_ms: u64) -> Self {
         platform::telemetry::init_for_tests();
         Self::start_quietly(latency_ms).await
+    }
+
+    /// [`Self::start`] with one worker running, of [`Self::worker_config`]'s settings.
+    pub(crate) async fn with_worker(latency_ms: u64) -> Self {
+        let mut stack = Self::start(latency_ms).await;
+        stack.spawn_worker(stack.worker_config()).await;
+        stack
+    }
+
+    /// [`Self::start`] with one worker asking a [`ModelStub`] that answers by `script`
+    /// (its `Scripted::Proxy` passes a call on to offline-llm); the stack and the stub.
+    pub(crate) async fn with_model(
+        script: impl Fn(usize) -> Scripted + Send + Sync + 'static,
+    ) -> (Self, ModelStub) {
+        let mut stack = Self::start(0).await;
+        let model = ModelStub::start(Some(stack.llm_base.clone()), script).await;
+        stack.spawn_worker_on(&model, |_| {}).await;
+        (stack, model)
     }
 
     /// [`Self::start`] without installing the test log subscriber (for benchmarks).
@@ -314,6 +334,14 @@ pub(crate) fn failed(reply: &ChatReply) -> &ChatError {
     }
 }
 
+/// The error a failed turn answers with: `code`, and `message` for the user.
+pub(crate) fn chat_error(code: ChatErrorCode, message: &str) -> ChatError {
+    ChatError {
+        code,
+        message: message.to_owned(),
+    }
+}
+
 /// Counts every reply published under the prefix (core NATS sees each publish, so a
 /// turn answered twice shows up twice here).
 pub(crate) struct ReplyCounter {
@@ -323,12 +351,8 @@ pub(crate) struct ReplyCounter {
 
 impl ReplyCounter {
     pub(crate) async fn start(bus: &TestBus) -> Self {
-        let mut subscriber = bus
-            .client
-            .subscribe(bus.subjects.chat_replies_wildcard())
-            .await
-            .expect("subscribe");
-        bus.client.flush().await.expect("flush");
+        let mut subscriber =
+            testkit::subscribe(&bus.client, bus.subjects.chat_replies_wildcard()).await;
         let counts = Arc::new(Mutex::new(HashMap::new()));
         let sink = Arc::clone(&counts);
         let task = tokio::spawn(async move {
@@ -359,15 +383,10 @@ pub(crate) async fn watch_chunks(
     bus: &TestBus,
     request: &ChatRequest,
 ) -> Arc<Mutex<Vec<ChatStreamChunk>>> {
-    let mut subscriber = bus
-        .client
-        .subscribe(
-            bus.subjects
-                .chat_stream(&request.user_id, request.request_id),
-        )
-        .await
-        .expect("subscribe");
-    bus.client.flush().await.expect("flush");
+    let stream = bus
+        .subjects
+        .chat_stream(&request.user_id, request.request_id);
+    let mut subscriber = testkit::subscribe(&bus.client, stream).await;
     let chunks = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&chunks);
     tokio::spawn(async move {
