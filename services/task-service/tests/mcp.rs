@@ -16,18 +16,30 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use serde_json::{Value, json};
 use task_service::mcp::USER_MISMATCH;
 
-async fn connect(url: String, token: &str) -> RunningService<RoleClient, ()> {
+/// rmcp's client, with its session.
+type Client = RunningService<RoleClient, ()>;
+
+async fn connect(url: String, token: &str) -> Client {
     let transport = StreamableHttpClientTransport::from_config(
         StreamableHttpClientTransportConfig::with_uri(url).auth_header(token.to_owned()),
     );
     ().serve(transport).await.expect("mcp initialize")
 }
 
-async fn call_tool(
-    client: &RunningService<RoleClient, ()>,
-    name: &'static str,
-    arguments: Value,
-) -> CallToolResult {
+/// One replica, and an MCP client of it holding alice's token.
+async fn alice_connected() -> (Harness, Client) {
+    let h = Harness::start(1).await;
+    let client = connect(h.replicas[0].mcp_url(), &h.token("alice")).await;
+    (h, client)
+}
+
+/// Ends the client's session, then stops the replicas.
+async fn disconnect(h: Harness, client: Client) {
+    client.cancel().await.unwrap();
+    h.stop().await;
+}
+
+async fn call_tool(client: &Client, name: &'static str, arguments: Value) -> CallToolResult {
     let Value::Object(arguments) = arguments else {
         panic!("arguments must be an object")
     };
@@ -50,20 +62,12 @@ fn structured(result: &CallToolResult) -> Value {
 }
 
 /// [`structured`] of a call of `name` with `arguments`.
-async fn call_structured(
-    client: &RunningService<RoleClient, ()>,
-    name: &'static str,
-    arguments: Value,
-) -> Value {
+async fn call_structured(client: &Client, name: &'static str, arguments: Value) -> Value {
     structured(&call_tool(client, name, arguments).await)
 }
 
 /// [`refusal`] of a call of `name` with `arguments`.
-async fn call_refused(
-    client: &RunningService<RoleClient, ()>,
-    name: &'static str,
-    arguments: Value,
-) -> Value {
+async fn call_refused(client: &Client, name: &'static str, arguments: Value) -> Value {
     refusal(&call_tool(client, name, arguments).await)
 }
 
@@ -141,8 +145,7 @@ fn names(list: &[&str]) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn initialize_and_tools_list_describe_the_five_tools() {
-    let h = Harness::start(1).await;
-    let client = connect(h.replicas[0].mcp_url(), &h.token("alice")).await;
+    let (h, client) = alice_connected().await;
     let server = client.peer_info().expect("initialized");
     assert_eq!(server.server_info.as_ref().unwrap().name, "task-service");
     assert!(server.capabilities.tools.is_some());
@@ -255,26 +258,28 @@ async fn initialize_and_tools_list_describe_the_five_tools() {
         assert_eq!(hints.idempotent_hint, Some(idempotent), "{name} idempotent");
         assert_eq!(hints.open_world_hint, Some(false), "{name} open-world");
     }
-    client.cancel().await.unwrap();
-    h.stop().await;
+    disconnect(h, client).await;
 }
 
-/// Every subschema of `value`, depth first.
-fn subschemas<'a>(value: &'a Value, found: &mut Vec<&'a serde_json::Map<String, Value>>) {
-    match value {
-        Value::Object(object) => {
-            found.push(object);
-            object.values().for_each(|field| subschemas(field, found));
+/// Every subschema of `schema`, itself included.
+fn subschemas(schema: &Value) -> Vec<&serde_json::Map<String, Value>> {
+    let (mut found, mut unseen) = (Vec::new(), vec![schema]);
+    while let Some(value) = unseen.pop() {
+        match value {
+            Value::Object(object) => {
+                found.push(object);
+                unseen.extend(object.values());
+            }
+            Value::Array(items) => unseen.extend(items),
+            _ => {}
         }
-        Value::Array(items) => items.iter().for_each(|item| subschemas(item, found)),
-        _ => {}
     }
+    found
 }
 
 #[tokio::test]
 async fn listed_schemas_are_self_contained_and_the_user_is_optional() {
-    let h = Harness::start(1).await;
-    let client = connect(h.replicas[0].mcp_url(), &h.token("alice")).await;
+    let (h, client) = alice_connected().await;
     for tool in client.list_all_tools().await.unwrap() {
         let name = &tool.name;
         let output = tool.output_schema.clone().expect("an output schema");
@@ -285,9 +290,7 @@ async fn listed_schemas_are_self_contained_and_the_user_is_optional() {
                 !text.contains("$ref") && !text.contains("$defs"),
                 "{name} {view}: {text}"
             );
-            let mut found = Vec::new();
-            subschemas(&schema, &mut found);
-            for subschema in found {
+            for subschema in subschemas(&schema) {
                 let format = subschema.get("format").and_then(Value::as_str);
                 assert!(
                     !matches!(format, Some(f) if f.starts_with("int") || f.starts_with("uint")),
@@ -302,16 +305,14 @@ async fn listed_schemas_are_self_contained_and_the_user_is_optional() {
             "{name} requires user_id"
         );
     }
-    client.cancel().await.unwrap();
-    h.stop().await;
+    disconnect(h, client).await;
 }
 
 #[tokio::test]
 async fn calls_without_user_id_act_for_the_tokens_user() {
-    let h = Harness::start(1).await;
+    let (h, client) = alice_connected().await;
     h.tool("bob", "add_task", json!({"title": "Bob's task"}))
         .await;
-    let client = connect(h.replicas[0].mcp_url(), &h.token("alice")).await;
     assert_eq!(
         call_structured(&client, "add_task", json!({"title": "Buy milk"})).await,
         json!({"task_id": 1, "status": "created", "title": "Buy milk"})
@@ -356,14 +357,12 @@ async fn calls_without_user_id_act_for_the_tokens_user() {
     // Alice's calls went to her list only; Bob's is untouched.
     assert_eq!(h.events("alice").await.len(), 5);
     assert_eq!(h.events("bob").await.len(), 1);
-    client.cancel().await.unwrap();
-    h.stop().await;
+    disconnect(h, client).await;
 }
 
 #[tokio::test]
 async fn every_tool_works_over_mcp() {
-    let h = Harness::start(1).await;
-    let client = connect(h.replicas[0].mcp_url(), &h.token("alice")).await;
+    let (h, client) = alice_connected().await;
     assert_eq!(
         call_structured(
             &client,
@@ -457,8 +456,7 @@ async fn every_tool_works_over_mcp() {
         json!([{"id": 1, "title": "Buy milk", "description": "", "completed": true}])
     );
     assert_eq!(h.events("alice").await.len(), 5);
-    client.cancel().await.unwrap();
-    h.stop().await;
+    disconnect(h, client).await;
 }
 
 #[tokio::test]
@@ -517,10 +515,9 @@ async fn requests_without_a_valid_token_are_401() {
 
 #[tokio::test]
 async fn a_user_id_naming_someone_else_is_refused_and_changes_nothing() {
-    let h = Harness::start(1).await;
+    let (h, client) = alice_connected().await;
     h.tool("bob", "add_task", json!({"title": "Bob's task"}))
         .await;
-    let client = connect(h.replicas[0].mcp_url(), &h.token("alice")).await;
 
     for (tool, arguments) in [
         ("add_task", json!({"user_id": "bob", "title": "injected"})),
@@ -545,8 +542,7 @@ async fn a_user_id_naming_someone_else_is_refused_and_changes_nothing() {
         bobs["tasks"],
         json!([{"id": 1, "title": "Bob's task", "description": "", "completed": false}])
     );
-    client.cancel().await.unwrap();
-    h.stop().await;
+    disconnect(h, client).await;
 }
 
 #[tokio::test]
