@@ -16,13 +16,22 @@ async fn store() -> (TestDatabase, EventStore) {
     (db, store)
 }
 
-fn added(n: u32) -> NewEvent {
-    let event = TaskEvent::TaskAdded {
+/// A task added with `title` and no description.
+fn task_added(n: u32, title: &str) -> TaskEvent {
+    TaskEvent::TaskAdded {
         task_id: TaskNumber(n),
-        title: format!("task {n}"),
+        title: title.to_owned(),
         description: String::new(),
-    };
-    NewEvent::new(EventId::new(), &event, EventMetadata::default())
+    }
+}
+
+/// Task `n` added, titled "task {n}", ready to append.
+fn added(n: u32) -> NewEvent {
+    NewEvent::new(
+        EventId::new(),
+        &task_added(n, &format!("task {n}")),
+        EventMetadata::default(),
+    )
 }
 
 /// Waits until `count` events are below the reading horizon. Transactions of other
@@ -68,11 +77,7 @@ async fn appends_and_reads_a_stream_in_order_with_metadata() {
     assert_eq!(events[0].schema_version, 2);
     assert_eq!(
         events[1].decode::<TaskEvent>().unwrap(),
-        TaskEvent::TaskAdded {
-            task_id: TaskNumber(2),
-            title: "task 2".into(),
-            description: String::new()
-        }
+        task_added(2, "task 2")
     );
     assert_eq!(store.stream_version("tasks-alice").await.unwrap(), 2);
     assert_eq!(store.stream_version("tasks-nobody").await.unwrap(), 0);
@@ -213,11 +218,7 @@ async fn old_schema_versions_are_upcast_on_read() {
     let events = all_events_readable(&store, 1).await;
     assert_eq!(
         events[0].decode::<TaskEvent>().unwrap(),
-        TaskEvent::TaskAdded {
-            task_id: TaskNumber(1),
-            title: "Buy milk".into(),
-            description: String::new()
-        }
+        task_added(1, "Buy milk")
     );
 }
 

@@ -83,6 +83,16 @@ impl Harness {
         harness
     }
 
+    /// A started harness whose replica has applied everything [`seed`] wrote: the
+    /// harness, the seeded conversations' ids and the number of events.
+    async fn seeded() -> (Self, Vec<ConversationId>, u64) {
+        let harness = Self::started().await;
+        let ids = seed(&harness).await;
+        let total = harness.event_count().await;
+        harness.applied(total).await;
+        (harness, ids, total)
+    }
+
     async fn append<E: EventFamily>(&self, stream: &str, user: &str, events: &[E]) {
         let metadata = EventMetadata {
             user_id: Some(user.to_owned()),
@@ -442,10 +452,7 @@ async fn tasks_are_listed_by_status_in_pages() {
 
 #[tokio::test]
 async fn conversations_and_messages_show_each_turn_with_its_tool_calls() {
-    let h = Harness::started().await;
-    let ids = seed(&h).await;
-    let total = h.event_count().await;
-    h.applied(total).await;
+    let (h, ids, _) = Harness::seeded().await;
 
     let (conversations, next) = items(h.conversations("ada", page(50, None)).await);
     assert_eq!(next, None);
@@ -655,10 +662,7 @@ async fn a_batch_and_its_checkpoint_commit_together_or_not_at_all() {
 /// started again continues from its checkpoint: every event once, none skipped.
 #[tokio::test]
 async fn a_restarted_projector_continues_from_its_checkpoint_without_duplicates() {
-    let mut h = Harness::started().await;
-    let ids = seed(&h).await;
-    let first = h.event_count().await;
-    h.applied(first).await;
+    let (mut h, ids, _) = Harness::seeded().await;
     h.replica.take().unwrap().abort().await;
 
     // Events appended while no projector runs.
@@ -693,17 +697,12 @@ async fn a_restarted_projector_continues_from_its_checkpoint_without_duplicates(
     h.replica.take().unwrap().stop().await;
 }
 
-fn verify_cli(db: &TestDatabase) -> std::process::Output {
+/// Runs the projection binary's `command` (with `args`) on the test database, its
+/// log at `warn`.
+fn projection_cli(db: &TestDatabase, command: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_projection"))
-        .args(["verify", "--database-url", &db.url])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-fn replay_cli(db: &TestDatabase) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_projection"))
-        .args(["replay", "--database-url", &db.url, "--batch-size", "7"])
+        .args([command, "--database-url", &db.url])
+        .args(args)
         .env("RUST_LOG", "warn")
         .output()
         .unwrap()
@@ -711,10 +710,7 @@ fn replay_cli(db: &TestDatabase) -> std::process::Output {
 
 #[tokio::test]
 async fn replay_after_dropping_the_read_models_gives_identical_answers() {
-    let h = Harness::started().await;
-    let ids = seed(&h).await;
-    let total = h.event_count().await;
-    h.applied(total).await;
+    let (h, ids, total) = Harness::seeded().await;
     let before = answers(&h, &ids).await;
 
     let pool = h.pool().await;
@@ -722,7 +718,7 @@ async fn replay_after_dropping_the_read_models_gives_identical_answers() {
         .execute(&pool)
         .await
         .unwrap();
-    let output = replay_cli(&h.db);
+    let output = projection_cli(&h.db, "replay", &["--batch-size", "7"]);
     assert!(
         output.status.success(),
         "replay failed: {}",
@@ -736,7 +732,7 @@ async fn replay_after_dropping_the_read_models_gives_identical_answers() {
 
     h.applied(total).await;
     assert_eq!(answers(&h, &ids).await, before);
-    let output = verify_cli(&h.db);
+    let output = projection_cli(&h.db, "verify", &[]);
     assert_eq!(
         output.status.code(),
         Some(0),
@@ -769,10 +765,7 @@ async fn replay_after_dropping_the_read_models_gives_identical_answers() {
 
 #[tokio::test]
 async fn verify_finds_a_tampered_read_model() {
-    let h = Harness::started().await;
-    let ids = seed(&h).await;
-    let total = h.event_count().await;
-    h.applied(total).await;
+    let (h, ids, total) = Harness::seeded().await;
     let pool = h.pool().await;
     let report = projection::verify(&pool, &VerifyOptions::default())
         .await
@@ -818,7 +811,7 @@ async fn verify_finds_a_tampered_read_model() {
         "{text}"
     );
 
-    let output = verify_cli(&h.db);
+    let output = projection_cli(&h.db, "verify", &[]);
     assert_eq!(output.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -836,7 +829,7 @@ async fn verify_finds_a_tampered_read_model() {
             .unwrap()
             .is_identical()
     );
-    assert_eq!(verify_cli(&h.db).status.code(), Some(0));
+    assert_eq!(projection_cli(&h.db, "verify", &[]).status.code(), Some(0));
     h.replica.unwrap().stop().await;
 }
 
