@@ -35,18 +35,7 @@ from agents import Agent, OpenAIChatCompletionsModel, Runner, set_tracing_disabl
 from agents.items import ToolCallItem
 from agents.mcp import MCPServerStreamableHttp
 from openai import AsyncOpenAI
-
-# The read side is a projection of the event log: a change shows there shortly after the
-# tool call returns, not at once.
-READ_TIMEOUT_SECS = 15
-
-
-def env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        sys.exit(f"{name} is not set; run this through tests/tests/agents_sdk.rs")
-    return value
-
+from taskchat_env import READ_TIMEOUT_SECS, env
 
 def tasks(gateway: str, user: str, token: str) -> list[dict[str, Any]]:
     request = urllib.request.Request(
@@ -56,18 +45,15 @@ def tasks(gateway: str, user: str, token: str) -> list[dict[str, Any]]:
         return json.load(response)["items"]
 
 
-def wait_for_tasks(gateway: str, user: str, token: str, expected: list[dict[str, Any]]) -> None:
-    """Waits until the user's tasks read back as `expected` (id, title, completed)."""
+def wait_for_tasks(gateway: str, user: str, token: str, *expected: tuple[int, str, bool]) -> None:
+    """Waits until the user's tasks read back as `expected`: (id, title, completed) each."""
     deadline = time.monotonic() + READ_TIMEOUT_SECS
     while True:
-        seen = [
-            {"id": t["id"], "title": t["title"], "completed": t["completed"]}
-            for t in tasks(gateway, user, token)
-        ]
-        if seen == expected:
+        seen = [(t["id"], t["title"], t["completed"]) for t in tasks(gateway, user, token)]
+        if seen == list(expected):
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"tasks never became {expected}; last read {seen}")
+            raise AssertionError(f"tasks never became {list(expected)}; last read {seen}")
         time.sleep(0.1)
 
 
@@ -137,7 +123,7 @@ async def main(mode: str) -> None:
 
         if mode == "failure":
             await say("add a task to buy bread", "add_task", "added task #1")
-            bread = [{"id": 1, "title": "Buy bread", "completed": False}]
+            bread = (1, "Buy bread", False)
             wait_for_tasks(gateway, user, token, bread)
             os.kill(int(env("TASKCHAT_TASK_SERVICE_PID")), signal.SIGKILL)
             wait_until_down(env("TASKCHAT_MCP_URL").removesuffix("/mcp") + "/healthz")
@@ -151,39 +137,23 @@ async def main(mode: str) -> None:
 
         await say("add a task to buy milk", "add_task", "added task #1")
         await say("remind me to walk the dog", "add_task", "added task #2")
-        wait_for_tasks(
-            gateway,
-            user,
-            token,
-            [
-                {"id": 1, "title": "Buy milk", "completed": False},
-                {"id": 2, "title": "Walk the dog", "completed": False},
-            ],
-        )
+        wait_for_tasks(gateway, user, token, (1, "Buy milk", False), (2, "Walk the dog", False))
         listing = await say("show my tasks", "list_tasks", "Here are your tasks:")
         assert "1. [ ] Buy milk" in listing and "2. [ ] Walk the dog" in listing, listing
 
         await say("complete 1", "complete_task", "Marked task #1")
         await say("rename 2 to walk the cat", "update_task", "Updated task #2")
-        wait_for_tasks(
-            gateway,
-            user,
-            token,
-            [
-                {"id": 1, "title": "Buy milk", "completed": True},
-                {"id": 2, "title": "Walk the cat", "completed": False},
-            ],
-        )
+        wait_for_tasks(gateway, user, token, (1, "Buy milk", True), (2, "Walk the cat", False))
         pending = await say("what's still open?", "list_tasks", "pending tasks")
         assert "Walk the cat" in pending and "Buy milk" not in pending, pending
 
         await say("delete 1", "delete_task", "Deleted task #1")
-        wait_for_tasks(gateway, user, token, [{"id": 2, "title": "Walk the cat", "completed": False}])
+        wait_for_tasks(gateway, user, token, (2, "Walk the cat", False))
 
         # A refused call is reported as a failure, never as done, and changes nothing.
         missing = await say("complete 7", "complete_task", "couldn't find task #7")
         assert "Marked" not in missing, missing
-        wait_for_tasks(gateway, user, token, [{"id": 2, "title": "Walk the cat", "completed": False}])
+        wait_for_tasks(gateway, user, token, (2, "Walk the cat", False))
     print(f"[{mode}] agents sdk conversation passed")
 
 

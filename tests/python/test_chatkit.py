@@ -21,7 +21,6 @@ the first difference.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import urllib.error
@@ -36,24 +35,13 @@ from chatkit.types import (
     ThreadStreamEvent,
 )
 from pydantic import BaseModel, TypeAdapter
+from taskchat_env import READ_TIMEOUT_SECS, env
 
 REQUEST = TypeAdapter(ChatKitReq)
 EVENT = TypeAdapter(ThreadStreamEvent)
 THREAD = TypeAdapter(Thread)
 THREADS = TypeAdapter(Page[Thread])
 ITEMS = TypeAdapter(Page[ThreadItem])
-
-# The read side is a projection of the event log: a change shows there shortly after
-# the turn ends, not at once.
-READ_TIMEOUT_SECS = 15
-
-
-def env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        sys.exit(f"{name} is not set; run this through tests/tests/chatkit.rs")
-    return value
-
 
 GATEWAY = env("TASKCHAT_GATEWAY_URL")
 TOKEN = env("TASKCHAT_TOKEN")
