@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Stack, answered, chat_error, failed};
+use common::{Stack, chat_error, failed};
 use proto_schemas::chat::ChatErrorCode;
 use proto_schemas::events::ConversationEvent;
 use testkit::{ModelStub, Scripted};
@@ -23,8 +23,7 @@ async fn a_model_server_failing_twice_with_503_is_retried_and_the_turn_answered(
     .await;
 
     let request = stack.new_chat("alice", "add a task to buy milk");
-    let reply = stack.chat(&request).await;
-    let (_, calls) = answered(&reply);
+    let (_, calls) = stack.chat_answered(&request).await;
     assert_eq!(calls[0].result["status"], "created");
     // Two failures, then the two model steps of the turn.
     assert_eq!(model.calls(), 4);
@@ -43,7 +42,9 @@ async fn retry_after_is_honoured() {
     })
     .await;
 
-    answered(&stack.chat(&stack.new_chat("alice", "show my tasks")).await);
+    stack
+        .chat_answered(&stack.new_chat("alice", "show my tasks"))
+        .await;
     let requests = model.requests.lock().unwrap().clone();
     let waited = requests[1].0 - requests[0].0;
     assert!(
@@ -94,7 +95,7 @@ async fn a_model_server_that_always_fails_gives_a_clear_error_and_a_failure_even
     }
     stack.spawn_worker_on(&healthy, |_| {}).await;
     let again = stack.follow_up("alice", request.conversation_id, "add a task to buy milk");
-    answered(&stack.chat(&again).await);
+    stack.chat_answered(&again).await;
     let shown = healthy.request(0);
     assert_eq!(
         shown["messages"][1]["content"], "add a task to buy milk",

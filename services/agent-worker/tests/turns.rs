@@ -110,8 +110,7 @@ async fn a_chat_request_adds_the_task_and_is_answered() {
 
     // A follow-up in the same conversation lists what the first turn added.
     let follow_up = stack.follow_up("alice", request.conversation_id, "show my tasks");
-    let reply = stack.chat(&follow_up).await;
-    let (response, calls) = answered(&reply);
+    let (response, calls) = stack.chat_answered(&follow_up).await;
     assert_eq!(calls[0].name, "list_tasks");
     assert_eq!(calls[0].result["count"], 1);
     assert!(response.contains("Buy milk"), "{response}");
@@ -126,7 +125,7 @@ async fn refused_requests_record_nothing() {
     let stack = Stack::with_worker(0).await;
 
     let first = stack.new_chat("alice", "add a task to call mom");
-    answered(&stack.chat(&first).await);
+    stack.chat_answered(&first).await;
     let before = stack.conversation(first.conversation_id).await;
 
     let intruder = stack.follow_up("mallory", first.conversation_id, "show my tasks");
@@ -185,30 +184,20 @@ async fn model_mistakes_become_tool_results_and_never_change_the_user() {
     .await;
 
     let request = stack.new_chat("alice", "do several things");
-    let reply = stack.chat(&request).await;
-    let (response, calls) = answered(&reply);
+    let (response, calls) = stack.chat_answered(&request).await;
     assert_eq!(response, "Done, with some trouble.");
     assert_eq!(calls.len(), 4, "{calls:?}");
     assert_eq!(
         calls[0].result,
         json!({"task_id": 1, "status": "created", "title": "Pay rent"})
     );
-    assert!(
-        calls[1].result["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("Unknown tool: drop_tables"),
-        "{:?}",
-        calls[1]
-    );
-    assert!(
-        calls[2].result["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("Invalid arguments for complete_task"),
-        "{:?}",
-        calls[2]
-    );
+    for (call, error) in [
+        (&calls[1], "Unknown tool: drop_tables"),
+        (&calls[2], "Invalid arguments for complete_task"),
+    ] {
+        let said = call.result["error"].as_str().unwrap();
+        assert!(said.starts_with(error), "{call:?}");
+    }
     assert_eq!(calls[3].arguments, json!("{not json"));
     assert!(
         calls[3].result["error"]
@@ -279,8 +268,7 @@ async fn a_model_that_never_stops_calling_tools_gets_a_friendly_ending() {
         .await;
 
     let request = stack.new_chat("alice", "keep going");
-    let reply = stack.chat(&request).await;
-    let (response, calls) = answered(&reply);
+    let (response, calls) = stack.chat_answered(&request).await;
     assert_eq!(response, agent_worker::prompt::MAX_TURNS_MESSAGE);
     assert_eq!(calls.len(), 3);
     assert_eq!(model.calls(), 3);
@@ -299,12 +287,12 @@ async fn history_gives_the_model_earlier_turns_within_the_window() {
         .await;
 
     let first = stack.new_chat("alice", "add a task to buy milk");
-    answered(&stack.chat(&first).await);
+    stack.chat_answered(&first).await;
     let second = stack.follow_up("alice", first.conversation_id, "add a task to buy bread");
-    answered(&stack.chat(&second).await);
+    stack.chat_answered(&second).await;
     let calls_before = model.calls();
     let third = stack.follow_up("alice", first.conversation_id, "show my tasks");
-    answered(&stack.chat(&third).await);
+    stack.chat_answered(&third).await;
 
     // Two earlier messages at most: the second turn's user message and reply.
     let request = model.request(calls_before);
@@ -444,8 +432,7 @@ async fn a_turn_in_a_ten_thousand_event_conversation_reads_a_bounded_number_of_e
     let store = stack.spawn_worker(stack.worker_config()).await;
     let before = store.events_read();
     let request = stack.follow_up("alice", conversation, "add a task to buy milk");
-    let reply = stack.chat(&request).await;
-    let (_, calls) = answered(&reply);
+    let (_, calls) = stack.chat_answered(&request).await;
     assert_eq!(calls[0].result["status"], "created");
     let cold = store.events_read() - before;
     assert!(
@@ -456,8 +443,7 @@ async fn a_turn_in_a_ten_thousand_event_conversation_reads_a_bounded_number_of_e
     // The next turn on the same worker starts from its cache: it reads nothing back.
     let before = store.events_read();
     let request = stack.follow_up("alice", conversation, "show my tasks");
-    let reply = stack.chat(&request).await;
-    let (response, calls) = answered(&reply);
+    let (response, calls) = stack.chat_answered(&request).await;
     assert_eq!(calls[0].result["count"], 1);
     assert!(response.contains("Buy milk"), "{response}");
     let warm = store.events_read() - before;
@@ -481,8 +467,7 @@ async fn nul_characters_from_the_model_are_dropped_not_retried() {
     .await;
 
     let request = stack.new_chat("alice", "add a task to pay rent");
-    let reply = stack.chat(&request).await;
-    let (response, calls) = answered(&reply);
+    let (response, calls) = stack.chat_answered(&request).await;
     assert_eq!(response, "Added it.");
     assert_eq!(
         calls[0].result,
@@ -551,8 +536,7 @@ async fn an_oversized_tool_result_becomes_an_error_the_model_reads() {
     .await;
 
     let request = stack.new_chat("alice", "add lots of tasks, then list them");
-    let reply = stack.chat(&request).await;
-    let (response, calls) = answered(&reply);
+    let (response, calls) = stack.chat_answered(&request).await;
     assert_eq!(response, "Your list is too long to show at once.");
     let listed = calls.last().unwrap();
     assert_eq!(listed.name, "list_tasks");

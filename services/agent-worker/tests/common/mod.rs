@@ -199,6 +199,17 @@ impl Stack {
         self.reply(request.request_id).await
     }
 
+    /// [`Self::chat`] for a turn that must be answered: the answer's text and tool
+    /// calls (see [`answered`]).
+    pub(crate) async fn chat_answered(
+        &self,
+        request: &ChatRequest,
+    ) -> (String, Vec<proto_schemas::chat::ToolCallRecord>) {
+        let reply = self.chat(request).await;
+        let (response, calls) = answered(&reply);
+        (response.to_owned(), calls.to_vec())
+    }
+
     pub(crate) async fn conversation(
         &self,
         conversation: ConversationId,
