@@ -288,7 +288,9 @@ impl EchoService {
             .queue_subscribe(subject.clone(), "serve-test".to_owned())
             .await
             .unwrap();
-        server.flush().await.unwrap();
+        // The caller is another connection: only a round trip (not a flush) makes
+        // sure the server has the subscription before the caller publishes.
+        bus::round_trip(&server).await.unwrap();
         let (started_tx, started) = mpsc::unbounded_channel();
         let echo = GatedEcho {
             client: server,

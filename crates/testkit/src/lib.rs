@@ -311,15 +311,14 @@ pub fn assert_success(what: &str, output: &std::process::Output) {
 }
 
 /// Subscribes `client` to `subject` and waits until the server has the subscription
-/// (a flush), so that nothing published after this returns is missed. Panics when
-/// either fails.
+/// (a round trip: a flush only empties the socket buffer), so that nothing published
+/// after this returns, from any connection, is missed. Panics when either fails.
 pub async fn subscribe(
     client: &async_nats::Client,
     subject: impl async_nats::ToSubject,
 ) -> async_nats::Subscriber {
     let subscriber = client.subscribe(subject).await.expect("subscribed");
-    client
-        .flush()
+    platform::bus::round_trip(client)
         .await
         .expect("the subscription reached the server");
     subscriber
