@@ -37,6 +37,7 @@ from agents.mcp import MCPServerStreamableHttp
 from openai import AsyncOpenAI
 from taskchat_env import READ_TIMEOUT_SECS, env
 
+
 def tasks(gateway: str, user: str, token: str) -> list[dict[str, Any]]:
     request = urllib.request.Request(
         f"{gateway}/api/{user}/tasks", headers={"Authorization": f"Bearer {token}"}

@@ -308,18 +308,14 @@ impl Stack {
             })
     }
 
-    /// Runs a one-off command of a service binary (e.g. `projection verify`) to the end.
-    pub async fn run_to_end(
-        &self,
-        binary_name: &str,
-        args: &[&str],
-    ) -> anyhow::Result<std::process::Output> {
-        Ok(Command::new(binary(binary_name))
-            .args(args)
-            .envs(&self.env)
-            .stdin(Stdio::null())
-            .output()
-            .await?)
+    /// Runs a one-off command of a service binary (e.g. `projection verify`) against
+    /// the stack, to the end within [`ONE_OFF_LIMIT`]: its stdout; panics with its
+    /// output when it fails, is killed or takes longer.
+    pub async fn run_to_end(&self, binary_name: &str, args: &[&str]) -> String {
+        let what = format!("{binary_name} {}", args.join(" "));
+        let mut command = Command::new(binary(binary_name));
+        command.args(args).envs(&self.env);
+        run_checked(&what, &mut command, ONE_OFF_LIMIT).await
     }
 
     /// The process id of each running service, by service name (`gateway`,
@@ -519,6 +515,10 @@ pub fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
 
+/// How long a one-off command of a service binary run by [`Stack::run_to_end`] (a
+/// replay or verify of a test's few events) may take.
+pub const ONE_OFF_LIMIT: Duration = Duration::from_secs(120);
+
 /// Runs `command` to the end within `limit`, with its output captured; panics with the
 /// output when it fails, is killed or takes longer.
 pub async fn run_checked(what: &str, command: &mut Command, limit: Duration) -> String {
@@ -531,12 +531,6 @@ pub async fn run_checked(what: &str, command: &mut Command, limit: Duration) -> 
         .await
         .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
         .unwrap_or_else(|error| panic!("failed to start {what}: {error}"));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
-    );
-    stdout.into_owned()
+    testkit::assert_success(what, &output);
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }

@@ -311,9 +311,9 @@ pub async fn await_subscriptions(client: &async_nats::Client, timeout: Duration,
 
 /// A stream of () that yields each time an events.appended notice arrives (for eventlog subscriptions' wake-ups). Subscribes before returning.
 ///
-/// "Subscribed" means the server has registered the subscription (the connection is
-/// flushed), so a notice published after this returns is not missed. The stream
-/// ends when the client is closed.
+/// The subscription is sent (flushed), not confirmed by a [`round_trip`]: a notice
+/// another connection publishes before the server has registered it is missed, which
+/// the tailer's polling covers. The stream ends when the client is closed.
 pub async fn appended_wakeups(
     client: &async_nats::Client,
     subjects: &proto_schemas::Subjects,

@@ -342,6 +342,29 @@ async fn bad_bodies_get_400_413_415_and_422() {
         )
         .await;
     }
+
+    // One request, several mistakes: the body's is reported first, then the key's,
+    // then the message's.
+    for (body, status, code) in [
+        (
+            "not json".to_owned(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            json!({"message": ""}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_idempotency_key",
+        ),
+    ] {
+        let request = Request::post("/api/ada/chat")
+            .header(header::AUTHORIZATION, format!("Bearer {ada}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", "")
+            .body(Body::from(body))
+            .unwrap();
+        assert_refused(false, request, status, code).await;
+    }
 }
 
 #[tokio::test]

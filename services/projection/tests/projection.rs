@@ -719,11 +719,7 @@ async fn replay_after_dropping_the_read_models_gives_identical_answers() {
         .await
         .unwrap();
     let output = projection_cli(&h.db, "replay", &["--batch-size", "7"]);
-    assert!(
-        output.status.success(),
-        "replay failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    testkit::assert_success("projection replay", &output);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains(&format!("replayed {total} events")),

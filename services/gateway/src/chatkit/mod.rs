@@ -39,7 +39,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, TokenUser};
 use crate::progress::Follow;
 use crate::routes::conversations::{hidden_from_reads, send_command};
-use crate::routes::docs::{BodyTooLarge, Unauthorized};
+use crate::routes::docs::Unauthorized;
 use crate::routes::stream::event_stream;
 use crate::state::AppState;
 use crate::turn::{self, ChatInput, StartedTurn};
@@ -86,6 +86,7 @@ pub(crate) struct ChatKitStreamEvent(#[allow(dead_code)] Value);
             )),
         (status = 400, description = "The body is not JSON, or a protocol request this server does not support (`unsupported_request`)", body = ErrorBody),
         (status = 404, description = "No such thread for this user", body = ErrorBody),
+        (status = 413, description = "The body is over the size limit", body = ErrorBody),
         (status = 415, description = "No body, or a body not sent as application/json", body = ErrorBody),
         (status = 422, description = "Unknown `type`, a body of the wrong shape, an empty or over-long message, a bad title, limit, cursor or feedback, or a retry of an item that is not the thread's last user message", body = ErrorBody),
         (status = 429, description = "Too many turns running or messages this minute; see `Retry-After`", body = ErrorBody,
@@ -93,7 +94,6 @@ pub(crate) struct ChatKitStreamEvent(#[allow(dead_code)] Value);
         (status = 503, description = "The message bus or the read models are unavailable, or the queue of turns is full", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before sending again"))),
         Unauthorized,
-        BodyTooLarge,
     ),
     security(("bearer" = []))
 )]

@@ -9,8 +9,7 @@ use crate::api::{ChatAnswer, ChatBody};
 use crate::error::{ApiError, ErrorBody, TurnIds};
 use crate::extract::AuthUser;
 use crate::routes::docs::{
-    AuthErrors, BodyTooLarge, IdempotencyKeyHeader, JsonBodyErrors, TurnRefusals, TurnWaitErrors,
-    UserPath,
+    AuthErrors, IdempotencyKeyHeader, JsonBodyErrors, TurnRefusals, TurnWaitErrors, UserPath,
 };
 use crate::state::AppState;
 use crate::turn::{self, TurnRequest};
@@ -33,7 +32,6 @@ use crate::turn::{self, TurnRequest};
         (status = 422, description = "Empty or over-long message, bad conversation id or Idempotency-Key", body = ErrorBody),
         AuthErrors,
         JsonBodyErrors,
-        BodyTooLarge,
         TurnRefusals,
         TurnWaitErrors,
     ),

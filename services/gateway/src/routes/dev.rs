@@ -8,7 +8,7 @@ use proto_schemas::UserId;
 use crate::api::{DevToken, DevTokenRequest};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
-use crate::routes::docs::{BodyTooLarge, JsonBodyErrors};
+use crate::routes::docs::JsonBodyErrors;
 use crate::state::AppState;
 
 /// Mint a token for any user (development only; absent unless `AUTH_DEV_LOGIN=true`).
@@ -21,7 +21,6 @@ use crate::state::AppState;
         (status = 200, description = "A bearer token", body = DevToken),
         (status = 422, description = "Not a valid user id", body = ErrorBody),
         JsonBodyErrors,
-        BodyTooLarge,
     )
 )]
 pub(crate) async fn post_dev_token(

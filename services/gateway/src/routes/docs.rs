@@ -124,17 +124,14 @@ response_sets! {
         "403" => error("The token is for another user"),
     }
 
-    /// 400 and 415: a body that is not JSON, or not sent as JSON ([`ApiJson`]).
+    /// 400, 413 and 415: a body that is not JSON, over the gateway's size limit (on
+    /// every route), or not sent as JSON ([`ApiJson`]).
     ///
     /// [`ApiJson`]: crate::extract::ApiJson
     JsonBodyErrors {
         "400" => error("The body is not JSON"),
-        "415" => error("No body, or a body not sent as application/json"),
-    }
-
-    /// 413: a body over the gateway's size limit.
-    BodyTooLarge {
         "413" => error("The body is over the size limit"),
+        "415" => error("No body, or a body not sent as application/json"),
     }
 
     /// 429 and 503: a new turn refused by the admission control, or for want of the

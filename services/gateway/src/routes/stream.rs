@@ -23,7 +23,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::AuthUser;
 use crate::progress::{self, ApiEvents, Follow, RenderTurn};
 use crate::routes::docs::{
-    AuthErrors, BodyTooLarge, IdempotencyKeyHeader, JsonBodyErrors, TurnRefusals, UserPath,
+    AuthErrors, IdempotencyKeyHeader, JsonBodyErrors, TurnRefusals, UserPath,
 };
 use crate::state::AppState;
 use crate::turn::{self, TurnRequest};
@@ -55,7 +55,6 @@ const EVENT_BUFFER: usize = 64;
         (status = 422, description = "Empty or over-long message, bad conversation id or Idempotency-Key", body = ErrorBody),
         AuthErrors,
         JsonBodyErrors,
-        BodyTooLarge,
         TurnRefusals,
     ),
     security(("bearer" = []))
