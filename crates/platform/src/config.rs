@@ -119,20 +119,18 @@ impl DatabaseConfig {
     pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
     /// Opens the pool and one connection, so a wrong URL fails at start-up.
-    pub async fn connect(&self) -> Result<sqlx::PgPool, sqlx::Error> {
+    pub async fn connect(&self) -> anyhow::Result<sqlx::PgPool> {
         PgPoolOptions::new()
             .max_connections(self.database_max_connections)
             .acquire_timeout(Self::ACQUIRE_TIMEOUT)
             .connect(&self.database_url)
             .await
+            .context("failed to connect to postgres")
     }
 
     /// [`Self::connect`], then the event log on that pool (its migrations run).
     pub async fn open_event_store(&self) -> anyhow::Result<eventlog::EventStore> {
-        let pool = self
-            .connect()
-            .await
-            .context("failed to connect to postgres")?;
+        let pool = self.connect().await?;
         eventlog::EventStore::open(pool)
             .await
             .context("failed to open the event store")

@@ -22,11 +22,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Replay(config) => {
             let _telemetry = platform::telemetry::init(SERVICE_NAME, &config.telemetry)?;
-            let pool = config
-                .database
-                .connect()
-                .await
-                .context("failed to connect to postgres")?;
+            let pool = config.database.connect().await?;
             let summary = projection::replay(&pool, &config.options())
                 .await
                 .context("replay failed")?;
@@ -45,11 +41,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Verify(config) => {
             let _telemetry = platform::telemetry::init(SERVICE_NAME, &config.telemetry)?;
             let checked = async {
-                let pool = config
-                    .database
-                    .connect()
-                    .await
-                    .context("failed to connect to postgres")?;
+                let pool = config.database.connect().await?;
                 projection::verify(&pool, &config.options())
                     .await
                     .context("verify failed")
