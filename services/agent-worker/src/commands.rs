@@ -23,7 +23,7 @@ use tracing::Instrument as _;
 
 use crate::conversation::Conversation;
 use crate::prompt;
-use crate::turn::{TurnError, Worker};
+use crate::turn::{RecordedEnding, TurnError, Worker};
 
 /// How long a stopping replica keeps answering commands already delivered to it.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -230,18 +230,15 @@ impl Worker {
     /// Records the end of `request`'s turn as cancelled (unless it has ended) and
     /// tells every replica, so that the one running it stops now.
     async fn cancel(&self, request: &ChatRequest) -> Result<ConversationCommandReply, TurnError> {
-        let reply = self
+        let RecordedEnding { reply, recorded } = self
             .record_failure(request, ChatErrorCode::Cancelled, prompt::CANCELLED_MESSAGE)
             .await?;
-        let cancelled = matches!(
-            &reply.outcome,
-            ChatOutcome::Failed { error } if error.code == ChatErrorCode::Cancelled
-        );
         match &reply.outcome {
             ChatOutcome::Failed { error } if error.code == ChatErrorCode::ConversationNotFound => {
                 return Ok(ConversationCommandReply::NotFound);
             }
-            _ if !cancelled => return Ok(ConversationCommandReply::AlreadyEnded),
+            // Ended before, a cancelled turn too: that ending stands.
+            _ if !recorded => return Ok(ConversationCommandReply::AlreadyEnded),
             _ => {}
         }
         if let Err(error) = self

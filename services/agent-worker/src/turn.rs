@@ -115,6 +115,15 @@ pub(crate) struct Worker {
     pub settings: TurnSettings,
 }
 
+/// How [`Worker::record_failure`] left a turn: the reply of the ending that stands.
+#[derive(Debug)]
+pub(crate) struct RecordedEnding {
+    pub reply: ChatReply,
+    /// Whether this call recorded the ending (false: the turn had ended before, or
+    /// its conversation is not the user's).
+    pub recorded: bool,
+}
+
 /// A turn in progress: its conversation as last seen and its own state.
 struct Turn<'r> {
     request: &'r ChatRequest,
@@ -229,7 +238,8 @@ impl Worker {
         tracing::info!("turn cancelled, stopped");
         let reply = self
             .record_failure(request, ChatErrorCode::Cancelled, prompt::CANCELLED_MESSAGE)
-            .await?;
+            .await?
+            .reply;
         self.publish_reply(&reply).await?;
         Ok(reply)
     }
@@ -246,6 +256,7 @@ impl Worker {
         let reply = self
             .record_failure(request, code, message)
             .await
+            .map(|ended| ended.reply)
             .unwrap_or_else(|error| {
                 tracing::error!(error = %platform::error_chain(&error), "failed to record the turn's failure");
                 failed(request, code, message)
@@ -257,25 +268,33 @@ impl Worker {
     }
 
     /// Records the end of `request`'s turn as failed, unless it has ended already:
-    /// the reply of the ending that stands (not published). A request that cannot
-    /// use its conversation gets the not-found reply, and nothing is recorded.
+    /// the reply of the ending that stands (not published), and whether this call
+    /// recorded it. A request that cannot use its conversation gets the not-found
+    /// reply, and nothing is recorded.
     pub(crate) async fn record_failure(
         &self,
         request: &ChatRequest,
         code: ChatErrorCode,
         message: &str,
-    ) -> Result<ChatReply, TurnError> {
+    ) -> Result<RecordedEnding, TurnError> {
         let mut turn = self.open(request).await?;
+        let mut recorded = false;
         loop {
             if turn.conversation.state.access(request) == Access::NotFound {
-                return Ok(failed(
-                    request,
-                    ChatErrorCode::ConversationNotFound,
-                    prompt::CONVERSATION_NOT_FOUND_MESSAGE,
-                ));
+                return Ok(RecordedEnding {
+                    reply: failed(
+                        request,
+                        ChatErrorCode::ConversationNotFound,
+                        prompt::CONVERSATION_NOT_FOUND_MESSAGE,
+                    ),
+                    recorded: false,
+                });
             }
             if let Some(ending) = &turn.state.ending {
-                return Ok(reply_for(request, &turn.state, ending.clone()));
+                return Ok(RecordedEnding {
+                    reply: reply_for(request, &turn.state, ending.clone()),
+                    recorded,
+                });
             }
             // A turn that never got going still gets its conversation and message
             // recorded, so the failure sits where the user will look for it.
@@ -292,7 +311,7 @@ impl Worker {
                     message: message.to_owned(),
                 },
             ));
-            self.record(&mut turn, events).await?;
+            recorded = self.record(&mut turn, events).await?;
         }
     }
 
@@ -343,7 +362,9 @@ impl Worker {
         }
     }
 
-    /// Appends `events`, decided on the turn's state, at the conversation's version.
+    /// Appends `events`, decided on the turn's state, at the conversation's version:
+    /// true when this call wrote them, false when the turn goes on from what another
+    /// writer (or an earlier attempt) recorded instead.
     ///
     /// When another writer moved the conversation: if nothing changed for this
     /// request (the writer was another turn of the conversation), the same events go
@@ -353,7 +374,7 @@ impl Worker {
         &self,
         turn: &mut Turn<'_>,
         events: Vec<(EventId, ConversationEvent)>,
-    ) -> Result<(), TurnError> {
+    ) -> Result<bool, TurnError> {
         let request = turn.request;
         let metadata = EventMetadata::traced(
             Some(request.request_id.as_uuid()),
@@ -382,7 +403,7 @@ impl Worker {
                         self.notify_appended(&turn.stream, outcome.last_position)
                             .await;
                     }
-                    return Ok(());
+                    return Ok(true);
                 }
                 Ok(Appended::AlreadyStored(_)) => {
                     self.turn_state(&turn.stream, &turn.conversation, request.request_id)
@@ -414,7 +435,7 @@ impl Worker {
                 Err(error) => return Err(error.into()),
             };
             turn.state = fresh;
-            return Ok(());
+            return Ok(false);
         }
         Err(TurnError::Contended {
             stream: turn.stream.to_string(),
@@ -445,7 +466,8 @@ impl Worker {
             turn,
             vec![(event_ids::approval_decided(approval_id), event)],
         )
-        .await
+        .await?;
+        Ok(())
     }
 
     /// Pauses the turn before a call that needs the person's approval: tells the

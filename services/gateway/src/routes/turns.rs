@@ -111,14 +111,8 @@ pub(crate) async fn post_cancel_turn(
 ) -> Result<(StatusCode, Json<CancelAccepted>), ApiError> {
     let request_id = progress::parse_request_id(&request)?;
     let request = match progress::find(&state, &user, request_id).await? {
-        // An ended turn has its reply stored (a cancelled one too, which the workers
-        // would find cancelled and call done).
-        KnownTurn::Progress(request) => match turn::stored_reply(&state, request_id).await {
-            Some(reply) if !matches!(reply.outcome, ChatOutcome::PendingApproval { .. }) => {
-                return Err(ApiError::TurnFinished { request_id });
-            }
-            _ => *request,
-        },
+        // Whether it has ended meanwhile, the workers tell from the log.
+        KnownTurn::Progress(request) => *request,
         KnownTurn::Reply(reply) => match reply.outcome {
             // A paused turn's message is in the log already: the worker only records
             // the ending.
