@@ -11,6 +11,9 @@ use proto_schemas::{ConversationId, RequestId};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+/// What a 503 names when the message bus failed, and how a bus outage is told apart.
+const MESSAGE_BUS: &str = "the message bus";
+
 /// The body of every error response.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
 pub struct ErrorBody {
@@ -144,6 +147,17 @@ impl ApiError {
         }
     }
 
+    /// The message bus failed (`cause` says how): a 503 that a retry may cure, which
+    /// [`Self::is_bus_outage`] recognises.
+    pub fn bus_unavailable(cause: impl std::fmt::Display) -> Self {
+        Self::unavailable(MESSAGE_BUS, cause)
+    }
+
+    /// No turn of this user's with this id (another user's is not found either).
+    pub fn turn_not_found(request_id: RequestId) -> Self {
+        Self::NotFound(format!("turn {request_id} was not found"))
+    }
+
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         Self::Internal {
             cause: cause.to_string(),
@@ -235,7 +249,7 @@ impl ApiError {
     /// The message bus could not be reached: a step that is safe to repeat may wait
     /// for it to come back (a restart takes seconds).
     pub fn is_bus_outage(&self) -> bool {
-        matches!(self, Self::Unavailable { what, .. } if *what == "the message bus")
+        matches!(self, Self::Unavailable { what, .. } if *what == MESSAGE_BUS)
     }
 
     /// Seconds the client should wait before trying again (`Retry-After`), for the
@@ -360,7 +374,7 @@ mod tests {
             ),
             (ApiError::Busy, 503, "busy", Some("5")),
             (
-                ApiError::unavailable("the message bus", "down"),
+                ApiError::bus_unavailable("down"),
                 503,
                 "service_unavailable",
                 Some("5"),

@@ -137,16 +137,13 @@ pub(crate) async fn claim(
             Ok(_) => return Ok(Claimed::New(proposed)),
             Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(error) => {
-                return Err(ApiError::unavailable(
-                    "the message bus",
-                    error_chain(&error),
-                ));
+                return Err(ApiError::bus_unavailable(error_chain(&error)));
             }
         }
         let entry = store
             .get(key)
             .await
-            .map_err(|error| ApiError::unavailable("the message bus", error_chain(&error)))?;
+            .map_err(|error| ApiError::bus_unavailable(error_chain(&error)))?;
         let Some(stored) = entry else {
             continue;
         };

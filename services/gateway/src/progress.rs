@@ -42,7 +42,10 @@ const CONSUMER_PAUSE: Duration = Duration::from_millis(250);
 /// The most significant digits of a `Last-Event-ID` number, leading zeros aside. Every
 /// such number fits a `u64` (sequences never get near 10^19), so the API description's
 /// pattern can say exactly what is accepted: `0*[0-9]{1,19}`.
-const MAX_SEQUENCE_DIGITS: usize = 19;
+const MAX_SEQUENCE_DIGITS: u32 = 19;
+
+/// The first number with more than [`MAX_SEQUENCE_DIGITS`] significant digits.
+const SEQUENCE_LIMIT: u64 = 10u64.pow(MAX_SEQUENCE_DIGITS);
 
 /// Where a client left a turn's events (`Last-Event-ID`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,19 +72,18 @@ impl LastEventId {
             )
         };
         let raw = value.to_str().map_err(|_| malformed())?.trim();
-        let significant = raw.trim_start_matches('0');
-        match raw {
-            END_EVENT_ID => Ok(Some(Self::End)),
-            _ if !raw.is_empty()
-                && raw.bytes().all(|b| b.is_ascii_digit())
-                && significant.len() <= MAX_SEQUENCE_DIGITS =>
-            {
-                raw.parse()
-                    .map(|id| Some(Self::Chunk(id)))
-                    .map_err(|_| malformed())
-            }
-            _ => Err(malformed()),
+        if raw == END_EVENT_ID {
+            return Ok(Some(Self::End));
         }
+        // Digits only (`u64::from_str` would take a leading `+` too).
+        if !raw.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(malformed());
+        }
+        raw.parse::<u64>()
+            .ok()
+            .filter(|&id| id < SEQUENCE_LIMIT)
+            .map(|id| Some(Self::Chunk(id)))
+            .ok_or_else(malformed)
     }
 }
 
@@ -117,9 +119,7 @@ pub(crate) async fn find(
         Some(reply) if reply.user_id.as_ref() == Some(user) => {
             Ok(KnownTurn::Reply(Box::new(reply)))
         }
-        _ => Err(ApiError::NotFound(format!(
-            "turn {request_id} was not found"
-        ))),
+        _ => Err(ApiError::turn_not_found(request_id)),
     }
 }
 
@@ -155,10 +155,7 @@ async fn accepted(
             }
         },
         Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(None),
-        Err(error) => Err(ApiError::unavailable(
-            "the message bus",
-            error_chain(&error),
-        )),
+        Err(error) => Err(ApiError::bus_unavailable(error_chain(&error))),
     }
 }
 
@@ -167,7 +164,7 @@ async fn progress_stream(state: &AppState) -> Result<Stream<()>, ApiError> {
         .jetstream()
         .get_stream_no_info(state.subjects().chat_progress_stream())
         .await
-        .map_err(|error| ApiError::unavailable("the message bus", error_chain(&error)))
+        .map_err(|error| ApiError::bus_unavailable(error_chain(&error)))
 }
 
 /// A turn's chunks, read in order from the progress stream.
@@ -188,9 +185,6 @@ impl Progress {
         request_id: RequestId,
         after: u64,
     ) -> Result<Self, ApiError> {
-        let bus_down = |error: &dyn std::error::Error| {
-            ApiError::unavailable("the message bus", error_chain(error))
-        };
         let stream = progress_stream(state).await?;
         let subject = state.subjects().chat_stream(user, request_id);
         let deliver_policy = match after {
@@ -207,11 +201,11 @@ impl Progress {
                 ..Default::default()
             })
             .await
-            .map_err(|error| bus_down(&error))?;
+            .map_err(|error| ApiError::bus_unavailable(error_chain(&error)))?;
         let messages = consumer
             .messages()
             .await
-            .map_err(|error| bus_down(&error))?;
+            .map_err(|error| ApiError::bus_unavailable(error_chain(&error)))?;
         Ok(Self {
             stream,
             subject,

@@ -172,9 +172,9 @@ impl AppState {
 
     /// The idempotency bucket, created on first use if `prepare` could not.
     pub async fn idempotency(&self) -> Result<&kv::Store, ApiError> {
-        self.idempotency_store().await.map_err(|error| {
-            ApiError::unavailable("the message bus", platform::error_chain(&error))
-        })
+        self.idempotency_store()
+            .await
+            .map_err(|error| ApiError::bus_unavailable(platform::error_chain(&error)))
     }
 
     async fn idempotency_store(&self) -> Result<&kv::Store, BusError> {

@@ -250,9 +250,6 @@ pub(crate) fn about_turn(
 /// together, has as many turns waiting or running as its limits allow; the chunk of
 /// a refused turn is taken back.
 pub(crate) async fn publish(state: &AppState, request: &ChatRequest) -> Result<(), ApiError> {
-    let bus_down = |error: &dyn std::error::Error| {
-        ApiError::unavailable("the message bus", error_chain(error))
-    };
     let chunk = ChatStreamChunk::Accepted {
         request: request.clone(),
     };
@@ -271,7 +268,7 @@ pub(crate) async fn publish(state: &AppState, request: &ChatRequest) -> Result<(
             accepted,
         )
         .await
-        .map_err(|error| bus_down(&error))?;
+        .map_err(|error| ApiError::bus_unavailable(error_chain(&error)))?;
     let payload = platform::bus::encode_json(request).map_err(ApiError::internal)?;
     // Headers first: `headers` replaces the map that `message_id` writes into.
     let message = PublishMessage::build()
@@ -284,7 +281,7 @@ pub(crate) async fn publish(state: &AppState, request: &ChatRequest) -> Result<(
                 limit: state.settings().queue_limits.per_user,
             },
             Some(QueueRefusal::Full) => ApiError::Busy,
-            None => ApiError::unavailable("the message bus", error_chain(&error)),
+            None => ApiError::bus_unavailable(error_chain(&error)),
         };
     let queued = state
         .jetstream()
@@ -299,7 +296,7 @@ pub(crate) async fn publish(state: &AppState, request: &ChatRequest) -> Result<(
                 // Lost with a NATS restart (memory storage): the retry finds it again.
                 state.restore_progress_stream().await;
             }
-            return Err(bus_down(&error));
+            return Err(ApiError::bus_unavailable(error_chain(&error)));
         }
     };
     let ack = match queued {
@@ -388,7 +385,7 @@ pub(crate) async fn subscribe_replies(
         .client()
         .subscribe(state.subjects().chat_reply(request_id))
         .await
-        .map_err(|error| ApiError::unavailable("the message bus", error_chain(&error)))
+        .map_err(|error| ApiError::bus_unavailable(error_chain(&error)))
 }
 
 /// Waits up to the reply timeout for the turn's next reply on `replies`; a wait that
@@ -468,7 +465,7 @@ pub(crate) fn wait_error(end: WaitEnd, turn: TurnIds) -> ApiError {
     match end {
         WaitEnd::TimedOut => ApiError::ReplyTimeout { turn },
         WaitEnd::ShuttingDown => ApiError::ShuttingDown { turn },
-        WaitEnd::Closed => ApiError::unavailable("the message bus", "reply subscription closed"),
+        WaitEnd::Closed => ApiError::bus_unavailable("reply subscription closed"),
     }
 }
 

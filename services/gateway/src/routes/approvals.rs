@@ -70,7 +70,7 @@ pub(crate) async fn post_approval(
         )
     })?;
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
-    let not_found = || ApiError::NotFound(format!("turn {request_id} was not found"));
+    let not_found = || ApiError::turn_not_found(request_id);
     // The pending reply says whose turn it is and what it waits for.
     let paused = turn::stored_reply(&state, request_id)
         .await

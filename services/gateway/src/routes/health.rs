@@ -38,10 +38,9 @@ pub(crate) async fn healthz() -> Json<Health> {
 pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
     let connection = state.client().connection_state();
     if connection != async_nats::connection::State::Connected {
-        return Err(ApiError::unavailable(
-            "the message bus",
-            format!("nats connection is {connection}"),
-        ));
+        return Err(ApiError::bus_unavailable(format!(
+            "nats connection is {connection}"
+        )));
     }
     let timeout = READY_QUERY_TIMEOUT.min(state.settings().query_timeout);
     let health: ProjectionHealth = platform::bus::request_json(

@@ -134,9 +134,7 @@ pub(crate) async fn post_cancel_turn(
             }),
         )),
         ConversationCommandReply::AlreadyEnded => Err(ApiError::TurnFinished { request_id }),
-        ConversationCommandReply::NotFound => Err(ApiError::NotFound(format!(
-            "turn {request_id} was not found"
-        ))),
+        ConversationCommandReply::NotFound => Err(ApiError::turn_not_found(request_id)),
         ConversationCommandReply::Unavailable { reason } => {
             Err(ApiError::unavailable("the event log", reason))
         }
