@@ -517,7 +517,7 @@ pub fn repo_file(path: &str) -> PathBuf {
 
 /// How long a one-off command of a service binary run by [`Stack::run_to_end`] (a
 /// replay or verify of a test's few events) may take.
-pub const ONE_OFF_LIMIT: Duration = Duration::from_secs(120);
+const ONE_OFF_LIMIT: Duration = Duration::from_secs(120);
 
 /// Runs `command` to the end within `limit`, with its output captured; panics with the
 /// output when it fails, is killed or takes longer.

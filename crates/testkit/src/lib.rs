@@ -318,10 +318,17 @@ pub async fn subscribe(
     subject: impl async_nats::ToSubject,
 ) -> async_nats::Subscriber {
     let subscriber = client.subscribe(subject).await.expect("subscribed");
-    platform::bus::round_trip(client)
-        .await
-        .expect("the subscription reached the server");
+    registered(client).await;
     subscriber
+}
+
+/// Returns once the server has processed (and so registered) the subscriptions
+/// `client` sent before: a round trip, at most 5 s. Panics when it fails.
+pub async fn registered(client: &async_nats::Client) {
+    tokio::time::timeout(Duration::from_secs(5), platform::bus::round_trip(client))
+        .await
+        .expect("nats echoed in time")
+        .expect("the subscription reached the server");
 }
 
 /// A user id tests write as a literal; panics when it is not a valid one.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{HeaderValue, Request, StatusCode, header};
 use gateway::{AppState, Settings, router};
 use platform::auth::{Claims, JwtKeys};
 use proto_schemas::Subjects;
@@ -357,12 +357,10 @@ async fn bad_bodies_get_400_413_415_and_422() {
             "invalid_idempotency_key",
         ),
     ] {
-        let request = Request::post("/api/ada/chat")
-            .header(header::AUTHORIZATION, format!("Bearer {ada}"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .header("Idempotency-Key", "")
-            .body(Body::from(body))
-            .unwrap();
+        let mut request = chat("ada", Some(&ada), body);
+        request
+            .headers_mut()
+            .insert("Idempotency-Key", HeaderValue::from_static(""));
         assert_refused(false, request, status, code).await;
     }
 }

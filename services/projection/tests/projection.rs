@@ -729,12 +729,7 @@ async fn replay_after_dropping_the_read_models_gives_identical_answers() {
     h.applied(total).await;
     assert_eq!(answers(&h, &ids).await, before);
     let output = projection_cli(&h.db, "verify", &[]);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stdout)
-    );
+    testkit::assert_success("projection verify", &output);
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("identical"));
 
     // And a replay over live read models replaces them with the same answers.

@@ -333,8 +333,10 @@ async fn events_record_cause_user_and_trace_and_wake_tailers_unless_told_not_to(
         .await
         .expect("a notice in time")
         .expect("subscription open");
-    // The first notice is the second command's: one connection's messages keep
-    // their order, so a notice of the first would have come before it.
+    // The first notice is the second command's: task-service (one replica here)
+    // sends a command's notice before its reply, on one connection, and the second
+    // command went out after the first's reply, so a notice of the first would have
+    // come before it.
     let notice: EventsAppended = serde_json::from_slice(&notice.payload).unwrap();
     assert_eq!(
         notice,

@@ -184,13 +184,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     // What the concurrent run costs: CPU of every process, statements in the database.
     let processes = cpu::Processes::of(&stack);
     let statements = sql::Statements::start(&stack.db.url).await;
-    let stored_before = stored::sample(&stack.bus.client, &stack.bus.subjects).await;
+    let stored_before = stored::sample(&stack.bus).await;
     let cpu_before = processes.sample();
     let concurrent = bench
         .drive("bench", settings.users, timed, Script::AddAndList)
         .await?;
     let cpu_after = processes.sample();
-    let stored_after = stored::sample(&stack.bus.client, &stack.bus.subjects).await;
+    let stored_after = stored::sample(&stack.bus).await;
     let statements = match statements {
         Ok(statements) => statements.read().await,
         Err(error) => Err(error),

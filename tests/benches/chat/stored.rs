@@ -7,18 +7,14 @@
 //! message whatever the stream later removes (the requests stream drops acked ones).
 
 use anyhow::Context;
-use async_nats::jetstream;
-use proto_schemas::Subjects;
+use testkit::TestBus;
 
 /// The last sequence of each counted stream, at one moment.
 pub(crate) struct Sequences(Vec<(&'static str, u64)>);
 
 /// Reads the last sequence of the stack's chat streams.
-pub(crate) async fn sample(
-    client: &async_nats::Client,
-    subjects: &Subjects,
-) -> anyhow::Result<Sequences> {
-    let jetstream = jetstream::new(client.clone());
+pub(crate) async fn sample(bus: &TestBus) -> anyhow::Result<Sequences> {
+    let (jetstream, subjects) = (bus.jetstream(), &bus.subjects);
     let mut sequences = Vec::new();
     for (label, name) in [
         ("requests", subjects.chat_requests_stream()),

@@ -286,7 +286,7 @@ impl FakeProjection {
             .queue_subscribe(subject, "projection".to_owned())
             .await
             .unwrap();
-        registered(&client).await;
+        testkit::registered(&client).await;
         let queries = Arc::new(Mutex::new(Vec::new()));
         let record = Arc::clone(&queries);
         let task = tokio::spawn(async move {
@@ -314,13 +314,4 @@ impl Drop for FakeProjection {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// Returns once the server has processed (and so registered) the subscriptions
-/// `client` sent before.
-pub(crate) async fn registered(client: &async_nats::Client) {
-    tokio::time::timeout(Duration::from_secs(5), platform::bus::round_trip(client))
-        .await
-        .expect("nats echoed in time")
-        .expect("echo subscription open");
 }
